@@ -1,0 +1,3 @@
+from mmbee.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""`mmbee <verb>`: thin command line. Each verb parses its arguments and calls one library function.
+
+Verbs (see `mmbee <verb> --help`): broker, schemas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mmbee.settings import load_settings
+
+__all__ = ["main", "build_parser"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from mmbee.streams.broker import serve_embedded_broker
+
+    overrides = {} if args.port is None else {"broker_port": args.port}
+    if args.data_dir is not None:
+        overrides["broker_data_dir"] = args.data_dir
+    serve_embedded_broker(
+        load_settings(**overrides),
+        ready=lambda bootstrap: print(f"broker ready on {bootstrap} (Ctrl-C stops it)", flush=True),
+    )
+    return 0
+
+
+def _schemas_export(args: argparse.Namespace) -> int:
+    from mmbee.schemas.topics import export_json_schemas
+
+    for path in export_json_schemas(args.directory):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every verb registered."""
+    parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("broker", help="run the embedded Kafka-protocol broker (dev profile)")
+    p.add_argument("--port", type=int, default=None, help="Kafka port (default: settings)")
+    p.add_argument("--data-dir", type=Path, default=None, help="broker data directory")
+    p.set_defaults(handler=_broker)
+
+    p = verbs.add_parser("schemas", help="the topic contract")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = sub.add_parser("export", help="write one JSON Schema per topic into DIR")
+    e.add_argument("directory", type=Path, metavar="DIR")
+    e.set_defaults(handler=_schemas_export)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `mmbee` and `python -m mmbee`."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    sys.exit(handler(args))

@@ -1,0 +1,1 @@
+"""mmbee.encoders (see the package reading guide in mmbee/__init__.py)."""

@@ -1,0 +1,113 @@
+"""The topic catalogue: each topic's value model, its key field and its cleanup policy.
+
+Names here are suffixes; the streams layer prepends the configured prefix (default "mmbee.").
+Partition counts are settings, not contract: topics that are joined or looked up together share
+a key and a partition count (`co_partitioned_groups`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mmbee.schemas.events import (
+    AsrSegment,
+    AudioChunk,
+    CommentEvent,
+    DeadLetter,
+    FrameEvent,
+    GiftEvent,
+    ScoreRequest,
+    ScoreResponse,
+    SegmentClosed,
+    WatchEvent,
+)
+
+__all__ = [
+    "TopicSpec",
+    "TOPICS",
+    "topic_spec",
+    "co_partitioned_groups",
+    "export_json_schemas",
+]
+
+KeyField = Literal["author_id", "user_id", "none"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What travels on one topic.
+
+    Attributes:
+        name: topic name without prefix, e.g. "live.frames".
+        model: the pydantic model of each value.
+        key: which field of the value is the message key ("none": unkeyed).
+        compacted: cleanup.policy=compact (latest value per key) instead of delete.
+        retention_ms: retention for delete topics (None: broker default).
+        max_message_bytes: largest value the topic must accept.
+    """
+
+    name: str
+    model: type[BaseModel]
+    key: KeyField
+    compacted: bool = False
+    retention_ms: int | None = 7 * 24 * 3600 * 1000
+    max_message_bytes: int = 1024 * 1024
+
+
+TOPICS: dict[str, TopicSpec] = {
+    t.name: t
+    for t in (
+        TopicSpec("live.frames", FrameEvent, "author_id"),
+        TopicSpec("live.audio", AudioChunk, "author_id", max_message_bytes=2 * 1024 * 1024),
+        TopicSpec("live.asr", AsrSegment, "author_id"),
+        TopicSpec("live.comments", CommentEvent, "author_id"),
+        TopicSpec("live.gifts", GiftEvent, "author_id"),
+        TopicSpec("live.watch", WatchEvent, "user_id"),
+        TopicSpec("content.segments", SegmentClosed, "author_id"),
+        TopicSpec("score.requests", ScoreRequest, "user_id", retention_ms=3600 * 1000),
+        TopicSpec("score.responses", ScoreResponse, "user_id", retention_ms=3600 * 1000),
+        TopicSpec(
+            "dlq",
+            DeadLetter,
+            "none",
+            retention_ms=30 * 24 * 3600 * 1000,
+            max_message_bytes=2 * 1024 * 1024,
+        ),
+    )
+}
+
+
+def topic_spec(name: str) -> TopicSpec:
+    """The spec of topic `name` (without prefix); KeyError lists the known names."""
+    try:
+        return TOPICS[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; known: {sorted(TOPICS)}") from None
+
+
+def co_partitioned_groups() -> dict[str, list[str]]:
+    """Topics grouped by key: every topic in a group must have the same partition count."""
+    groups: dict[str, list[str]] = {}
+    for spec in TOPICS.values():
+        if spec.key != "none":
+            groups.setdefault(spec.key, []).append(spec.name)
+    return groups
+
+
+def export_json_schemas(directory: Path) -> list[Path]:
+    """Write one JSON Schema file per topic (`<topic>.schema.json`) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for spec in TOPICS.values():
+        schema = spec.model.model_json_schema()
+        schema["$id"] = f"mmbee:{spec.name}"
+        schema["x-kafka-key"] = spec.key
+        path = directory / f"{spec.name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

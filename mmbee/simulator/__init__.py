@@ -1,0 +1,1 @@
+"""mmbee.simulator (see the package reading guide in mmbee/__init__.py)."""

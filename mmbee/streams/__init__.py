@@ -1,0 +1,1 @@
+"""Kafka side of mmbee: the Faust app, agents, codec, topics and the embedded broker."""

@@ -1,0 +1,216 @@
+"""The embedded Kafka-protocol broker for development, tests and the demo.
+
+One small interface (`EmbeddedBroker`) with one implementation today: noida-db, a Rust binary
+from PyPI that speaks the Kafka protocol, keeps its data in a directory and recovers Faust
+tables exactly. (Tansu, the other PyPI broker tried here, under-reports end offsets and makes
+Faust lose table rows on recovery; see docs/decisions.md.) Production points at Apache Kafka
+and never starts one of these.
+
+Example:
+    >>> with NoidaBroker(data_dir=Path("/tmp/b"), port=free_port()) as broker:  # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:41234
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import IO, Protocol
+
+from mmbee.settings import Settings
+
+__all__ = [
+    "EmbeddedBroker",
+    "BrokerError",
+    "NoidaBroker",
+    "free_port",
+    "serve_embedded_broker",
+    "wait_until_answers",
+]
+
+LOOPBACK = "127.0.0.1"
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started, or stopped answering."""
+
+
+class EmbeddedBroker(Protocol):
+    """What the rest of mmbee needs from an embedded broker."""
+
+    @property
+    def bootstrap(self) -> str:
+        """'127.0.0.1:PORT' for clients."""
+        ...
+
+    def start(self) -> None:
+        """Start the broker and return once it answers Kafka requests."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the broker; data stays in its data directory."""
+        ...
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_answers(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Block until a Kafka client can fetch cluster metadata from `bootstrap`."""
+    from kafka import KafkaAdminClient  # lazy: kafka-python is only needed here at start
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError, ValueError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}")
+
+
+class NoidaBroker:
+    """noida-db started as `noida-db start --only kafka` on 127.0.0.1.
+
+    The binary inside the `noida_db` package is started directly: the package's console script
+    wraps it in a subprocess and orphans the server on SIGTERM. Its stdout/stderr go to
+    `data_dir/broker.log` (it prints a harmless glibc "weak version" warning at start).
+
+    Args:
+        data_dir: where the broker keeps its log segments; reused across restarts.
+        port: Kafka port on 127.0.0.1.
+        startup_timeout_s: how long to wait for the first answer.
+    """
+
+    def __init__(self, data_dir: Path, port: int, startup_timeout_s: float = 30.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        """Path of the noida-db server binary shipped in the `noida_db` wheel."""
+        try:
+            path = Path(str(resources.files("noida_db").joinpath("noida-db")))
+        except ModuleNotFoundError:
+            raise BrokerError(
+                "the embedded broker needs the PyPI package 'noida-db' (pip install noida-db==0.2.3)"
+            ) from None
+        if not path.is_file():
+            raise BrokerError(f"noida-db binary missing at {path}; reinstall 'noida-db==0.2.3'")
+        if not os.access(path, os.X_OK):
+            path.chmod(0o755)
+        return path
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex((LOOPBACK, self.port)) == 0:
+                raise BrokerError(f"port {self.port} on {LOOPBACK} is already in use")
+        self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in stop)
+        cmd = [
+            str(self.binary()),
+            "start",
+            "--data-dir", str(self.data_dir),
+            "--only", "kafka",
+            "--kafka-port", str(self.port),
+            "--host", LOOPBACK,
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_until_answers(self.bootstrap, self.startup_timeout_s)
+        except BrokerError:
+            code = self._proc.poll()
+            self.stop()
+            tail = (self.data_dir / "broker.log").read_text(errors="replace")[-2000:]
+            raise BrokerError(
+                f"noida-db did not come up on {self.bootstrap} (exit code {code}); log tail:\n{tail}"
+            ) from None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=timeout_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> NoidaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_embedded_broker(settings: Settings, ready: Callable[[str], None] | None = None) -> None:
+    """Run the embedded broker in the foreground until SIGINT/SIGTERM (`mmbee broker`).
+
+    Starts it on 127.0.0.1:`settings.broker_port` with data in `settings.broker_data_dir`,
+    creates every catalogue topic with `settings.partitions` partitions, calls `ready` with the
+    bootstrap address, then waits; stops the broker cleanly on the signal.
+    """
+    from mmbee.streams.topics import ensure_topics
+
+    if settings.profile != "dev":
+        raise BrokerError("the embedded broker is for profile 'dev'; production uses Apache Kafka")
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    broker = NoidaBroker(settings.broker_data_dir, settings.broker_port)
+    try:
+        broker.start()
+        ensure_topics(settings.model_copy(update={"bootstrap_servers": broker.bootstrap}))
+        if ready is not None:
+            ready(broker.bootstrap)
+        while not stop.wait(0.5):
+            if not broker.running:
+                raise BrokerError(f"noida-db exited; see {settings.broker_data_dir}/broker.log")
+    finally:
+        broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

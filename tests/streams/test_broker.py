@@ -1,0 +1,50 @@
+"""The embedded broker: starts, answers, creates topics idempotently, stops; data persists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from mmbee.settings import Settings
+from mmbee.streams.broker import BrokerError, NoidaBroker, free_port
+from mmbee.streams.topics import ensure_topics
+
+pytestmark = pytest.mark.broker
+
+
+def test_topics_created_once_with_partitions(broker_settings: Settings) -> None:
+    created = ensure_topics(broker_settings)
+    assert broker_settings.topic("live.gifts") in created
+    assert ensure_topics(broker_settings) == []
+    consumer = KafkaConsumer(bootstrap_servers=broker_settings.bootstrap_list())
+    try:
+        parts = consumer.partitions_for_topic(broker_settings.topic("live.gifts"))
+        assert parts == set(range(broker_settings.partitions))
+        assert consumer.partitions_for_topic(broker_settings.topic("dlq")) == {0}
+    finally:
+        consumer.close()
+
+
+def test_restart_keeps_data(tmp_path: Path) -> None:
+    port = free_port()
+    with NoidaBroker(tmp_path, port) as b:
+        producer = KafkaProducer(bootstrap_servers=b.bootstrap)
+        for i in range(5):
+            producer.send("persist", key=b"k", value=str(i).encode())
+        producer.flush()
+        producer.close()
+    assert not b.running
+    with NoidaBroker(tmp_path, port) as b:
+        consumer = KafkaConsumer(bootstrap_servers=b.bootstrap, consumer_timeout_ms=3000)
+        tp = TopicPartition("persist", 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        assert [m.value for m in consumer] == [b"0", b"1", b"2", b"3", b"4"]
+        consumer.close()
+
+
+def test_refuses_a_busy_port(broker: NoidaBroker, tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="already in use"):
+        NoidaBroker(tmp_path, broker.port).start()
