@@ -8,6 +8,8 @@ Reading guide, lowest layer first (imports only point down this list):
     settings.py the only reader of environment variables
     simulator/  a seeded synthetic live-streaming world, KuaiLive-style logs, replay into Kafka
     streams/    the Faust app, agents, codec, embedded broker launcher
+    jobs/       whole jobs composed of the layers below: train / evaluate from a log directory,
+                the ablation experiment, the end-to-end demo
     cli.py      `python -m mmbee ...`: thin argument parsing around one library call per verb
 
 Importing `mmbee` is cheap: heavy libraries (torch models, Whisper, Faust) load lazily.
