@@ -142,5 +142,5 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with explicit keyword overrides on top."""
-    return Settings(**overrides)
+    """Settings from the environment, with explicit keyword overrides on top (None: not set)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
