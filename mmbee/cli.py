@@ -38,6 +38,22 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topics_create(args: argparse.Namespace) -> int:
+    from mmbee.streams.topics import ensure_topics
+
+    created = ensure_topics(load_settings(profile=args.profile))
+    print("\n".join(f"created {name}" for name in created) or "all topics already exist")
+    return 0
+
+
+def _topics_check(args: argparse.Namespace) -> int:
+    from mmbee.streams.topics import check_topics
+
+    drift = check_topics(load_settings(profile=args.profile))
+    print("\n".join(drift) or "no drift: every topic matches the plan")
+    return 1 if drift else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
@@ -53,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write one JSON Schema per topic into DIR")
     e.add_argument("directory", type=Path, metavar="DIR")
     e.set_defaults(handler=_schemas_export)
+
+    p = verbs.add_parser("topics", help="provision the Kafka topics, or report drift")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, handler, text in (
+        ("create", _topics_create, "create every topic that is missing (idempotent)"),
+        ("check", _topics_check, "report drift from the plan; exit 1 when there is any"),
+    ):
+        a = sub.add_parser(action, help=text)
+        a.add_argument("--profile", choices=["dev", "production"], default=None)
+        a.set_defaults(handler=handler)
 
     return parser
 
