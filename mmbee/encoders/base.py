@@ -7,13 +7,20 @@ Letters used in shapes across `mmbee.encoders`:
     D  content embedding width (the encoder's `out_dim`)
 
 Masks are boolean, True = present. A segment, frame, comment or whole modality that is missing
-is masked out, never replaced by noise: padded positions must not change the output.
+is masked out, never replaced by noise: padded positions must not change the output (whatever
+values they hold, NaN included: encoders read padded positions through `SegmentBatch.token_mask`
+and zero them before any arithmetic).
+
+Author ids become embedding rows through `author_row` (a stable hash into a fixed number of
+buckets, row 0 = unknown), so every worker maps an id to the same row without a shared vocabulary.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -21,10 +28,17 @@ from torch import Tensor, nn
 
 __all__ = [
     "MODALITIES",
+    "DEFAULT_AUTHOR_BUCKETS",
     "SegmentBatch",
     "EncoderOutput",
     "ContentEncoder",
+    "author_row",
+    "author_rows",
+    "masked_mean",
 ]
+
+DEFAULT_AUTHOR_BUCKETS = 1 << 16
+"""Default number of author-embedding rows (row 0 = unknown, ids hash into rows 1..n-1)."""
 
 MODALITIES = ("visual", "speech", "comments")
 """Modality order used by `SegmentBatch.modality_mask` and by fusion weights."""
@@ -46,6 +60,19 @@ class SegmentBatch:
         author_ids: (B,) int64 row of the author in the encoder's id embedding (0 = unknown).
         context: optional (B, d_c) side features (e.g. category one-hot) for encoders that use
             them (VBF++'s context-aware prior); None when not available.
+        segment_modality_mask: optional (B, L, 3) True where that segment has data of that
+            modality (a segment without comments, say); None = every present segment has every
+            present modality. `token_mask()` combines all masks.
+
+    Example:
+        >>> B, L = 2, 3
+        >>> batch = SegmentBatch(
+        ...     visual=torch.zeros(B, L, 8), speech=torch.zeros(B, L, 4),
+        ...     comments=torch.zeros(B, L, 4), segment_mask=torch.ones(B, L, dtype=torch.bool),
+        ...     modality_mask=torch.ones(B, 3, dtype=torch.bool),
+        ...     author_ids=torch.tensor([author_row("a1"), 0]))
+        >>> batch.token_mask().shape
+        torch.Size([2, 3, 3])
     """
 
     visual: Tensor
@@ -57,10 +84,73 @@ class SegmentBatch:
     frame_mask: Tensor | None = None
     comment_mask: Tensor | None = None
     context: Tensor | None = None
+    segment_modality_mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return int(self.segment_mask.shape[0])
+
+    @property
+    def n_segments(self) -> int:
+        """L, the number of segment slots (padding included)."""
+        return int(self.segment_mask.shape[1])
+
+    def token_mask(self) -> Tensor:
+        """(B, L, 3) True where segment l of stream b has data of modality m (`MODALITIES` order).
+
+        Combines `segment_mask`, `modality_mask`, `segment_modality_mask` and, when frames or
+        comments are kept, whether any frame / comment of the segment is present.
+        """
+        mask = self.segment_mask[:, :, None] & self.modality_mask[:, None, :]  # (B, L, 3)
+        if self.segment_modality_mask is not None:
+            mask = mask & self.segment_modality_mask
+        extra = torch.ones_like(mask)
+        if self.visual.dim() == 4 and self.frame_mask is not None:
+            extra[:, :, 0] = self.frame_mask.any(dim=-1)
+        if self.comments.dim() == 4 and self.comment_mask is not None:
+            extra[:, :, 2] = self.comment_mask.any(dim=-1)
+        return mask & extra
+
+    def check(self) -> None:
+        """Raise ValueError naming the field when shapes or dtypes are inconsistent."""
+        if self.segment_mask.dim() != 2 or self.segment_mask.dtype != torch.bool:
+            raise ValueError("segment_mask must be a (B, L) bool tensor")
+        B, L = self.segment_mask.shape
+        if tuple(self.modality_mask.shape) != (B, len(MODALITIES)):
+            raise ValueError(
+                f"modality_mask must be (B, 3) = ({B}, 3), got {tuple(self.modality_mask.shape)}"
+            )
+        if tuple(self.author_ids.shape) != (B,):
+            raise ValueError(
+                f"author_ids must be (B,) = ({B},), got {tuple(self.author_ids.shape)}"
+            )
+        for name, x, set_mask in (
+            ("visual", self.visual, self.frame_mask),
+            ("speech", self.speech, None),
+            ("comments", self.comments, self.comment_mask),
+        ):
+            if tuple(x.shape[:2]) != (B, L) or x.dim() not in (3, 4):
+                raise ValueError(
+                    f"{name} must be (B, L, d) or (B, L, N, d) with B, L = {B}, {L}, got {tuple(x.shape)}"
+                )
+            if (
+                x.dim() == 4
+                and set_mask is not None
+                and tuple(set_mask.shape) != tuple(x.shape[:3])
+            ):
+                raise ValueError(
+                    f"{name}'s mask must be {tuple(x.shape[:3])}, got {tuple(set_mask.shape)}"
+                )
+        if self.speech.dim() != 3:
+            raise ValueError(f"speech must be (B, L, d_s), got {tuple(self.speech.shape)}")
+        if self.segment_modality_mask is not None and tuple(self.segment_modality_mask.shape) != (
+            B,
+            L,
+            3,
+        ):
+            raise ValueError(
+                f"segment_modality_mask must be ({B}, {L}, 3), got {tuple(self.segment_modality_mask.shape)}"
+            )
 
     def to(self, device: torch.device | str) -> SegmentBatch:
         """The same batch with every tensor moved to `device`."""
@@ -85,8 +175,52 @@ def _masked_mean_last_set(x: Tensor, mask: Tensor | None) -> Tensor:
         return x
     if mask is None:
         return x.mean(dim=-2)
-    m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, N, 1)
-    return (x * m).sum(dim=-2) / m.sum(dim=-2).clamp_min(1.0)
+    return masked_mean(x, mask, dim=-2)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of `x` over `dim` where `mask` is True; 0 where nothing is present.
+
+    `mask` has the shape of `x` without its last (feature) axis. Masked positions are selected
+    away with `torch.where`, so NaN or inf in padding cannot leak into the result.
+
+    Shapes:
+        x: (..., N, ..., d); mask: (..., N, ...); output: x without `dim`.
+    """
+    m = mask.unsqueeze(-1)
+    total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=dim)
+    count = m.sum(dim=dim).clamp_min(1).to(x.dtype)
+    return total / count
+
+
+def author_row(author_id: str, n_buckets: int = DEFAULT_AUTHOR_BUCKETS) -> int:
+    """The embedding row of `author_id`: 1 + blake2b-64(id) mod (n_buckets - 1); "" -> 0 (unknown).
+
+    Stable across processes, machines and Python versions (unlike `hash()`), so the content
+    agent, the trainer and every serving worker agree without a shared vocabulary. Distinct ids
+    can share a row (a hash collision); with n live authors the expected fraction colliding is
+    about n / n_buckets.
+
+    Example:
+        >>> author_row("a1", 1024) == author_row("a1", 1024)
+        True
+        >>> author_row("", 1024)
+        0
+    """
+    if n_buckets < 2:
+        raise ValueError(f"n_buckets must be >= 2 (row 0 is reserved for unknown), got {n_buckets}")
+    if not author_id:
+        return 0
+    digest = hashlib.blake2b(author_id.encode("utf-8"), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % (n_buckets - 1)
+
+
+def author_rows(
+    author_ids: Iterable[str | None], n_buckets: int = DEFAULT_AUTHOR_BUCKETS
+) -> Tensor:
+    """`author_row` of each id as a (B,) int64 tensor; None or "" -> 0 (unknown)."""
+    rows = [author_row(a, n_buckets) if a else 0 for a in author_ids]
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 @dataclass
@@ -118,6 +252,10 @@ class ContentEncoder(nn.Module, ABC):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a dict of plain values (what a checkpoint stores under "config")."""
+        return asdict(self.config)
 
     @property
     @abstractmethod
