@@ -40,13 +40,16 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, d_q)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, context: Tensor, key_mask: Tensor | None, need_weights: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """Attend from `x` to `context`.
 
         Shapes:
             x: (B, Nq, d_q); context: (B, Nk, d_kv); key_mask: (B, Nk) bool or None.
-            returns out (B, Nq, d_q) and weights (B, H, Nq, Nk) (rows sum to 1, or to 0 when
-            every key of that row is masked).
+            returns out (B, Nq, d_q) and, with `need_weights`, weights (B, H, Nq, Nk) (rows sum
+            to 1, or to 0 when every key of that row is masked); without, None and a fused
+            scaled-dot-product kernel.
         """
         B, Nq, _ = x.shape
         Nk = context.shape[1]
@@ -54,18 +57,29 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, Nq, H, dh).transpose(1, 2)  # (B, H, Nq, dh)
         kv = self.to_kv(context).view(B, Nk, 2, H, dh).permute(2, 0, 3, 1, 4)  # (2, B, H, Nk, dh)
         k, v = kv[0], kv[1]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, Nq, Nk)
+        allowed: Tensor | None = None
+        has_key: Tensor | None = None
         if key_mask is not None:
             has_key = key_mask.any(dim=-1)  # (B,)
-            # rows without any key would be softmax(-inf...) = NaN: let them see everything, then
-            # zero their weights below.
+            # rows without any key would be softmax(-inf...) = NaN: let them see everything,
+            # then zero their output.
             allowed = (key_mask | ~has_key[:, None])[:, None, None, :]  # (B, 1, 1, Nk)
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = scores.softmax(dim=-1) * has_key[:, None, None, None].to(scores.dtype)
-        else:
+        weights: Tensor | None = None
+        if need_weights:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, Nq, Nk)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
             weights = scores.softmax(dim=-1)
-        out = torch.matmul(self.dropout(weights), v)  # (B, H, Nq, dh)
-        out = out.transpose(1, 2).reshape(B, Nq, H * dh)
+            out = torch.matmul(self.dropout(weights), v)  # (B, H, Nq, dh)
+        else:
+            p = self.dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        if has_key is not None:
+            keep = has_key[:, None, None, None].to(out.dtype)  # (B, 1, 1, 1)
+            out = out * keep
+            if weights is not None:
+                weights = weights * keep
+        out = out.transpose(1, 2).reshape(B, Nq, H * dh)  # (B, Nq, H dh)
         return self.to_out(out), weights
 
 
@@ -132,10 +146,13 @@ class SelfAttentionBlock(nn.Module):
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = FeedForward(d, ffn_mult, ffn_kind, dropout)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Shapes: x (B, N, d), key_mask (B, N) or None -> (B, N, d) and weights (B, H, N, N)."""
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Shapes: x (B, N, d), key_mask (B, N) or None -> (B, N, d) and, with `need_weights`,
+        weights (B, H, N, N) (else None)."""
         h = self.norm_attn(x)
-        a, weights = self.attn(h, h, key_mask)
+        a, weights = self.attn(h, h, key_mask, need_weights)
         x = x + a
         x = x + self.ffn(self.norm_ffn(x))
         return x, weights
@@ -146,7 +163,7 @@ class CrossAttentionBlock(nn.Module):
 
     Example:
         >>> blk = CrossAttentionBlock(16, 16, heads=2, dim_head=8)
-        >>> y, w = blk(torch.randn(2, 4, 16), torch.randn(2, 6, 16), None)
+        >>> y, w = blk(torch.randn(2, 4, 16), torch.randn(2, 6, 16), None, need_weights=True)
         >>> y.shape, w.shape
         (torch.Size([2, 4, 16]), torch.Size([2, 2, 4, 6]))
     """
@@ -169,10 +186,12 @@ class CrossAttentionBlock(nn.Module):
         self.norm_ffn = nn.LayerNorm(d) if use_ffn else None
         self.ffn = FeedForward(d, ffn_mult, ffn_kind, dropout) if use_ffn else None
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, context: Tensor, key_mask: Tensor | None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Shapes: x (B, Nq, d), context (B, Nk, d_ctx), key_mask (B, Nk) or None ->
-        (B, Nq, d) and weights (B, H, Nq, Nk)."""
-        a, weights = self.attn(self.norm_q(x), self.norm_ctx(context), key_mask)
+        (B, Nq, d) and, with `need_weights`, weights (B, H, Nq, Nk) (else None)."""
+        a, weights = self.attn(self.norm_q(x), self.norm_ctx(context), key_mask, need_weights)
         x = x + a
         if self.ffn is not None and self.norm_ffn is not None:
             x = x + self.ffn(self.norm_ffn(x))

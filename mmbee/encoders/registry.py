@@ -16,6 +16,8 @@ import torch
 
 from mmbee.encoders.base import ContentEncoder
 from mmbee.encoders.baselines import FixedFusionEncoder, MeanPoolEncoder, MLPEncoder
+from mmbee.encoders.cva import CVAEncoder, CVATextEncoder, CVATokensEncoder
+from mmbee.encoders.mfq import MFQEncoder
 
 __all__ = [
     "ENCODERS",
@@ -29,6 +31,10 @@ __all__ = [
 ]
 
 ENCODERS: Mapping[str, type[ContentEncoder]] = {
+    "mfq": MFQEncoder,
+    "cva": CVAEncoder,
+    "cva-tokens": CVATokensEncoder,
+    "cva+text": CVATextEncoder,
     "mean-pool": MeanPoolEncoder,
     "mlp": MLPEncoder,
     "fixed-fusion": FixedFusionEncoder,
