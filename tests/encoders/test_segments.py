@@ -1,0 +1,303 @@
+"""Segment buffers: window arithmetic, pooling, lateness, duplicates, replays, order invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmbee.encoders.segments import (
+    ContentItem,
+    IdSet,
+    SegmentBuffer,
+    SegmentConfig,
+    advance,
+    append_closed,
+    close_all,
+    closed_until,
+    decode_closed,
+    decode_state,
+    encode_closed,
+    encode_state,
+    fold,
+    is_replay,
+    pack_state,
+    segment_start,
+    split_state,
+    update,
+)
+from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, decode_embedding, encode_embedding
+
+T0 = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)  # a multiple of every segment length used
+CFG = SegmentConfig(
+    segment_ms=1_000, segments_kept=3, allowed_lateness_ms=200, frame_dim=4, text_dim=3
+)
+
+
+def item(
+    eid: str,
+    ts: int,
+    modality: str = "frame",
+    value: float = 1.0,
+    author: str = "a1",
+    live: str = "l1",
+    cfg: SegmentConfig = CFG,
+    offset: int | None = None,
+) -> ContentItem:
+    vec = np.full(cfg.dim(modality), value, dtype=np.float32)  # type: ignore[arg-type]
+    return ContentItem(
+        modality,  # type: ignore[arg-type]
+        eid,
+        author,
+        live,
+        T0 + ts,
+        vec,
+        None if offset is None else f"live.{modality}",
+        offset,
+    )
+
+
+def state(buf: SegmentBuffer) -> bytes:
+    return encode_state(buf)
+
+
+@given(
+    ts=st.integers(min_value=946_684_800_000, max_value=4_102_444_799_999),
+    seg=st.integers(min_value=1, max_value=3_600_000),
+    late=st.integers(min_value=0, max_value=3_600_000),
+)
+def test_window_arithmetic(ts: int, seg: int, late: int) -> None:
+    cfg = SegmentConfig(segment_ms=seg, allowed_lateness_ms=late)
+    start = segment_start(ts, cfg)
+    assert start % seg == 0
+    assert start <= ts < start + seg
+    horizon = closed_until(ts, cfg)
+    assert horizon is not None and horizon % seg == 0
+    # the segment holding ts closes exactly when the watermark reaches its end + lateness
+    assert (closed_until(start + seg + late, cfg) or 0) > start
+    assert (closed_until(start + seg + late - 1, cfg) or 0) <= start
+    assert closed_until(None, cfg) is None
+
+
+def test_pooled_means_and_counts() -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(5, 4)).astype(np.float32)
+    buf = SegmentBuffer.empty("a1")
+    for i, v in enumerate(vecs):
+        buf, closed, rejects = update(
+            buf, ContentItem("frame", f"f{i}", "a1", "l1", T0 + 100 * i, v), CFG
+        )
+        assert closed == [] and rejects == []
+    buf, c, _ = update(buf, item("c1", 300, "comment", 2.0), CFG)
+    buf, c, _ = update(buf, item("s1", 400, "asr", -1.0), CFG)
+    buf, closed, rejects = update(buf, item("x", 1_200, "comment"), CFG)  # 1200 = 1000 + 200
+    assert rejects == [] and len(closed) == 1
+    seg = closed[0]
+    assert (seg.start_ms, seg.end_ms) == (T0, T0 + 1_000)
+    assert (seg.n_frames, seg.n_comments, seg.n_asr) == (5, 1, 1)
+    np.testing.assert_allclose(decode_embedding(seg.frame_mean), vecs.mean(0), atol=1e-6)
+    np.testing.assert_array_equal(decode_embedding(seg.comment_mean), [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(decode_embedding(seg.asr_mean), [-1.0, -1.0, -1.0])
+    assert buf.closed == (seg,)
+    assert [s.start_ms for s in buf.open] == [T0 + 1_000]
+
+
+def test_missing_modality_pools_to_none() -> None:
+    buf, _, _ = update(SegmentBuffer.empty("a1"), item("f", 0), CFG)
+    buf, closed = close_all(buf, CFG)
+    assert closed[0].comment_mean is None and closed[0].asr_mean is None
+    assert closed[0].n_comments == 0
+
+
+def test_lateness_boundary() -> None:
+    buf, _, _ = update(SegmentBuffer.empty("a1"), item("a", 900), CFG)
+    buf, closed, _ = update(buf, item("b", 1_199), CFG)  # watermark 1199: segment 0 still open
+    assert closed == []
+    buf, _, rejects = update(buf, item("c", 10), CFG)  # 1189 ms behind, within lateness
+    assert rejects == []
+    buf, closed, _ = update(buf, item("d", 1_200), CFG)  # closes segment 0
+    assert [s.n_frames for s in closed] == [2]
+    buf2, _, rejects = update(buf, item("e", 999), CFG)
+    assert [r.reason for r in rejects] == ["late"]
+    assert state(buf2) == state(buf)
+    buf3, _, rejects = update(buf, item("f", 1_000), CFG)  # next segment is still open
+    assert rejects == []
+
+
+def test_duplicates_apply_once() -> None:
+    buf, _, _ = update(SegmentBuffer.empty("a1"), item("a", 0), CFG)
+    once = state(buf)
+    buf, _, rejects = update(buf, item("a", 5, value=9.0), CFG)
+    assert [r.reason for r in rejects] == ["duplicate"]
+    assert state(buf) == once
+    # shortly after its segment closed a re-sent event is still a duplicate, not "late"
+    buf, closed, _ = update(buf, item("b", 1_500), CFG)
+    assert len(closed) == 1
+    _, _, rejects = update(buf, item("a", 0), CFG)
+    assert [r.reason for r in rejects] == ["duplicate"]
+
+
+def test_bad_vectors_are_rejected() -> None:
+    buf = SegmentBuffer.empty("a1")
+    wrong = item("w", 0)._replace(vector=np.ones(5, np.float32))
+    nan = item("n", 0)._replace(vector=np.array([1, np.nan, 0, 0], np.float32))
+    huge = item("h", 0)._replace(vector=np.array([1e30, 0, 0, 0], np.float32))
+    for bad in (wrong, nan, huge):
+        out, closed, rejects = update(buf, bad, CFG)
+        assert [r.reason for r in rejects] == ["validation_error"] and out is buf
+
+
+def test_wrong_author_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="author"):
+        update(SegmentBuffer.empty("a2"), item("x", 0), CFG)
+
+
+def test_update_does_not_modify_its_input() -> None:
+    buf, _, _ = update(SegmentBuffer.empty("a1"), item("a", 0), CFG)
+    before = state(buf)
+    update(buf, item("b", 10), CFG)
+    update(buf, item("c", 5_000), CFG)
+    assert state(buf) == before
+
+
+def test_replays_are_recognised_and_change_nothing() -> None:
+    buf = SegmentBuffer.empty("a1")
+    for off in range(3):
+        buf, _, _ = update(buf, item(f"e{off}", 10 * off, offset=off), CFG)
+    again = item("e1", 10, offset=1)
+    assert is_replay(buf, again)
+    out, closed, rejects = update(buf, again, CFG)
+    assert out is buf and closed == [] and rejects == []
+    assert not is_replay(buf, item("e3", 30, offset=3))
+    assert not is_replay(buf, item("e9", 30))  # no source: never a replay
+
+
+def test_keeps_last_l_segments_and_resets_on_a_new_live() -> None:
+    buf = SegmentBuffer.empty("a1")
+    for k in range(6):
+        buf, _, _ = update(buf, item(f"f{k}", 1_000 * k), CFG)
+    buf, _ = advance(buf, T0 + 10_000, CFG)
+    assert [s.start_ms - T0 for s in buf.closed] == [3_000, 4_000, 5_000]
+    buf, _, _ = update(buf, item("n", 20_000, live="l2"), CFG)
+    buf, closed = advance(buf, T0 + 30_000, CFG)
+    assert [(s.live_id, s.start_ms - T0) for s in buf.closed] == [("l2", 20_000)]
+    assert [s.live_id for s in closed] == ["l2"]
+    assert append_closed(buf.closed[:0], closed, CFG) == tuple(closed)
+
+
+def test_advance_closes_idle_segments_and_never_moves_back() -> None:
+    buf, _, _ = update(SegmentBuffer.empty("a1"), item("a", 0), CFG)
+    same, closed = advance(buf, T0 - 50_000, CFG)
+    assert closed == [] and same.watermark_ms == buf.watermark_ms
+    buf, closed = advance(buf, T0 + 1_200, CFG)
+    assert len(closed) == 1 and buf.open == ()
+
+
+def test_live_id_is_the_latest_items() -> None:
+    buf = SegmentBuffer.empty("a1")
+    for eid, ts, live in [("b", 500, "l2"), ("a", 100, "l1")]:
+        buf, _, _ = update(buf, item(eid, ts, live=live), CFG)
+    _, closed = close_all(buf, CFG)
+    assert closed[0].live_id == "l2"
+
+
+def test_state_round_trip() -> None:
+    buf = SegmentBuffer.empty("a1")
+    for k in range(8):
+        buf, _, _ = update(
+            buf, item(f"e{k}", 450 * k, ["frame", "comment", "asr"][k % 3], offset=k), CFG
+        )
+    data = encode_state(buf)
+    back = decode_state(data, CFG)
+    assert encode_state(back) == data
+    assert back.closed == buf.closed
+    head, closed = split_state(data)
+    assert pack_state(head, closed) == data
+    assert decode_closed(encode_closed(buf.closed), CFG) == buf.closed
+    with pytest.raises(ValueError):
+        split_state(b"nope")
+
+
+def test_id_set() -> None:
+    ids = IdSet()
+    for i in range(600):
+        ids = ids.add(f"e{i}")
+    assert len(ids) == 600 and len(ids.chunks) == 10
+    assert "e599" in ids and "e600" not in ids
+    assert IdSet.of(ids.to_list()).to_list() == ids.to_list()
+
+
+def test_items_from_events() -> None:
+    cfg = SegmentConfig(frame_dim=4, text_dim=3)
+    ctx = cfg.validation_context()
+    frame = FrameEvent.model_validate(
+        dict(event_id="f", ts_ms=T0, live_id="l", author_id="a", embedding=[1, 2, 3, 4]),
+        context=ctx,
+    )
+    comment = CommentEvent.model_validate(
+        dict(event_id="c", ts_ms=T0, user_id="u", author_id="a", live_id="l", text="hi",
+             text_embedding=encode_embedding(np.ones(3))),
+        context=ctx,
+    )  # fmt: skip
+    asr = AsrSegment.model_validate(
+        dict(event_id="s", ts_ms=T0, end_ms=T0 + 4_000, live_id="l", author_id="a", text="x"),
+        context=ctx,
+    )
+    f = ContentItem.from_event(frame, source="live.frames", offset=7)
+    assert f.modality == "frame" and f.vector.tolist() == [1, 2, 3, 4] and f.offset == 7
+    assert ContentItem.from_event(comment).vector.tolist() == [1, 1, 1]
+    s = ContentItem.from_event(asr, np.zeros(3, np.float32))
+    assert s.modality == "asr" and s.ts_ms == T0 + 2_000
+    with pytest.raises(ValueError, match="no embedding"):
+        ContentItem.from_event(asr)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[ContentItem], list[ContentItem]]:
+    """Items of two authors in event-time order, and an arrival order where every item is at
+    most `allowed_lateness_ms` behind the latest item seen before it."""
+    n = draw(st.integers(min_value=1, max_value=40))
+    items = []
+    for i in range(n):
+        ts = draw(st.integers(min_value=0, max_value=6_000))
+        mod = draw(st.sampled_from(["frame", "comment", "asr"]))
+        author = draw(st.sampled_from(["a1", "a2"]))
+        value = draw(st.floats(min_value=-3, max_value=3, allow_nan=False, width=32))
+        items.append(item(f"e{i}", ts, mod, value, author=author))
+    jitter = [draw(st.integers(min_value=0, max_value=CFG.allowed_lateness_ms)) for _ in items]
+    keys = [(i.ts_ms + j, k) for k, (i, j) in enumerate(zip(items, jitter, strict=True))]
+    arrival = [items[k] for _, k in sorted(keys)]
+    by_time = sorted(items, key=lambda i: (i.ts_ms, i.event_id))
+    return by_time, arrival
+
+
+@settings(max_examples=60, deadline=None)
+@given(streams())
+def test_order_within_lateness_does_not_matter(
+    case: tuple[list[ContentItem], list[ContentItem]],
+) -> None:
+    by_time, arrival = case
+    ref, ref_closed, ref_rejects = fold(by_time, CFG)
+    got, got_closed, got_rejects = fold(arrival, CFG)
+    assert ref_rejects == [] and got_rejects == []
+    assert {a: state(b) for a, b in got.items()} == {a: state(b) for a, b in ref.items()}
+    key = lambda s: (s.author_id, s.start_ms)  # noqa: E731
+    assert sorted(got_closed, key=key) == sorted(ref_closed, key=key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(streams(), st.data())
+def test_duplicates_anywhere_change_nothing(
+    case: tuple[list[ContentItem], list[ContentItem]], data: st.DataObject
+) -> None:
+    by_time, _ = case
+    dup_at = data.draw(st.lists(st.integers(0, len(by_time) - 1), max_size=5))
+    stream = list(by_time)
+    for pos in sorted(dup_at, reverse=True):
+        stream.insert(pos + 1, by_time[pos])
+    ref, ref_closed, _ = fold(by_time, CFG)
+    got, got_closed, rejects = fold(stream, CFG)
+    assert {a: state(b) for a, b in got.items()} == {a: state(b) for a, b in ref.items()}
+    assert got_closed == ref_closed
+    assert len(rejects) == len(dup_at) and {r.reason for r in rejects} <= {"duplicate"}
