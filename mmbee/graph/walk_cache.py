@@ -171,6 +171,7 @@ class RocksCacheStore:
 
         opts = Options(raw_mode=True)
         self._db = Rdict(str(path), options=opts)
+        self._closed = False
 
     def get(self, key: str) -> CacheEntry | None:
         """The entry under `key`, or None."""
@@ -194,8 +195,10 @@ class RocksCacheStore:
         return sum(1 for _ in self._db.keys())
 
     def close(self) -> None:
-        """Flush and close the database."""
-        self._db.close()
+        """Flush and close the database (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._db.close()
 
 
 class WalkCache:
