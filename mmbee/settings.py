@@ -67,11 +67,22 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_mib: int = Field(default=8, ge=1, description="per table partition")
     rocksdb_max_write_buffers: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    components: tuple[str, ...] | None = Field(
+        default=None, description="stream components a worker runs; None: all (docs/streams.md)"
+    )
+    stream_batch_max: int = Field(default=500, ge=1, description="events per agent batch")
+    stream_batch_wait_ms: int = Field(default=20, ge=1, description="longest wait to fill one")
 
     # --- content segments -------------------------------------------------------------------
     segment_ms: int = Field(default=30_000, ge=1_000, description="segment length (event time)")
     segments_kept: int = Field(default=10, ge=1, le=64, description="L: 5, 10 or 20 in MMBee")
     allowed_lateness_ms: int = Field(default=10_000, ge=0)
+    segment_checkpoint_events: int = Field(
+        default=20_000,
+        ge=1,
+        description="persist a stream's open segments once its oldest unpersisted event is this "
+        "many events old (bounds replay after a crash, and memory held for uncommitted events)",
+    )
 
     # --- featurizers ------------------------------------------------------------------------
     text_model: str | None = Field(
@@ -85,6 +96,7 @@ class Settings(BaseSettings):
     frame_dim: int = Field(default=1280, ge=1)
     text_dim: int = Field(default=384, ge=1)
     featurizer_threads: int = Field(default=1, ge=1)
+    asr_batch_max: int = Field(default=4, ge=1, description="audio chunks per Whisper batch")
 
     @model_validator(mode="before")
     @classmethod
