@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     text_dim: int = Field(default=384, ge=1)
     featurizer_threads: int = Field(default=1, ge=1)
     asr_batch_max: int = Field(default=4, ge=1, description="audio chunks per Whisper batch")
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="where joined/converted Whisper weights are written (RecognizerConfig."
+        "cache_dir); None: ~/.cache/mmbee/models",
+    )
 
     @model_validator(mode="before")
     @classmethod
