@@ -26,6 +26,7 @@ from mmbee.schemas.events import (
     SegmentClosed,
     WatchEvent,
 )
+from mmbee.schemas.scoring import TrainingExample
 
 __all__ = [
     "TopicSpec",
@@ -71,6 +72,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("content.segments", SegmentClosed, "author_id"),
         TopicSpec("score.requests", ScoreRequest, "user_id", retention_ms=3600 * 1000),
         TopicSpec("score.responses", ScoreResponse, "user_id", retention_ms=3600 * 1000),
+        TopicSpec("train.examples", TrainingExample, "user_id"),
         TopicSpec(
             "dlq",
             DeadLetter,

@@ -1,0 +1,277 @@
+"""Snapshots to tensors: a columnar example table and the collate used by training and serving.
+
+`ExampleTable` stores labeled snapshots compactly (ids interned into vocabularies, behaviour
+ages bucketed, segments as rows of the segment store) and cuts `GTRBatch`es out of them; the
+hashed table rows are computed per model from the vocabularies, so one table serves every
+variant of an ablation. `collate` turns plain snapshots into a batch through the same table
+code, which is what serving calls: training and serving tensorise identically.
+
+Content: a batch carries each distinct (streamer, segment rows) buffer once (U <= B) and a
+(B,) index into them, so the content encoder runs once per buffer, not per impression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmbee.encoders.base import SegmentBatch
+from mmbee.scorer.batch import EXPANSIONS, GTRBatch, age_bucket, id_row
+from mmbee.scorer.examples import LabeledExample
+from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, MemorySegmentStore, dense_vector
+
+__all__ = ["Vocab", "Rows", "ExampleTable", "collate"]
+
+
+class Vocab:
+    """Interned ids: id -> dense index, and the hashed table row of every index (cached per size).
+
+    Example:
+        >>> v = Vocab()
+        >>> v.index("u1"), v.index("u2"), v.index("u1")
+        (0, 1, 0)
+        >>> v.rows(16)[-1]  # the extra last entry is padding (index -1)
+        0
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self._luts: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, key: str) -> int:
+        """Dense index of `key`, added on first sight."""
+        i = self._index.get(key)
+        if i is None:
+            i = self._index[key] = len(self.ids)
+            self.ids.append(key)
+        return i
+
+    def rows(self, n_rows: int) -> np.ndarray:
+        """(len + 1,) int64 table rows of every index; the last entry (index -1) is row 0."""
+        lut = self._luts.get(n_rows)
+        if lut is None or lut.shape[0] != len(self.ids) + 1:
+            start = 0 if lut is None else lut.shape[0] - 1
+            new = [id_row(k, n_rows) for k in self.ids[start:]]
+            old = np.zeros(0, np.int64) if lut is None else lut[:-1]
+            lut = np.concatenate([old, np.asarray(new, np.int64), [0]])
+            self._luts[n_rows] = lut
+        return lut
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Table sizes of the model a batch is cut for.
+
+    Attributes:
+        user_rows, author_rows: the GTR model's hashed id tables.
+        content_author_rows: the content encoder's author table (`GTRModel.content_author_rows`).
+        with_content: whether to build the SegmentBatch (only models with a content encoder).
+    """
+
+    user_rows: int
+    author_rows: int
+    content_author_rows: int = 1 << 16
+    with_content: bool = True
+
+
+class ExampleTable:
+    """Labeled snapshots in columns; `batch(idx, rows, store)` builds a GTRBatch.
+
+    Columns (E examples): user, author (E,) vocab indices; ts (E,); hist_author (E, H) author
+    vocab indices (-1 = padding), hist_kind, hist_age (E, H) int8; dense (E, 10); exp_ids
+    (E, 5, N) vocab indices (users for u2a2u, authors otherwise; -1 padding); exp_weight
+    (E, 5, N); seg_rows (E, L) segment-store rows (-1 padding, left-padded); labels (E, 3);
+    gift_value (E,); event_ids.
+
+    Example:
+        >>> from mmbee.scorer.features import AuthorFeatures, UserFeatures
+        >>> t = ExampleTable(FeatureConfig(history=4, segments=2, expansion_n=3))
+        >>> snap = FeatureSnapshot("w1", 1_700_000_000_000, UserFeatures("u1"), AuthorFeatures("a1"))
+        >>> t.add_snapshot(snap, [], (1.0, 0.0, 0.0))
+        >>> b = t.batch(np.arange(1), Rows(64, 64, with_content=False), None)
+        >>> tuple(b.hist_author.shape), tuple(b.exp_ids.shape)
+        ((1, 4), (1, 5, 3))
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.users = Vocab()
+        self.authors = Vocab()
+        self.event_ids: list[str] = []
+        self._n = 0
+        self._cap = 0
+        h, n, seg = config.history, config.expansion_n, config.segments
+        p = len(EXPANSIONS)
+        self._cols: dict[str, np.ndarray] = {
+            "user": np.zeros(0, np.int32),
+            "author": np.zeros(0, np.int32),
+            "ts": np.zeros(0, np.int64),
+            "hist_author": np.zeros((0, h), np.int32),
+            "hist_kind": np.zeros((0, h), np.int8),
+            "hist_age": np.zeros((0, h), np.int8),
+            "dense": np.zeros((0, 10), np.float32),
+            "exp_ids": np.zeros((0, p, n), np.int32),
+            "exp_weight": np.zeros((0, p, n), np.float32),
+            "seg_rows": np.zeros((0, seg), np.int32),
+            "labels": np.zeros((0, 3), np.float32),
+            "gift_value": np.zeros(0, np.float32),
+        }
+
+    def __len__(self) -> int:
+        return self._n
+
+    def column(self, name: str) -> np.ndarray:
+        """A column over the stored examples (a view)."""
+        return self._cols[name][: self._n]
+
+    def _grow(self) -> None:
+        cap = max(4096, 2 * self._cap)
+        for k, old in self._cols.items():
+            new = np.zeros((cap,) + old.shape[1:], old.dtype)
+            new[: self._n] = old[: self._n]
+            self._cols[k] = new
+        self._cap = cap
+
+    def add(self, example: LabeledExample, store: MemorySegmentStore | None) -> None:
+        """Append a labeled example; its segments are resolved to rows of `store`."""
+        s = example.snapshot
+        rows: list[int] = []
+        if store is not None:
+            for start in s.author.segment_starts:
+                r = store.row(s.author_id, start)
+                if r is not None:
+                    rows.append(r)
+        self.add_snapshot(s, rows, example.labels, example.gift_value)
+
+    def add_snapshot(
+        self,
+        s: FeatureSnapshot,
+        segment_rows: Sequence[int],
+        labels: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        gift_value: float = 0.0,
+    ) -> None:
+        """Append one snapshot with its segment-store rows (oldest first) and labels."""
+        if self._n == self._cap:
+            self._grow()
+        i = self._n
+        c = self._cols
+        cfg = self.config
+        c["user"][i] = self.users.index(s.user_id)
+        c["author"][i] = self.authors.index(s.author_id)
+        c["ts"][i] = s.ts_ms
+        hist = s.user.history[-cfg.history :]
+        k = len(hist)
+        ha, hk, hg = c["hist_author"][i], c["hist_kind"][i], c["hist_age"][i]
+        ha[:] = -1
+        hk[:] = 0
+        hg[:] = 0
+        for j, b in enumerate(hist, start=cfg.history - k):  # right-aligned: newest last
+            ha[j] = self.authors.index(b.author_id)
+            hk[j] = b.kind
+            hg[j] = age_bucket(s.ts_ms - b.ts_ms)
+        c["dense"][i] = dense_vector(s)
+        ei, ew = c["exp_ids"][i], c["exp_weight"][i]
+        ei[:] = -1
+        ew[:] = 0.0
+        for p, (name, exp) in enumerate(zip(EXPANSIONS, s.expansions(), strict=True)):
+            vocab = self.users if name == "u2a2u" else self.authors
+            for j, (node, w) in enumerate(exp[: cfg.expansion_n]):
+                ei[p, j] = vocab.index(node)
+                ew[p, j] = w
+        sr = c["seg_rows"][i]
+        sr[:] = -1
+        rows = list(segment_rows)[-cfg.segments :]
+        if rows:
+            sr[cfg.segments - len(rows) :] = rows
+        c["labels"][i] = labels
+        c["gift_value"][i] = gift_value
+        self.event_ids.append(s.event_id)
+        self._n += 1
+
+    def batch(
+        self, idx: np.ndarray, rows: Rows, store: MemorySegmentStore | None
+    ) -> GTRBatch:
+        """The GTRBatch of examples `idx` for a model with table sizes `rows`."""
+        c = {k: v[idx] for k, v in self._cols.items()}
+        ulut = self.users.rows(rows.user_rows)
+        alut = self.authors.rows(rows.author_rows)
+        exp_v = c["exp_ids"]
+        exp_rows = np.stack(  # (B, P, N); -1 -> row 0
+            [(ulut if name == "u2a2u" else alut)[exp_v[:, p]] for p, name in enumerate(EXPANSIONS)],
+            axis=1,
+        )
+        exp_mask = exp_v >= 0
+        hist_mask = c["hist_author"] >= 0
+        batch = GTRBatch(
+            user=torch.from_numpy(ulut[c["user"]]),
+            author=torch.from_numpy(alut[c["author"]]),
+            hist_author=torch.from_numpy(alut[c["hist_author"]]),
+            hist_kind=torch.from_numpy(c["hist_kind"].astype(np.int64)),
+            hist_age=torch.from_numpy(c["hist_age"].astype(np.int64)),
+            hist_mask=torch.from_numpy(hist_mask),
+            dense=torch.from_numpy(c["dense"]),
+            exp_ids=torch.from_numpy(exp_rows),
+            exp_weight=torch.from_numpy(c["exp_weight"] * exp_mask),
+            exp_mask=torch.from_numpy(exp_mask),
+            labels=torch.from_numpy(c["labels"]),
+        )
+        if rows.with_content:
+            if store is None:
+                raise ValueError("a content model needs the segment store")
+            batch.content, batch.content_index = self._content(c, rows, store)
+        return batch
+
+    def _content(
+        self, c: dict[str, np.ndarray], rows: Rows, store: MemorySegmentStore
+    ) -> tuple[SegmentBatch, torch.Tensor]:
+        key = np.concatenate([c["author"][:, None], c["seg_rows"]], axis=1)  # (B, 1 + L)
+        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+        seg = uniq[:, 1:]  # (U, L)
+        valid = seg >= 0
+        safe = np.where(valid, seg, 0)
+        visual, speech, comments, present = store.arrays()
+        if visual.shape[0] == 0:  # nothing stored yet: every buffer is empty
+            visual = np.zeros((1, store.frame_dim), np.float32)
+            speech = comments = np.zeros((1, store.text_dim), np.float32)
+            present = np.zeros((1, 3), bool)
+        pres = present[safe] & valid[..., None]  # (U, L, 3)
+        m = valid[..., None]
+        clut = self.authors.rows(rows.content_author_rows)
+        content = SegmentBatch(
+            visual=torch.from_numpy(visual[safe] * m),  # (U, L, d_v)
+            speech=torch.from_numpy(speech[safe] * m),  # (U, L, d_s)
+            comments=torch.from_numpy(comments[safe] * m),  # (U, L, d_t)
+            segment_mask=torch.from_numpy(valid),
+            modality_mask=torch.from_numpy(pres.any(axis=1)),
+            author_ids=torch.from_numpy(clut[uniq[:, 0]]),
+            segment_modality_mask=torch.from_numpy(pres),
+        )
+        return content, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+
+    def extend(self, examples: Iterable[LabeledExample], store: MemorySegmentStore | None) -> None:
+        """`add` every example."""
+        for ex in examples:
+            self.add(ex, store)
+
+
+def collate(
+    snapshots: Sequence[FeatureSnapshot],
+    config: FeatureConfig,
+    rows: Rows,
+    store: MemorySegmentStore | None,
+) -> GTRBatch:
+    """A GTRBatch of unlabeled snapshots (serving), through the same code as training batches."""
+    table = ExampleTable(config)
+    for s in snapshots:
+        r = [] if store is None else [store.row(s.author_id, t) for t in s.author.segment_starts]
+        table.add_snapshot(s, [x for x in r if x is not None])
+    batch = table.batch(np.arange(len(snapshots)), rows, store)
+    batch.labels = None
+    return batch

@@ -1,0 +1,615 @@
+"""Point-in-time features: a state machine over events and the one snapshot function.
+
+`FeatureState` consumes events in event-time order (watch, comment, gift, closed segments) and
+keeps, per user, the behaviour history and counters; per streamer, counters and the references
+(start times) of its closed content segments; the closed segments' features in a `SegmentStore`;
+and the gifting graph with its walk cache (metapath expansions). `FeatureState.snapshot` answers
+"what did the world look like just before time t" for one (user, streamer) impression:
+
+* an event is applied only once event time has moved past it: events at the current
+  millisecond wait in a pending list, so a snapshot at t sees exactly the events with ts < t
+  (ties with the impression never leak, whatever order the reader gives them in);
+* history and counters are copied into the snapshot (bounded: H behaviours, a few counters);
+  segments are referenced by (author, start) keys into the append-only store; expansions are
+  copied (5 x top-N ids) because the walk cache keeps one entry per node, not old versions;
+* a `FeatureSnapshot` is an immutable value: later events cannot change it.
+
+The joiner (training examples) and the serving agent both build snapshots with
+`snapshot_features` from `UserFeatures` / `AuthorFeatures`, so training and serving see the
+same features. Offline, `FeatureState` composes them in one process.
+
+Example:
+    >>> from mmbee.schemas import GiftEvent, WatchEvent
+    >>> st = FeatureState(FeatureConfig())
+    >>> t = 1_700_000_000_000
+    >>> st.apply(WatchEvent(event_id="w1", ts_ms=t, user_id="u1", author_id="a1", live_id="l1"))
+    >>> st.apply(GiftEvent(event_id="g1", ts_ms=t + 5, user_id="u1", author_id="a1", live_id="l1",
+    ...                    gift_value=1.0))
+    >>> snap = st.snapshot("w2", "u1", "a1", "l1", t + 5)  # the gift at t + 5 is not visible yet
+    >>> [b.kind for b in snap.user.history], snap.user.gifts
+    ([0], 0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from mmbee.graph.metapaths import ExpansionConfig, Expansions, empty_expansions
+from mmbee.graph.state import GiftGraph, GraphConfig
+from mmbee.graph.walk_cache import CacheConfig, MemoryCacheStore, WalkCache
+from mmbee.schemas.events import CommentEvent, GiftEvent, SegmentClosed, WatchEvent
+from mmbee.schemas.types import decode_embedding
+from mmbee.scorer.batch import AUTHOR_EXPANSIONS, DENSE_FEATURES, USER_EXPANSIONS
+
+__all__ = [
+    "WATCH",
+    "COMMENT",
+    "GIFT",
+    "FeatureConfig",
+    "Behaviour",
+    "UserState",
+    "AuthorState",
+    "UserFeatures",
+    "AuthorFeatures",
+    "FeatureSnapshot",
+    "SegmentStore",
+    "MemorySegmentStore",
+    "snapshot_features",
+    "dense_vector",
+    "FeatureState",
+]
+
+WATCH, COMMENT, GIFT = 0, 1, 2
+"""Behaviour kinds (`mmbee.scorer.batch.KINDS` order)."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What a snapshot keeps (the model's input sizes) and how the graph is maintained.
+
+    Attributes:
+        history: H, behaviours kept per user (SIM's long sequence; the newest H).
+        segments: L, closed segments referenced per streamer (MMBee Table 6: 5, 10, 20).
+        expansion_n: N, nodes per metapath expansion.
+        max_pairs_per_user: streamers whose (user, streamer) counters a user keeps (oldest
+            touched evicted first).
+        graph_half_life_ms: time decay of the U2A gifting graph.
+        expansion_staleness_ms: the walk cache recomputes an expansion older than this.
+
+    Example:
+        >>> FeatureConfig(history=20).history
+        20
+    """
+
+    history: int = 50
+    segments: int = 10
+    expansion_n: int = 20
+    max_pairs_per_user: int = 256
+    graph_half_life_ms: int = 7 * 24 * 3600 * 1000
+    expansion_staleness_ms: int = 3600 * 1000
+
+    def __post_init__(self) -> None:
+        for name in ("history", "segments", "expansion_n", "max_pairs_per_user"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Behaviour(NamedTuple):
+    """One entry of a user's behaviour sequence."""
+
+    ts_ms: int
+    author_id: str
+    kind: int
+
+
+class UserState:
+    """Everything kept per user (a user-partitioned table row in the streaming deployment).
+
+    Example:
+        >>> s = UserState()
+        >>> s.add(Behaviour(1, "a1", GIFT), 5.0, keep=10, max_pairs=10)
+        >>> s.gifts, s.pair("a1")
+        (1, (0, 1))
+    """
+
+    __slots__ = ("history", "watches", "gifts", "gift_value", "pairs")
+
+    def __init__(self) -> None:
+        self.history: list[Behaviour] = []
+        self.watches = 0
+        self.gifts = 0
+        self.gift_value = 0.0
+        self.pairs: dict[str, list[int]] = {}  # author -> [watches, gifts], insertion = recency
+
+    def add(self, b: Behaviour, gift_value: float, keep: int, max_pairs: int) -> None:
+        """Append a behaviour and update the counters (history trimmed to the newest `keep`)."""
+        self.history.append(b)
+        if len(self.history) > 2 * keep:
+            del self.history[: len(self.history) - keep]
+        pair = self.pairs.pop(b.author_id, None) or [0, 0]
+        self.pairs[b.author_id] = pair  # move to the most recent end
+        if b.kind == WATCH:
+            self.watches += 1
+            pair[0] += 1
+        elif b.kind == GIFT:
+            self.gifts += 1
+            self.gift_value += gift_value
+            pair[1] += 1
+        if len(self.pairs) > max_pairs:
+            del self.pairs[next(iter(self.pairs))]
+
+    def pair(self, author_id: str) -> tuple[int, int]:
+        """(watches, gifts) of this user on `author_id` so far."""
+        p = self.pairs.get(author_id)
+        return (0, 0) if p is None else (p[0], p[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-plain form (for a table row)."""
+        return {
+            "history": [list(b) for b in self.history],
+            "watches": self.watches,
+            "gifts": self.gifts,
+            "gift_value": self.gift_value,
+            "pairs": [[a, p[0], p[1]] for a, p in self.pairs.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UserState:
+        """Inverse of `to_dict`."""
+        s = cls()
+        s.history = [Behaviour(int(t), str(a), int(k)) for t, a, k in d["history"]]
+        s.watches, s.gifts, s.gift_value = (
+            int(d["watches"]),
+            int(d["gifts"]),
+            float(d["gift_value"]),
+        )
+        s.pairs = {str(a): [int(w), int(g)] for a, w, g in d["pairs"]}
+        return s
+
+
+class AuthorState:
+    """Everything kept per streamer: counters and its closed segments' keys, newest last.
+
+    Example:
+        >>> s = AuthorState()
+        >>> s.add_segment("l1", 0, 30_000, keep=2)
+        >>> s.segment_starts("l1", 30_000)
+        (0,)
+    """
+
+    __slots__ = ("watches", "gifts", "segments")
+
+    def __init__(self) -> None:
+        self.watches = 0
+        self.gifts = 0
+        self.segments: list[tuple[str, int, int]] = []  # (live_id, start_ms, end_ms)
+
+    def add_segment(self, live_id: str, start_ms: int, end_ms: int, keep: int) -> None:
+        """Record a closed segment (idempotent; kept sorted by start, newest `keep` per live)."""
+        key = (live_id, start_ms, end_ms)
+        if key in self.segments:
+            return
+        self.segments.append(key)
+        self.segments.sort(key=lambda s: (s[1], s[0]))
+        if len(self.segments) > 2 * keep:
+            del self.segments[: len(self.segments) - keep]
+
+    def segment_starts(
+        self, live_id: str | None, ts_ms: int, keep: int | None = None
+    ) -> tuple[int, ...]:
+        """Start times of the closed segments of `live_id` (None: the latest live) that ended at
+        or before `ts_ms`, oldest first, at most `keep`."""
+        done = [s for s in self.segments if s[2] <= ts_ms]
+        if not done:
+            return ()
+        live = done[-1][0] if live_id is None else live_id
+        starts = tuple(s[1] for s in done if s[0] == live)
+        return starts if keep is None else starts[-keep:]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-plain form (for a table row)."""
+        return {
+            "watches": self.watches,
+            "gifts": self.gifts,
+            "segments": [list(s) for s in self.segments],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AuthorState:
+        """Inverse of `to_dict`."""
+        s = cls()
+        s.watches, s.gifts = int(d["watches"]), int(d["gifts"])
+        s.segments = [(str(lv), int(a), int(b)) for lv, a, b in d["segments"]]
+        return s
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """The user side of a snapshot (shared by every candidate of one score request).
+
+    Attributes:
+        user_id: the viewer.
+        history: the newest H behaviours strictly before the snapshot time, oldest first.
+        watches, gifts, gift_value: the user's counters before the snapshot time.
+        expansions: u2a2u, u2a2u2a, u2a2a as (id, weight) tuples, heaviest first.
+    """
+
+    user_id: str
+    history: tuple[Behaviour, ...] = ()
+    watches: int = 0
+    gifts: int = 0
+    gift_value: float = 0.0
+    expansions: tuple[tuple[tuple[str, float], ...], ...] = ((), (), ())
+
+
+@dataclass(frozen=True)
+class AuthorFeatures:
+    """The streamer side of a snapshot.
+
+    Attributes:
+        author_id: the target streamer; live_id: its live session (None: the latest one).
+        watches, gifts: the streamer's counters before the snapshot time.
+        segment_starts: keys (start_ms) of its closed segments in the segment store, oldest
+            first, at most L: references, never copies of the features.
+        expansions: a2a, a2u2a as (id, weight) tuples.
+    """
+
+    author_id: str
+    live_id: str | None = None
+    watches: int = 0
+    gifts: int = 0
+    segment_starts: tuple[int, ...] = ()
+    expansions: tuple[tuple[tuple[str, float], ...], ...] = ((), ())
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """Everything the GTR model sees of one impression, as it was at `ts_ms` (exclusive).
+
+    Example:
+        >>> s = FeatureSnapshot("w1", 1_700_000_000_000, UserFeatures("u1"), AuthorFeatures("a1"))
+        >>> dense_vector(s).shape
+        (10,)
+    """
+
+    event_id: str
+    ts_ms: int
+    user: UserFeatures
+    author: AuthorFeatures
+    pair_watches: int = 0
+    pair_gifts: int = 0
+
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
+    @property
+    def author_id(self) -> str:
+        return self.author.author_id
+
+    def expansions(self) -> tuple[tuple[tuple[str, float], ...], ...]:
+        """The five expansions in `mmbee.scorer.batch.EXPANSIONS` order."""
+        return self.user.expansions + self.author.expansions
+
+
+def _freeze_expansions(
+    exp: Expansions, names: Sequence[str], n: int
+) -> tuple[tuple[tuple[str, float], ...], ...]:
+    return tuple(tuple((str(k), float(w)) for k, w in exp.get(name, [])[:n]) for name in names)
+
+
+def user_features(
+    user_id: str, state: UserState | None, expansions: Expansions | None, config: FeatureConfig
+) -> UserFeatures:
+    """The user side from the user's state and cached expansions (state may be None: new user)."""
+    exp = _freeze_expansions(
+        expansions or empty_expansions("user"), USER_EXPANSIONS, config.expansion_n
+    )
+    if state is None:
+        return UserFeatures(user_id, expansions=exp)
+    return UserFeatures(
+        user_id=user_id,
+        history=tuple(state.history[-config.history :]),
+        watches=state.watches,
+        gifts=state.gifts,
+        gift_value=state.gift_value,
+        expansions=exp,
+    )
+
+
+def author_features(
+    author_id: str,
+    live_id: str | None,
+    ts_ms: int,
+    state: AuthorState | None,
+    expansions: Expansions | None,
+    config: FeatureConfig,
+) -> AuthorFeatures:
+    """The streamer side from its state and cached expansions (state may be None: unknown)."""
+    exp = _freeze_expansions(
+        expansions or empty_expansions("author"), AUTHOR_EXPANSIONS, config.expansion_n
+    )
+    if state is None:
+        return AuthorFeatures(author_id, live_id, expansions=exp)
+    return AuthorFeatures(
+        author_id=author_id,
+        live_id=live_id,
+        watches=state.watches,
+        gifts=state.gifts,
+        segment_starts=state.segment_starts(live_id, ts_ms, config.segments),
+        expansions=exp,
+    )
+
+
+def snapshot_features(
+    event_id: str,
+    ts_ms: int,
+    user: UserFeatures,
+    author: AuthorFeatures,
+    user_state: UserState | None,
+) -> FeatureSnapshot:
+    """THE snapshot function: used by the offline state machine, the joiner and serving."""
+    pw, pg = user_state.pair(author.author_id) if user_state is not None else (0, 0)
+    return FeatureSnapshot(event_id, ts_ms, user, author, pw, pg)
+
+
+def dense_vector(s: FeatureSnapshot) -> np.ndarray:
+    """The dense counters of a snapshot, `DENSE_FEATURES` order: (10,) float32."""
+    hour = (s.ts_ms // 1000 % 86400) / 3600.0
+    rate = (s.author.gifts + 0.1) / (s.author.watches + 10.0)
+    out = np.array(
+        [
+            math.log1p(s.user.watches),
+            math.log1p(s.user.gifts),
+            math.log1p(s.user.gift_value),
+            math.log1p(s.author.watches),
+            math.log1p(s.author.gifts),
+            math.log(rate),
+            math.log1p(s.pair_watches),
+            math.log1p(s.pair_gifts),
+            math.sin(2 * math.pi * hour / 24),
+            math.cos(2 * math.pi * hour / 24),
+        ],
+        dtype=np.float32,
+    )
+    assert out.shape[0] == len(DENSE_FEATURES)
+    return out
+
+
+class SegmentStore(Protocol):
+    """Closed segments' features by (author, start_ms): append-only, so references stay valid."""
+
+    def put(self, segment: SegmentClosed) -> int: ...
+    def row(self, author_id: str, start_ms: int) -> int | None: ...
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class MemorySegmentStore:
+    """In-memory segment store: decoded float32 features in growable row-major arrays.
+
+    `arrays()` returns (visual (S, d_v), speech (S, d_s), comments (S, d_t), present (S, 3));
+    `row(author, start)` the row of a segment. Putting the same key twice keeps the first.
+
+    Example:
+        >>> st = MemorySegmentStore(frame_dim=4, text_dim=2)
+        >>> seg = SegmentClosed.model_validate(dict(author_id="a1", live_id="l1",
+        ...     start_ms=1_700_000_000_000, end_ms=1_700_000_030_000, n_frames=1, n_comments=0,
+        ...     n_asr=0, frame_mean=[1.0, 0.0, 0.0, 0.0]), context={"frame_dim": 4})
+        >>> st.put(seg), st.row("a1", 1_700_000_000_000)
+        (0, 0)
+    """
+
+    def __init__(self, frame_dim: int = 1280, text_dim: int = 384) -> None:
+        self.frame_dim, self.text_dim = frame_dim, text_dim
+        self._index: dict[tuple[str, int], int] = {}
+        self._n = 0
+        self._cap = 0
+        self._visual = np.zeros((0, frame_dim), np.float32)
+        self._speech = np.zeros((0, text_dim), np.float32)
+        self._comments = np.zeros((0, text_dim), np.float32)
+        self._present = np.zeros((0, 3), bool)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _grow(self) -> None:
+        cap = max(1024, 2 * self._cap)
+        for name in ("_visual", "_speech", "_comments", "_present"):
+            old = getattr(self, name)
+            new = np.zeros((cap, old.shape[1]), old.dtype)
+            new[: self._n] = old[: self._n]
+            setattr(self, name, new)
+        self._cap = cap
+
+    def put(self, segment: SegmentClosed) -> int:
+        """Store a closed segment; returns its row."""
+        key = (segment.author_id, segment.start_ms)
+        row = self._index.get(key)
+        if row is not None:
+            return row
+        if self._n == self._cap:
+            self._grow()
+        row = self._n
+        for i, (vec, arr, dim) in enumerate(
+            (
+                (segment.frame_mean, self._visual, self.frame_dim),
+                (segment.asr_mean, self._speech, self.text_dim),
+                (segment.comment_mean, self._comments, self.text_dim),
+            )
+        ):
+            if vec is not None:
+                v = decode_embedding(vec)
+                if v.shape[0] != dim:
+                    raise ValueError(f"segment {key}: embedding width {v.shape[0]}, expected {dim}")
+                arr[row] = v
+                self._present[row, i] = True
+        self._index[key] = row
+        self._n += 1
+        return row
+
+    def row(self, author_id: str, start_ms: int) -> int | None:
+        """Row of a stored segment, or None."""
+        return self._index.get((author_id, start_ms))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Views of the stored rows: visual, speech, comments, present (modality order)."""
+        n = self._n
+        return self._visual[:n], self._speech[:n], self._comments[:n], self._present[:n]
+
+
+class FeatureState:
+    """The offline point-in-time state machine: apply events in event-time order, snapshot any
+    impression. Events at the current millisecond are held back until time moves on; an event
+    id seen before is applied once (`duplicates` counts the rest).
+
+    Example: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig,
+        store: MemorySegmentStore | None = None,
+        cache: WalkCache | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else MemorySegmentStore()
+        self.cache = cache or WalkCache(
+            GiftGraph(GraphConfig(half_life_ms=config.graph_half_life_ms)),
+            MemoryCacheStore(),
+            CacheConfig(max_staleness_ms=config.expansion_staleness_ms),
+            ExpansionConfig(top_n=config.expansion_n),
+        )
+        self.users: dict[str, UserState] = {}
+        self.authors: dict[str, AuthorState] = {}
+        self._pending: list[BaseModel] = []
+        self._pending_ts: int | None = None
+        self._seen: set[str] = set()
+        self.applied = 0
+        self.duplicates = 0
+
+    # --- updates ----------------------------------------------------------------------------
+    def apply(self, event: BaseModel, at_ms: int | None = None) -> None:
+        """Take one event: WatchEvent, CommentEvent, GiftEvent or SegmentClosed (others ignored).
+
+        `at_ms` is when the event became known; default its `ts_ms`. Pass it for a
+        SegmentClosed: the event time at which the segment buffer closed it (its watermark),
+        since a segment is not visible before it is closed (default: its `end_ms`).
+        Events must come in non-decreasing time, except late ones (before the current
+        millisecond), which are applied at once: they precede every later snapshot anyway.
+        """
+        ts = at_ms if at_ms is not None else _event_time(event)
+        if ts is None:
+            return
+        if self._pending_ts is None or ts > self._pending_ts:
+            self._flush()
+            self._pending_ts = ts
+            self._pending.append(event)
+        elif ts == self._pending_ts:
+            self._pending.append(event)
+        else:
+            self._apply_now(event)
+
+    def advance(self, ts_ms: int) -> None:
+        """Apply every held-back event older than `ts_ms` (snapshot does this itself)."""
+        if self._pending_ts is not None and self._pending_ts < ts_ms:
+            self._flush()
+
+    def _flush(self) -> None:
+        for ev in self._pending:
+            self._apply_now(ev)
+        self._pending.clear()
+
+    def _apply_now(self, ev: BaseModel) -> None:
+        cfg = self.config
+        if isinstance(ev, SegmentClosed):
+            self.store.put(ev)
+            self._author(ev.author_id).add_segment(ev.live_id, ev.start_ms, ev.end_ms, cfg.segments)
+            self.applied += 1
+            return
+        event_id = getattr(ev, "event_id", None)
+        if event_id is not None:
+            if event_id in self._seen:
+                self.duplicates += 1
+                return
+            self._seen.add(event_id)
+        if isinstance(ev, WatchEvent):
+            if ev.action != "enter":
+                return
+            self._user(ev.user_id).add(
+                Behaviour(ev.ts_ms, ev.author_id, WATCH), 0.0, cfg.history, cfg.max_pairs_per_user
+            )
+            self._author(ev.author_id).watches += 1
+        elif isinstance(ev, CommentEvent):
+            self._user(ev.user_id).add(
+                Behaviour(ev.ts_ms, ev.author_id, COMMENT), 0.0, cfg.history, cfg.max_pairs_per_user
+            )
+        elif isinstance(ev, GiftEvent):
+            self._user(ev.user_id).add(
+                Behaviour(ev.ts_ms, ev.author_id, GIFT),
+                ev.gift_value,
+                cfg.history,
+                cfg.max_pairs_per_user,
+            )
+            self._author(ev.author_id).gifts += 1
+            self.cache.add_gift(ev.user_id, ev.author_id, ev.ts_ms, ev.gift_value)
+        self.applied += 1
+
+    def _user(self, user_id: str) -> UserState:
+        s = self.users.get(user_id)
+        if s is None:
+            s = self.users[user_id] = UserState()
+        return s
+
+    def _author(self, author_id: str) -> AuthorState:
+        s = self.authors.get(author_id)
+        if s is None:
+            s = self.authors[author_id] = AuthorState()
+        return s
+
+    # --- reads ------------------------------------------------------------------------------
+    def user_side(self, user_id: str, ts_ms: int) -> UserFeatures:
+        """The user side as of `ts_ms` (exclusive)."""
+        self.advance(ts_ms)
+        exp = (
+            self.cache.user_expansions(user_id, ts_ms)
+            if user_id in self.cache.graph.user_out
+            else None
+        )
+        return user_features(user_id, self.users.get(user_id), exp, self.config)
+
+    def author_side(self, author_id: str, live_id: str | None, ts_ms: int) -> AuthorFeatures:
+        """The streamer side as of `ts_ms` (exclusive)."""
+        self.advance(ts_ms)
+        known = author_id in self.cache.graph.author_in
+        exp = self.cache.author_expansions(author_id, ts_ms) if known else None
+        return author_features(
+            author_id, live_id, ts_ms, self.authors.get(author_id), exp, self.config
+        )
+
+    def snapshot(
+        self, event_id: str, user_id: str, author_id: str, live_id: str | None, ts_ms: int
+    ) -> FeatureSnapshot:
+        """Features of an impression at `ts_ms`, from events strictly before it."""
+        user = self.user_side(user_id, ts_ms)
+        author = self.author_side(author_id, live_id, ts_ms)
+        return snapshot_features(event_id, ts_ms, user, author, self.users.get(user_id))
+
+    def segments_of(self, snap: FeatureSnapshot) -> Iterator[int]:
+        """Store rows of the segments a snapshot refers to (oldest first)."""
+        for start in snap.author.segment_starts:
+            row = self.store.row(snap.author_id, start)
+            if row is not None:
+                yield row
+
+
+def _event_time(ev: BaseModel) -> int | None:
+    if isinstance(ev, SegmentClosed):
+        return ev.end_ms
+    ts = getattr(ev, "ts_ms", None)
+    return int(ts) if ts is not None else None

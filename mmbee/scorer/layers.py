@@ -1,0 +1,131 @@
+"""Building blocks shared by the GTR models: MLPs, masked target attention, behaviour embeddings.
+
+Shape letters: see `mmbee.scorer.batch`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmbee.scorer.batch import AGE_BUCKETS, KINDS
+
+__all__ = ["mlp", "TargetAttention", "BehaviourEmbedding", "masked_mean", "match_counts"]
+
+
+def mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int | None, dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear -> ReLU (-> Dropout) blocks over `hidden`, then an optional Linear to `out_dim`.
+
+    Example:
+        >>> mlp(8, (16,), 1)(torch.zeros(2, 8)).shape
+        torch.Size([2, 1])
+    """
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    if out_dim is not None:
+        layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (B, N, D) over N under a (B, N) bool mask; rows without any True give zeros."""
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def match_counts(
+    hist_author: Tensor, hist_kind: Tensor, hist_mask: Tensor, author: Tensor
+) -> Tensor:
+    """log1p of how often the user's sequence holds the target author, per kind: (B, len(KINDS))."""
+    same = (hist_author == author.unsqueeze(1)) & hist_mask  # (B, H)
+    onehot = F.one_hot(hist_kind, len(KINDS)).to(torch.float32)  # (B, H, 3)
+    return torch.log1p((onehot * same.unsqueeze(-1)).sum(dim=1))  # (B, 3)
+
+
+class TargetAttention(nn.Module):
+    """Multi-head attention of one target query over a masked key sequence (DIN/SIM ESU style).
+
+    Rows whose keys are all masked return zeros, never NaN.
+
+    Example:
+        >>> att = TargetAttention(8, heads=2)
+        >>> out, logits = att(torch.zeros(3, 8), torch.zeros(3, 5, 8), torch.ones(3, 5, dtype=torch.bool))
+        >>> tuple(out.shape), tuple(logits.shape)
+        ((3, 8), (3, 2, 5))
+    """
+
+    def __init__(self, dim: int, heads: int = 1) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(
+        self, query: Tensor, keys: Tensor, mask: Tensor, bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Attend from `query` to `keys`.
+
+        Shapes:
+            query (B, D); keys (B, N, D); mask (B, N) bool; bias (B, N) added to every head's
+            logits (e.g. log expansion weights) or None.
+            Returns out (B, D) and the masked logits (B, heads, N) (-inf where masked).
+        """
+        b, n, d = keys.shape
+        h, dh = self.heads, d // self.heads
+        q = self.q(query).view(b, h, 1, dh)  # (B, h, 1, dh)
+        k = self.k(keys).view(b, n, h, dh).transpose(1, 2)  # (B, h, N, dh)
+        v = self.v(keys).view(b, n, h, dh).transpose(1, 2)  # (B, h, N, dh)
+        logits = (q * k).sum(-1) / math.sqrt(dh)  # (B, h, N)
+        if bias is not None:
+            logits = logits + bias.unsqueeze(1)
+        m = mask.unsqueeze(1)  # (B, 1, N)
+        logits = logits.masked_fill(~m, float("-inf"))
+        any_valid = mask.any(dim=-1).view(b, 1, 1)
+        safe = torch.where(any_valid, logits, torch.zeros_like(logits))
+        attn = torch.softmax(safe, dim=-1) * m  # (B, h, N)
+        out = (attn.unsqueeze(-1) * v).sum(dim=2).reshape(b, d)  # (B, D)
+        return self.out(out), logits
+
+
+class BehaviourEmbedding(nn.Module):
+    """Id tables of a base model: user, author, behaviour kind and behaviour age.
+
+    A behaviour's vector is author + kind + age embeddings; the target is its author embedding.
+
+    Example:
+        >>> emb = BehaviourEmbedding(dim=8, user_rows=16, author_rows=16)
+        >>> emb.items(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long),
+        ...           torch.zeros(2, 3, dtype=torch.long)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, user_rows: int, author_rows: int) -> None:
+        super().__init__()
+        self.user = nn.Embedding(user_rows, dim, padding_idx=0)
+        self.author = nn.Embedding(author_rows, dim, padding_idx=0)
+        self.kind = nn.Embedding(len(KINDS), dim)
+        self.age = nn.Embedding(AGE_BUCKETS, dim)
+        for table in (self.user, self.author, self.kind, self.age):
+            nn.init.normal_(table.weight, std=0.05)
+            if table.padding_idx is not None:
+                with torch.no_grad():
+                    table.weight[table.padding_idx].zero_()
+
+    def items(self, hist_author: Tensor, hist_kind: Tensor, hist_age: Tensor) -> Tensor:
+        """Behaviour vectors (B, H, D) from (B, H) author rows, kinds and age buckets."""
+        return self.author(hist_author) + self.kind(hist_kind) + self.age(hist_age)
