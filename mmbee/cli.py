@@ -54,6 +54,20 @@ def _topics_check(args: argparse.Namespace) -> int:
     return 1 if drift else 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from mmbee.streams.worker import run_worker
+
+    overrides: dict[str, object] = {}
+    if args.components is not None:
+        overrides["components"] = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    if args.web_port is not None:
+        overrides["web_port"] = args.web_port
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    run_worker(load_settings(**overrides))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
@@ -79,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(action, help=text)
         a.add_argument("--profile", choices=["dev", "production"], default=None)
         a.set_defaults(handler=handler)
+
+    p = verbs.add_parser("worker", help="run a Faust stream worker (agents per settings)")
+    p.add_argument(
+        "--components", default=None, help="comma-separated stream components (default: all)"
+    )
+    p.add_argument("--web-port", type=int, default=None, help="web/metrics port on 127.0.0.1")
+    p.add_argument("--data-dir", type=Path, default=None, help="table state directory")
+    p.set_defaults(handler=_worker)
 
     return parser
 

@@ -1,0 +1,632 @@
+"""Content agents: frames, comments and ASR text -> rolling segment buffers; audio -> ASR text.
+
+Two components (see `mmbee.streams.app.COMPONENTS`):
+
+- `segments`: one agent over `live.frames`, `live.comments` and `live.asr` (all keyed by author,
+  co-partitioned). It decodes raw bytes with the codec, embeds content that arrives without an
+  embedding (text and JPEG featurizers, batched, on the executor), and applies each item with
+  the pure `mmbee.encoders.segments.update`. Closed segments go to `content.segments`.
+- `asr`: `live.audio` AudioChunks -> Whisper (batched, on the executor) -> `live.asr`.
+
+State and offsets (docs/streams.md has the full argument): the open segments of each stream are
+kept in memory and the changelogged table `segment_buffers` (author -> closed segments + open
+accumulators + applied offsets) is written when a segment closes, not per event. An event is
+acked only once a table write covers it, so Faust's commit (the highest *contiguous* acked
+offset) never passes an event whose effect is not persisted. A stream that has held unpersisted
+events for `segment_checkpoint_events` events is written anyway (a checkpoint), which bounds
+replay and memory. After a crash the stored applied offsets make the replay idempotent.
+
+Example:
+    >>> from mmbee.settings import Settings
+    >>> segment_config(Settings(segment_ms=5_000)).segment_ms
+    5000
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import faust
+import numpy as np
+from faust.types import TP, EventT, StreamT
+
+from mmbee.encoders.segments import (
+    ContentItem,
+    SegmentBuffer,
+    SegmentConfig,
+    append_closed,
+    decode_closed,
+    decode_head,
+    encode_closed,
+    encode_head,
+    is_replay,
+    pack_state,
+    split_state,
+    update,
+)
+from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
+from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
+from mmbee.settings import Settings
+from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.codec import Rejected
+
+if TYPE_CHECKING:
+    from mmbee.encoders.featurizers import FrameEmbedder, SpeechRecognizer, TextEmbedder, Transcript
+
+__all__ = [
+    "SOURCES",
+    "AGENT_SEGMENTS",
+    "AGENT_ASR",
+    "TABLE",
+    "segment_config",
+    "Featurizers",
+    "SegmentRuntime",
+    "AsrRuntime",
+    "asr_segment",
+    "register_segments",
+    "register_asr",
+]
+
+log = logging.getLogger("mmbee.streams.content")
+
+SOURCES = ("live.frames", "live.comments", "live.asr")
+"""Catalogue topics the segment agent reads (all keyed by author_id)."""
+AGENT_SEGMENTS = "segments"
+AGENT_ASR = "asr"
+TABLE = "segment_buffers"
+"""Changelogged table: author_id -> stored segment state (`mmbee.encoders.segments` format)."""
+
+_EMPTY_CLOSED = b"[]"
+
+
+def segment_config(settings: Settings) -> SegmentConfig:
+    """The segment buffer's config under these settings."""
+    return SegmentConfig(
+        segment_ms=settings.segment_ms,
+        segments_kept=settings.segments_kept,
+        allowed_lateness_ms=settings.allowed_lateness_ms,
+        frame_dim=settings.frame_dim,
+        text_dim=settings.text_dim,
+    )
+
+
+class _EmptySpeech:
+    """Marker: an ASR segment without speech (empty text); counted, not buffered."""
+
+
+_EMPTY_SPEECH = _EmptySpeech()
+
+
+class Featurizers:
+    """The text and frame featurizers of one worker, built on first use. Call from the executor.
+
+    Example:
+        >>> f = Featurizers(text_model=None, frame_model="efficientnet-lite0", text_dim=384,
+        ...                 frame_dim=1280)
+        >>> f.embed([], [])
+        (None, [])
+    """
+
+    def __init__(
+        self, *, text_model: str | None, frame_model: str, text_dim: int, frame_dim: int
+    ) -> None:
+        self._text_model = text_model
+        self._frame_model = frame_model
+        self._text_dim = text_dim
+        self._frame_dim = frame_dim
+        self._text: TextEmbedder | None = None
+        self._frames: FrameEmbedder | None = None
+
+    def text(self) -> TextEmbedder:
+        """The text embedder (loaded now if needed); its width must match `text_dim`."""
+        if self._text is None:
+            from mmbee.encoders.featurizers import TextEmbedder
+
+            emb = TextEmbedder(model_path=self._text_model)
+            if emb.dim != self._text_dim:
+                raise ValueError(
+                    f"text model gives {emb.dim}-d embeddings but MMBEE_TEXT_DIM={self._text_dim}"
+                )
+            self._text = emb
+        return self._text
+
+    def frames(self) -> FrameEmbedder:
+        """The frame embedder (loaded now if needed); its width must match `frame_dim`."""
+        if self._frames is None:
+            from mmbee.encoders.featurizers import FrameEmbedder
+
+            emb = FrameEmbedder(name=self._frame_model)
+            if emb.dim != self._frame_dim:
+                raise ValueError(
+                    f"frame model gives {emb.dim}-d features but MMBEE_FRAME_DIM={self._frame_dim}"
+                )
+            self._frames = emb
+        return self._frames
+
+    def embed(
+        self, texts: Sequence[str], jpegs: Sequence[bytes]
+    ) -> tuple[np.ndarray | None, list[np.ndarray | str]]:
+        """Embed a batch.
+
+        Shapes:
+            texts: N strings -> (N, d_t) float32 (None when N == 0).
+            jpegs: M images -> M entries, each a (d_v,) float32 vector or, for an image that
+                does not decode, the reason as a string.
+        """
+        text_vecs = self.text().encode(list(texts)) if texts else None
+        frame_out: list[np.ndarray | str] = []
+        if jpegs:
+            from mmbee.encoders.featurizers import FrameDecodeError, decode_jpeg
+
+            images, ok = [], []
+            frame_out = [""] * len(jpegs)
+            for i, data in enumerate(jpegs):
+                try:
+                    images.append(decode_jpeg(data, i))
+                    ok.append(i)
+                except FrameDecodeError as exc:
+                    frame_out[i] = exc.reason
+            if images:
+                vecs = self.frames().encode_images(images)  # (len(ok), d_v)
+                for row, i in enumerate(ok):
+                    frame_out[i] = vecs[row]
+        return text_vecs, frame_out
+
+
+@dataclass
+class _Entry:
+    """In-memory working state of one stream on this worker (its closed segments stay in the
+    table). `pending`: applied events not yet covered by a table write (not acked)."""
+
+    buffer: SegmentBuffer
+    partition: int
+    persisted: Mapping[str, int]
+    pending: list[EventT] = field(default_factory=list)
+    first_seq: int = 0
+
+
+class SegmentRuntime:
+    """The segment agent's working set on one worker: per-stream open state, unacked events.
+
+    Args:
+        ctx: the stream context (codec, DLQ, metrics, publisher, executor).
+        table: the `segment_buffers` table.
+        config: segment geometry and widths.
+        checkpoint_events: persist a stream whose oldest unpersisted event is this many events
+            old (and keep at most about this many events unacked).
+    """
+
+    def __init__(
+        self,
+        ctx: StreamContext,
+        table: faust.Table,
+        config: SegmentConfig,
+        checkpoint_events: int,
+        featurizers: Featurizers | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.config = config
+        self.checkpoint_events = checkpoint_events
+        self.featurizers = featurizers or Featurizers(
+            text_model=ctx.settings.text_model,
+            frame_model=ctx.settings.frame_model,
+            text_dim=config.text_dim,
+            frame_dim=config.frame_dim,
+        )
+        self.entries: dict[str, _Entry] = {}
+        self.dirty: dict[str, None] = {}  # authors with pending events, oldest first
+        self.seq = 0
+        self.pending = 0
+        self._sources = {ctx.topic_name(n): n for n in SOURCES}
+
+    # --- rebalance ------------------------------------------------------------------------
+    def on_revoked(self, revoked: set[TP]) -> None:
+        """Forget the working state of revoked partitions: their unacked events will be
+        redelivered (to this worker or another) and re-applied onto the stored state."""
+        parts = {tp.partition for tp in revoked if tp.topic in self._sources}
+        if not parts:
+            return
+        for author in [a for a, e in self.entries.items() if e.partition in parts]:
+            entry = self.entries.pop(author)
+            self.pending -= len(entry.pending)
+            self.dirty.pop(author, None)
+        self.ctx.metrics.count(AGENT_SEGMENTS, "revocations")
+
+    # --- one batch ------------------------------------------------------------------------
+    async def process(self, stream: StreamT, events: Sequence[EventT]) -> None:
+        """Decode, featurize, apply and persist one batch of events (in their consumed order)."""
+        metrics = self.ctx.metrics
+        metrics.observe(AGENT_SEGMENTS, len(events))
+        generation = self.ctx.app.consumer_generation_id
+        work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
+        for ev in events:
+            if _stale(ev, generation):
+                continue
+            name = self._sources.get(ev.message.topic)
+            if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
+                raise RuntimeError(f"segment agent got a message from {ev.message.topic}")
+            decoded = self.ctx.codec.decode_topic(name, ev.value)
+            if isinstance(decoded, Rejected):
+                await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
+                continue
+            assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
+            if ev.key != decoded.author_id.encode():
+                await self._reject(
+                    stream,
+                    ev,
+                    "validation_error",
+                    f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r} "
+                    "(content topics are keyed by author)",
+                    decoded.event_id,
+                )
+                continue
+            work.append((ev, name, decoded))
+        vectors = await self._featurize(work)
+        if self.ctx.app.consumer_generation_id != generation:
+            metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
+            return  # partitions moved while we waited: the events will be redelivered
+        for (ev, name, model), vec in zip(work, vectors, strict=True):
+            self.seq += 1
+            if isinstance(vec, str):
+                await self._reject(stream, ev, "decode_error", vec, model.event_id)
+            elif vec is _EMPTY_SPEECH:
+                metrics.count(AGENT_SEGMENTS, "asr_empty")
+                await stream.ack(ev)
+            else:
+                assert vec is None or isinstance(vec, np.ndarray)
+                await self._apply(stream, ev, name, model, vec)
+        await self._checkpoint_old(stream)
+
+    async def _featurize(
+        self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]
+    ) -> list[np.ndarray | str | _EmptySpeech | None]:
+        out: list[np.ndarray | str | _EmptySpeech | None] = [None] * len(work)
+        text_at: list[int] = []
+        texts: list[str] = []
+        jpeg_at: list[int] = []
+        jpegs: list[bytes] = []
+        for i, (_, _, model) in enumerate(work):
+            if isinstance(model, FrameEvent):
+                if model.embedding is None:
+                    assert model.image_jpeg is not None
+                    jpeg_at.append(i)
+                    jpegs.append(model.image_jpeg)
+            elif model.text_embedding is None:
+                if isinstance(model, AsrSegment) and not model.text.strip():
+                    out[i] = _EMPTY_SPEECH
+                    continue
+                text_at.append(i)
+                texts.append(model.text)
+        if not texts and not jpegs:
+            return out
+        text_vecs, frame_vecs = await self.ctx.run_blocking(self.featurizers.embed, texts, jpegs)
+        if text_vecs is not None:
+            for row, i in enumerate(text_at):
+                out[i] = text_vecs[row]
+        for j, i in enumerate(jpeg_at):
+            out[i] = frame_vecs[j]
+        self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_texts", len(texts))
+        self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_frames", len(jpegs))
+        return out
+
+    async def _apply(
+        self,
+        stream: StreamT,
+        ev: EventT,
+        name: str,
+        model: FrameEvent | CommentEvent | AsrSegment,
+        vector: np.ndarray | None,
+    ) -> None:
+        in_event_context(ev)
+        author = model.author_id
+        entry = self.entries.get(author)
+        if entry is None:
+            entry = self._load(author, ev)
+        item = ContentItem.from_event(model, vector, source=name, offset=ev.message.offset)
+        if is_replay(entry.buffer, item):
+            self.ctx.metrics.count(AGENT_SEGMENTS, "replayed")
+            if item.offset is not None and item.offset <= entry.persisted.get(name, -1):
+                await stream.ack(ev)
+            else:
+                self._hold(author, entry, ev)
+            return
+        new, closed, rejects = update(entry.buffer, item, self.config)
+        if rejects:
+            r = rejects[0]
+            await self._reject(stream, ev, r.reason, r.detail, r.event_id)
+            return
+        entry.buffer = new
+        self._hold(author, entry, ev)
+        self.ctx.metrics.count(AGENT_SEGMENTS, "applied")
+        if closed:
+            await self._persist(stream, author, entry, ev, closed)
+
+    def _load(self, author: str, ev: EventT) -> _Entry:
+        raw = self.table.get(author.encode())
+        buf = decode_head(split_state(raw)[0]) if raw else SegmentBuffer.empty(author)
+        entry = self.entries[author] = _Entry(buf, ev.message.partition, dict(buf.applied))
+        return entry
+
+    def _hold(self, author: str, entry: _Entry, ev: EventT) -> None:
+        if not entry.pending:
+            entry.first_seq = self.seq
+            self.dirty[author] = None
+        entry.pending.append(ev)
+        self.pending += 1
+
+    async def _persist(
+        self,
+        stream: StreamT,
+        author: str,
+        entry: _Entry,
+        ev: EventT,
+        closed_now: Sequence[SegmentClosed],
+    ) -> None:
+        """Write the stream's state (stored closed segments + newly closed + open), publish the
+        closed segments, then ack every event the write covers."""
+        in_event_context(ev)
+        key = author.encode()
+        stored = self.table.get(key)
+        closed_blob = split_state(stored)[1] if stored else _EMPTY_CLOSED
+        if closed_now:
+            merged = append_closed(decode_closed(closed_blob, self.config), closed_now, self.config)
+            closed_blob = encode_closed(merged)
+        self.table[key] = pack_state(encode_head(entry.buffer), closed_blob)
+        codec, metrics = self.ctx.codec, self.ctx.metrics
+        for seg in closed_now:
+            await self.ctx.publish("content.segments", key, codec.encode(seg))
+            log.debug(
+                "segment_closed author_id=%s live_id=%s start_ms=%s frames=%s comments=%s asr=%s",
+                seg.author_id,
+                seg.live_id,
+                seg.start_ms,
+                seg.n_frames,
+                seg.n_comments,
+                seg.n_asr,
+            )
+        metrics.count(AGENT_SEGMENTS, "segments_closed", len(closed_now))
+        metrics.count(AGENT_SEGMENTS, "table_writes")
+        for pending in entry.pending:
+            await stream.ack(pending)
+        self.pending -= len(entry.pending)
+        entry.pending = []
+        entry.persisted = entry.buffer.applied
+        self.dirty.pop(author, None)
+        if not entry.buffer.open:
+            self.entries.pop(author, None)
+
+    async def _checkpoint_old(self, stream: StreamT) -> None:
+        oldest_allowed = self.seq - self.checkpoint_events
+        while self.dirty:
+            author = next(iter(self.dirty))
+            entry = self.entries[author]
+            if entry.first_seq > oldest_allowed and self.pending <= self.checkpoint_events:
+                return
+            await self._persist(stream, author, entry, entry.pending[-1], [])
+            self.entries.pop(author, None)
+            self.ctx.metrics.count(AGENT_SEGMENTS, "checkpoints")
+
+    async def _reject(
+        self,
+        stream: StreamT,
+        ev: EventT,
+        reason: Any,
+        detail: str,
+        event_id: str | None,
+    ) -> None:
+        msg = ev.message
+        await self.ctx.dlq.send(
+            ev.value if isinstance(ev.value, bytes) else None,
+            source_topic=msg.topic,
+            agent=AGENT_SEGMENTS,
+            reason=reason,
+            detail=detail,
+            partition=msg.partition,
+            offset=msg.offset,
+            event_id=event_id,
+        )
+        await stream.ack(ev)
+
+    # --- inspection -----------------------------------------------------------------------
+    def describe(self, author_id: str) -> dict[str, Any]:
+        """The stream's buffer as JSON-able data: stored closed segments, open segments (the
+        in-memory ones when this worker holds the stream), watermark, unpersisted events."""
+        clear_event_context()
+        stored = self.table.get(author_id.encode())
+        head_bytes, closed_blob = split_state(stored) if stored else (b"", _EMPTY_CLOSED)
+        entry = self.entries.get(author_id)
+        if entry is not None:
+            buf = entry.buffer
+        elif head_bytes:
+            buf = decode_head(head_bytes)
+        else:
+            buf = SegmentBuffer.empty(author_id)
+        return {
+            "author_id": author_id,
+            "closed": [s.model_dump(mode="json") for s in decode_closed(closed_blob, self.config)],
+            "open": [
+                {"start_ms": s.start_ms, "live_id": s.live_id, "counts": list(s.counts)}
+                for s in buf.open
+            ],
+            "watermark_ms": buf.watermark_ms,
+            "applied": dict(buf.applied),
+            "unpersisted_events": len(entry.pending) if entry else 0,
+        }
+
+
+def _stale(ev: EventT, generation: int) -> bool:
+    """True for an event fetched before the latest rebalance (it will be redelivered)."""
+    gen = ev.message.generation_id
+    return gen is not None and gen != generation
+
+
+# --- ASR ----------------------------------------------------------------------------------
+
+
+def asr_segment(chunk: AudioChunk, transcript: Transcript) -> AsrSegment:
+    """The AsrSegment of a transcribed chunk. Its event_id derives from the chunk's, so a
+    re-transcribed (redelivered) chunk is recognised downstream as a duplicate.
+
+    Example:
+        >>> from mmbee.encoders.featurizers import Transcript
+        >>> c = AudioChunk(event_id="c1", ts_ms=1_700_000_000_000, live_id="l", author_id="a",
+        ...                pcm_s16le=b"\\0\\0" * 16_000)
+        >>> s = asr_segment(c, Transcript("hello", "en", (), 1.0))
+        >>> s.event_id, s.end_ms - s.ts_ms, s.audio_event_id
+        ('asr-c1', 1000, 'c1')
+    """
+    event_id = f"asr-{chunk.event_id}"
+    if len(event_id) > MAX_EVENT_ID_LEN:
+        event_id = "asr-" + hashlib.sha1(chunk.event_id.encode()).hexdigest()
+    language = transcript.language if 2 <= len(transcript.language) <= 8 else "und"
+    return AsrSegment(
+        event_id=event_id,
+        ts_ms=chunk.ts_ms,
+        end_ms=chunk.ts_ms + chunk.duration_ms,
+        live_id=chunk.live_id,
+        author_id=chunk.author_id,
+        text=transcript.text[:MAX_TEXT_CHARS],
+        language=language,
+        audio_event_id=chunk.event_id,
+    )
+
+
+class AsrRuntime:
+    """The ASR agent's worker state: the recognizer (loaded on first use, on the executor).
+
+    Args:
+        ctx: the stream context.
+        recognizer: a ready recognizer; None = build one from the settings when first needed.
+    """
+
+    def __init__(self, ctx: StreamContext, recognizer: SpeechRecognizer | None = None) -> None:
+        self.ctx = ctx
+        self._recognizer = recognizer
+
+    def _load(self) -> SpeechRecognizer:
+        if self._recognizer is None:
+            from mmbee.encoders.featurizers import build_recognizer
+
+            s = self.ctx.settings
+            self._recognizer = build_recognizer(s.asr_backend, s.asr_model)
+        return self._recognizer
+
+    def _transcribe(self, pcms: list[np.ndarray]) -> list[Transcript]:
+        return self._load().transcribe_batch(pcms)
+
+    async def process(self, stream: StreamT, events: Sequence[EventT]) -> None:
+        """Transcribe one batch of audio chunks and publish their AsrSegments, then ack them."""
+        ctx, metrics = self.ctx, self.ctx.metrics
+        metrics.observe(AGENT_ASR, len(events))
+        generation = ctx.app.consumer_generation_id
+        chunks: list[tuple[EventT, AudioChunk]] = []
+        for ev in events:
+            if _stale(ev, generation):
+                continue
+            decoded = ctx.codec.decode_topic("live.audio", ev.value)
+            if isinstance(decoded, Rejected):
+                await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
+                continue
+            assert isinstance(decoded, AudioChunk)
+            if ev.key != decoded.author_id.encode():
+                await self._reject(
+                    stream,
+                    ev,
+                    "validation_error",
+                    f"message key {ev.key!r} is not the chunk's author_id {decoded.author_id!r}",
+                    decoded.event_id,
+                )
+                continue
+            chunks.append((ev, decoded))
+        if not chunks:
+            return
+        from mmbee.encoders.featurizers import pcm16_to_float32
+
+        await ctx.run_blocking(self._load)  # a missing model fails loudly, not per chunk
+        pcms = [pcm16_to_float32(c.pcm_s16le) for _, c in chunks]
+        results: list[Transcript | str]
+        try:
+            results = list(await ctx.run_blocking(self._transcribe, pcms))
+        except (RuntimeError, ValueError) as exc:  # the batch failed: find the chunk(s) to blame
+            log.warning("asr batch of %d failed (%s); retrying one by one", len(pcms), exc)
+            results = []
+            for pcm in pcms:
+                try:
+                    results.extend(await ctx.run_blocking(self._transcribe, [pcm]))
+                except (RuntimeError, ValueError) as one:
+                    results.append(f"transcription failed: {one}")
+        if ctx.app.consumer_generation_id != generation:
+            metrics.count(AGENT_ASR, "batches_dropped_on_rebalance")
+            return
+        for (ev, chunk), result in zip(chunks, results, strict=True):
+            if isinstance(result, str):
+                await self._reject(stream, ev, "processing_error", result, chunk.event_id)
+                continue
+            seg = asr_segment(chunk, result)
+            await ctx.publish("live.asr", chunk.author_id.encode(), ctx.codec.encode(seg))
+            metrics.count(AGENT_ASR, "transcribed")
+            metrics.count(AGENT_ASR, "audio_ms", chunk.duration_ms)
+            if not seg.text:
+                metrics.count(AGENT_ASR, "empty_transcripts")
+            await stream.ack(ev)
+
+    async def _reject(
+        self, stream: StreamT, ev: EventT, reason: Any, detail: str, event_id: str | None
+    ) -> None:
+        msg = ev.message
+        await self.ctx.dlq.send(
+            ev.value if isinstance(ev.value, bytes) else None,
+            source_topic=msg.topic,
+            agent=AGENT_ASR,
+            reason=reason,
+            detail=detail,
+            partition=msg.partition,
+            offset=msg.offset,
+            event_id=event_id,
+        )
+        await stream.ack(ev)
+
+
+# --- registration -------------------------------------------------------------------------
+
+
+def register_segments(ctx: StreamContext) -> None:
+    """Component `segments`: the segment agent, its table and `/mmbee/segments/{author_id}/`."""
+    settings = ctx.settings
+    table = ctx.table(TABLE, help="rolling segment buffer per author")
+    runtime = SegmentRuntime(
+        ctx, table, segment_config(settings), settings.segment_checkpoint_events
+    )
+    ctx.runtimes[AGENT_SEGMENTS] = runtime
+    ctx.on_partitions_revoked(runtime.on_revoked)
+    batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
+
+    async def segments(stream: StreamT) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await runtime.process(stream, events)
+
+    ctx.app.agent(ctx.topic(*SOURCES), name="mmbee.segments")(segments)
+
+    @ctx.app.page("/mmbee/segments/{author_id}/")
+    async def segment_buffer(
+        self: faust.web.View, request: faust.web.Request, author_id: str
+    ) -> Any:
+        return self.json(runtime.describe(author_id))
+
+
+def register_asr(ctx: StreamContext) -> None:
+    """Component `asr`: AudioChunk -> Whisper -> AsrSegment."""
+    runtime = AsrRuntime(ctx)
+    ctx.runtimes[AGENT_ASR] = runtime
+    batch, within = ctx.settings.asr_batch_max, ctx.settings.stream_batch_wait_ms / 1000
+
+    async def asr(stream: StreamT) -> None:
+        async for events in stream.noack_take(batch, within=within):
+            await runtime.process(stream, events)
+
+    ctx.app.agent(ctx.topic("live.audio"), name="mmbee.asr")(asr)

@@ -1,0 +1,46 @@
+"""Running a Faust worker process (`mmbee worker`): prepare topics, build the app, serve.
+
+A worker runs until SIGINT/SIGTERM (graceful: Faust commits what is acked and leaves the group).
+It is an ordinary process, so tests start it with `subprocess` and can SIGKILL it; everything it
+needs comes from `Settings` (i.e. `MMBEE_*` environment variables).
+
+Example:
+    $ MMBEE_COMPONENTS='["segments"]' mmbee worker      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import faust
+
+from mmbee.settings import Settings
+from mmbee.streams.app import Component, build_app
+from mmbee.streams.topics import ensure_topics, verify_copartitioning
+
+__all__ = ["prepare_topics", "run_worker"]
+
+log = logging.getLogger("mmbee.streams.worker")
+
+
+def prepare_topics(settings: Settings) -> list[str]:
+    """Create missing catalogue topics (dev profile only; production topics are provisioned with
+    `mmbee topics create`), then refuse to run if co-partitioned topics disagree."""
+    created = ensure_topics(settings) if settings.profile == "dev" else []
+    verify_copartitioning(settings)
+    return created
+
+
+def run_worker(settings: Settings, components: Sequence[str | Component] | None = None) -> None:
+    """Run one Faust worker with `components` (None: `settings.components`, else all) until it
+    is stopped by a signal. Raises SystemExit when the worker ends, like any Faust worker."""
+    created = prepare_topics(settings)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    ctx = build_app(settings, components)
+    worker = faust.Worker(ctx.app, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        ctx.shutdown()
