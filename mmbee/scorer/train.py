@@ -1,0 +1,256 @@
+"""Training wrapper of the GTR model: the loss, the seeded loop, checkpoints, batched scoring.
+
+The loss is binary cross-entropy per task (SIM: gift; MMoE: watch, comment and gift, weighted
+by `task_weights`), plus lambda * GraphCL's L_NCE when GIE is on (MMBee Algorithm 1:
+L = L_CE + lambda L_NCE), plus any auxiliary loss the content encoder returns. The model itself
+holds no loss: serving calls `GTRModel.predict`.
+
+Example:
+    >>> from mmbee.scorer.gtr import GTRModel, config_for_variant
+    >>> from mmbee.scorer.batch import GTRBatch
+    >>> import torch
+    >>> m = GTRModel(config_for_variant("sim", dim=8, user_rows=16, author_rows=16, hidden=(8,)))
+    >>> b = GTRBatch.empty_like_for_tests(4, history=3, n=2)
+    >>> b.labels = torch.zeros(4, 3)
+    >>> total, parts = gtr_loss(m, b, TrainConfig())
+    >>> sorted(parts)
+    ['gift', 'total']
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmbee.scorer.batch import TASKS, GTRBatch
+from mmbee.scorer.dataset import ExampleTable, Rows
+from mmbee.scorer.features import MemorySegmentStore
+from mmbee.scorer.gtr import GTRConfig, GTRModel, save_checkpoint
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "gtr_loss",
+    "rows_for",
+    "resolve_device",
+    "train_model",
+    "score_table",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a GTR model is trained.
+
+    Attributes:
+        epochs: passes over the training examples.
+        batch_size: impressions per step.
+        lr, weight_decay: AdamW settings.
+        task_weights: BCE weight of watch, comment, gift (MMoE uses all three; SIM only gift).
+        nce_weight: lambda of GraphCL's L_NCE (GIE variants).
+        aux_weight: weight of the content encoder's auxiliary losses.
+        seed: seeds initialisation and the shuffling order.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        max_seconds: stop early after this much training time (None: no limit).
+        progress: show a tqdm progress bar.
+
+    Example:
+        >>> TrainConfig(epochs=1).batch_size
+        512
+    """
+
+    epochs: int = 2
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+    task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0)
+    nce_weight: float = 0.1
+    aux_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    max_seconds: float | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for checkpoints and reports."""
+        d = asdict(self)
+        d["task_weights"] = list(self.task_weights)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What `train_model` returns.
+
+    Attributes:
+        model: the trained model (eval mode, on the training device).
+        losses: mean training loss parts per epoch.
+        samples: impressions seen; seconds: wall time of the optimisation loop.
+        device: where it ran.
+    """
+
+    model: GTRModel
+    losses: list[dict[str, float]] = field(default_factory=list)
+    samples: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def rows_for(model: GTRModel) -> Rows:
+    """The table sizes a batch for `model` must be cut with."""
+    c = model.config
+    return Rows(
+        user_rows=c.user_rows,
+        author_rows=c.author_rows,
+        content_author_rows=model.content_author_rows,
+        with_content=model.content is not None,
+    )
+
+
+def gtr_loss(
+    model: GTRModel, batch: GTRBatch, config: TrainConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """Total loss of a labeled batch and its parts (as floats, for logging)."""
+    if batch.labels is None:
+        raise ValueError("training needs labels")
+    out = model(batch)
+    weights = dict(zip(TASKS, config.task_weights, strict=True))
+    total = torch.zeros((), device=batch.labels.device)
+    parts: dict[str, float] = {}
+    for task, logit in out.logits.items():
+        y = batch.labels[:, TASKS.index(task)]
+        loss = F.binary_cross_entropy_with_logits(logit, y)
+        total = total + weights[task] * loss
+        parts[task] = float(loss.detach())
+    for name, loss in out.aux_losses.items():
+        w = config.nce_weight if name == "graphcl_nce" else config.aux_weight
+        total = total + w * loss
+        parts[name] = float(loss.detach())
+    parts["total"] = float(total.detach())
+    return total, parts
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def train_model(
+    model_config: GTRConfig,
+    table: ExampleTable,
+    store: MemorySegmentStore | None,
+    train_idx: np.ndarray,
+    config: TrainConfig,
+    checkpoint: str | PathLike[str] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[int, GTRModel], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model of `model_config` on examples `train_idx` of `table`.
+
+    Seeded (same seed, same data, same device -> same weights). Writes a checkpoint
+    `{"config": {"model", "train", **extra_config}, "state_dict"}` to `checkpoint` after every
+    epoch when given. `on_epoch(epoch, model)` is called after each epoch (e.g. validation).
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = GTRModel(model_config)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    rows = rows_for(model)
+    train_idx = np.asarray(train_idx)
+    result = TrainResult(model=model, device=str(device))
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        desc=f"train {model_config.variant}",
+        disable=not config.progress,
+        unit="batch",
+        leave=False,
+    )
+    t0 = time.perf_counter()
+    stop = False
+    try:
+        for epoch in range(config.epochs):
+            sums: dict[str, float] = {}
+            steps = 0
+            for chunk in _batches(len(train_idx), config.batch_size, rng):
+                batch = table.batch(train_idx[chunk], rows, store).to(device)
+                total, parts = gtr_loss(model, batch, config)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+                result.samples += len(chunk)
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['total']:.4f}", refresh=False)
+                if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
+                    stop = True
+                    break
+            result.losses.append({k: v / max(steps, 1) for k, v in sums.items()})
+            if checkpoint is not None:
+                _save(checkpoint, model, config, extra_config)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+                model.train()
+            if stop:
+                break
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - t0
+    model.eval()
+    return result
+
+
+def _save(
+    path: str | PathLike[str], model: GTRModel, config: TrainConfig, extra: Mapping[str, Any] | None
+) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_checkpoint(tmp, model, {"train": config.to_dict(), **dict(extra or {})})
+    tmp.replace(path)  # atomic: a reader never sees a half-written checkpoint
+
+
+@torch.no_grad()
+def score_table(
+    model: GTRModel,
+    table: ExampleTable,
+    store: MemorySegmentStore | None,
+    idx: np.ndarray,
+    batch_size: int = 2048,
+) -> np.ndarray:
+    """P(gift) of examples `idx` (in that order), batched, no gradients: (len(idx),) float64."""
+    device = next(model.parameters()).device
+    rows = rows_for(model)
+    out = []
+    for chunk in _batches(len(idx), batch_size, None):
+        batch = table.batch(np.asarray(idx)[chunk], rows, store).to(device)
+        out.append(model.predict(batch).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
