@@ -281,6 +281,7 @@ class SegmentRuntime:
                 assert vec is None or isinstance(vec, np.ndarray)
                 await self._apply(stream, ev, name, model, vec)
         await self._checkpoint_old(stream)
+        metrics.count(AGENT_SEGMENTS, "processed", len(events))
 
     async def _featurize(
         self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]
@@ -544,6 +545,7 @@ class AsrRuntime:
                 continue
             chunks.append((ev, decoded))
         if not chunks:
+            metrics.count(AGENT_ASR, "processed", len(events))
             return
         from mmbee.encoders.featurizers import pcm16_to_float32
 
@@ -574,6 +576,7 @@ class AsrRuntime:
             if not seg.text:
                 metrics.count(AGENT_ASR, "empty_transcripts")
             await stream.ack(ev)
+        metrics.count(AGENT_ASR, "processed", len(events))
 
     async def _reject(
         self, stream: StreamT, ev: EventT, reason: Any, detail: str, event_id: str | None
