@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     segment_ms: int = Field(default=30_000, ge=1_000, description="segment length (event time)")
     segments_kept: int = Field(default=10, ge=1, le=64, description="L: 5, 10 or 20 in MMBee")
     allowed_lateness_ms: int = Field(default=10_000, ge=0)
+    segment_align_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="how long (wall time) an event waits for the other content topics of its "
+        "partition to reach its event time before it is applied anyway",
+    )
     segment_checkpoint_events: int = Field(
         default=20_000,
         ge=1,
