@@ -27,10 +27,10 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from operator import itemgetter
+from typing import Literal, TypeVar
 
 from mmbee.graph.state import WEIGHT, GiftGraph
 
@@ -81,12 +81,12 @@ class ExpansionConfig:
 
     Example:
         >>> ExpansionConfig(top_n=10).beam_width
-        50
+        32
     """
 
     top_n: int = 20
-    beam_width: int = 50
-    max_neighbors: int = 100
+    beam_width: int = 32
+    max_neighbors: int = 32
 
     def __post_init__(self) -> None:
         for name in ("top_n", "beam_width", "max_neighbors"):
@@ -99,9 +99,23 @@ def empty_expansions(kind: Literal["user", "author"]) -> Expansions:
     return {m: [] for m in (USER_METAPATHS if kind == "user" else AUTHOR_METAPATHS)}
 
 
-def _top(items: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
-    """The n heaviest (id, weight) pairs, ties by id, heaviest first."""
-    return heapq.nsmallest(n, items, key=lambda kv: (-kv[1], kv[0]))
+_W = TypeVar("_W", int, float)
+
+
+def _rank(kv: tuple[str, _W]) -> tuple[_W, str]:
+    return (-kv[1], kv[0])
+
+
+def _top(items: Iterable[tuple[str, _W]], n: int) -> list[tuple[str, _W]]:
+    """The n heaviest (id, weight) pairs, heaviest first, ties by id."""
+    s = sorted(items, key=itemgetter(1), reverse=True)  # C sort; the tie fix-up below is short
+    if len(s) > n:
+        kth, end = s[n - 1][1], n
+        while end < len(s) and s[end][1] == kth:
+            end += 1
+        del s[end:]
+    s.sort(key=_rank)
+    return s[:n]
 
 
 def a2a_neighbours(graph: GiftGraph, author_id: str, k: int | None = None) -> Expansion:
@@ -135,12 +149,8 @@ class Transitions:
     def _rows(self, row: dict[str, list[int]] | None, total: int) -> _Step:
         if not row or total <= 0:
             return []
-        m = self.config.max_neighbors
-        if len(row) > m:
-            heavy = heapq.nsmallest(m, row.items(), key=lambda kv: (-kv[1][WEIGHT], kv[0]))
-        else:
-            heavy = sorted(row.items(), key=lambda kv: (-kv[1][WEIGHT], kv[0]))
-        return [(x, e[WEIGHT] / total) for x, e in heavy]
+        heavy = _top([(x, e[WEIGHT]) for x, e in row.items()], self.config.max_neighbors)
+        return [(x, w / total) for x, w in heavy]  # exact ints -> one correctly rounded float
 
     def user_to_author(self, u: str) -> _Step:
         """u -> a transition probabilities, heaviest first."""
@@ -176,10 +186,11 @@ class Transitions:
 
 
 def _hop(frontier: _Step, step: Callable[[str], _Step]) -> dict[str, float]:
-    """One walk step: mass of each next node, summed in frontier order then neighbour order."""
+    """One walk step: the mass reaching each next node, summed over the frontier in id order
+    (the order of a CSR product: `mmbee.graph.bulk` gets bitwise the same sums)."""
     out: dict[str, float] = {}
     get = out.get
-    for x, mass in frontier:
+    for x, mass in sorted(frontier):
         for y, p in step(x):
             out[y] = get(y, 0.0) + mass * p
     return out

@@ -345,24 +345,27 @@ class WalkCache:
         return n
 
     def rebuild(self, now_ms: int | None = None) -> int:
-        """The periodic full job: recompute every active node, evict inactive ones' entries."""
+        """The periodic full job: recompute every active node (sparse products, bitwise equal to
+        the per-node path) and evict the entries of inactive ones; returns the nodes computed."""
+        from mmbee.graph.bulk import iter_bulk_expansions
+
         g = self.graph
         since = self._now(now_ms) - self.config.active_window_ms
-        keys = [user_key(u) for u, ts in g.user_last_ms.items() if ts >= since]
-        keys += [author_key(a) for a, ts in g.author_last_ms.items() if ts >= since]
-        active = set(keys)
+        users = sorted(u for u, ts in g.user_last_ms.items() if ts >= since)
+        authors = sorted(a for a, ts in g.author_last_ms.items() if ts >= since)
+        active = {user_key(u) for u in users} | {author_key(a) for a in authors}
         for key in list(self._built_at):
             if key not in active:
                 self.store.delete(key)
                 del self._built_at[key]
-        self._order = deque((b, k) for b, k in self._order if self._built_at.get(k) == b)
         self._dirty.clear()
-        t = Transitions(g, self.expansion)
         built_at = self._stamp(now_ms)
-        for key in sorted(keys):
-            self._compute(key, t, built_at)
-        self._order = deque(sorted(self._order))
-        return len(keys)
+        for kind, node, exp in iter_bulk_expansions(g, users, authors, self.expansion):
+            key = user_key(node) if kind == "user" else author_key(node)
+            self.store.put(key, CacheEntry(built_at, exp))
+            self._built_at[key] = built_at
+        self._order = deque(sorted((b, k) for k, b in self._built_at.items()))
+        return len(active)
 
     # --- point-in-time reads (replay) -------------------------------------------------------
     def expansions(self, key: str, now_ms: int | None = None) -> Expansions:
