@@ -131,7 +131,7 @@ class RecognizerConfig:
     threads: int = 0
     beam_size: int = 5
     language: str | None = None
-    cache_dir: str | None = None
+    cache_dir: str | Path | None = None
 
 
 def pcm16_to_float32(data: bytes) -> np.ndarray:
