@@ -168,7 +168,8 @@ class FixedFusionEncoder(ContentEncoder):
             nn.Sequential(nn.Linear(d, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.out_dim))
             for d in (c.visual_dim, c.speech_dim, c.comment_dim)
         )
-        self.register_buffer("weights", torch.tensor(c.weights), persistent=False)
+        self.fusion_weights: Tensor
+        self.register_buffer("fusion_weights", torch.tensor(c.weights), persistent=False)
 
     @property
     def out_dim(self) -> int:
@@ -180,7 +181,7 @@ class FixedFusionEncoder(ContentEncoder):
         h = torch.stack(
             [f(x) for f, x in zip(self.branches, means, strict=True)], dim=1
         )  # (B, 3, D)
-        w = self.weights[None, :] * present.to(h.dtype)  # (B, 3)
+        w = self.fusion_weights[None, :] * present.to(h.dtype)  # (B, 3)
         w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
         emb = (w[:, :, None] * h).sum(dim=1)  # (B, D)
         return EncoderOutput(emb, extras={"fusion_weights": w})

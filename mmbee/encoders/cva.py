@@ -74,7 +74,7 @@ class CVAConfig:
     dim_head: int = 64
     ffn_mult: int = 4
     ffn_kind: Literal["geglu", "gelu"] = "geglu"
-    n_latents: int = 8
+    n_latents: int = 4
     max_segments: int = 64
     max_frames: int = 64
     offset_std: float = 1.0
