@@ -18,6 +18,7 @@ from mmbee.encoders.base import ContentEncoder
 from mmbee.encoders.baselines import FixedFusionEncoder, MeanPoolEncoder, MLPEncoder
 from mmbee.encoders.cva import CVAEncoder, CVATextEncoder, CVATokensEncoder
 from mmbee.encoders.mfq import MFQEncoder
+from mmbee.encoders.vbf import VBFEncoder
 
 __all__ = [
     "ENCODERS",
@@ -38,6 +39,7 @@ ENCODERS: Mapping[str, type[ContentEncoder]] = {
     "mean-pool": MeanPoolEncoder,
     "mlp": MLPEncoder,
     "fixed-fusion": FixedFusionEncoder,
+    "vbf++": VBFEncoder,
 }
 """Every content encoder mmbee can build, by the name used in settings and checkpoints."""
 
