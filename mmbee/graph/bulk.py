@@ -11,7 +11,7 @@ Example:
     >>> from mmbee.graph.state import GiftGraph, GraphConfig
     >>> g = GiftGraph(GraphConfig())
     >>> for u, a in [("u1", "a1"), ("u2", "a1"), ("u2", "a2")]:
-    ...     _ = g.add_gift(u, a, 1_700_000_000_000, 1.0)
+    ...     _ = g.add_gift(u, a, 1_750_000_000_000, 1.0)
     >>> users, authors = bulk_expansions(g, ["u1"], ["a2"])
     >>> users["u1"] == user_expansions(g, "u1"), authors["a2"] == author_expansions(g, "a2")
     (True, True)

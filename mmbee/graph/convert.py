@@ -8,7 +8,7 @@ Example:
     >>> from mmbee.graph.state import GiftGraph, GraphConfig
     >>> g = GiftGraph(GraphConfig())
     >>> for u, a in [("u1", "a1"), ("u1", "a2"), ("u2", "a2")]:
-    ...     _ = g.add_gift(u, a, 1_700_000_000_000, 1.0)
+    ...     _ = g.add_gift(u, a, 1_750_000_000_000, 1.0)
     >>> nxg = to_networkx(g)
     >>> sorted(nxg.nodes), nxg.edges["a:a1", "a:a2"]["relation"]
     (['a:a1', 'a:a2', 'u:u1', 'u:u2'], 'a2a')

@@ -19,7 +19,7 @@ Example:
     >>> from mmbee.graph.state import GiftGraph, GraphConfig
     >>> g = GiftGraph(GraphConfig())
     >>> for u, a in [("u1", "a1"), ("u2", "a1"), ("u2", "a2"), ("u3", "a2")]:
-    ...     _ = g.add_gift(u, a, 1_700_000_000_000, 1.0)
+    ...     _ = g.add_gift(u, a, 1_750_000_000_000, 1.0)
     >>> emb, history = train_graphcl(g, GraphCLConfig(dim=8, epochs=2))
     >>> emb.embeddings(["u1", "nobody"], "user").shape, emb.mask(["u1", "nobody"], "user").tolist()
     (torch.Size([2, 8]), [True, False])

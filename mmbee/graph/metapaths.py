@@ -20,7 +20,7 @@ Example:
     >>> from mmbee.graph.state import GiftGraph, GraphConfig
     >>> g = GiftGraph(GraphConfig(weight_by="count"))
     >>> for u, a in [("u1", "a1"), ("u2", "a1"), ("u2", "a2")]:
-    ...     _ = g.add_gift(u, a, 1_700_000_000_000, 1.0)
+    ...     _ = g.add_gift(u, a, 1_750_000_000_000, 1.0)
     >>> user_expansions(g, "u1")["u2a2u2a"]
     [('a2', 0.25)]
 """
@@ -134,7 +134,7 @@ class Transitions:
     Example:
         >>> from mmbee.graph.state import GiftGraph, GraphConfig
         >>> g = GiftGraph(GraphConfig())
-        >>> _ = g.add_gift("u1", "a1", 1_700_000_000_000, 1.0)
+        >>> _ = g.add_gift("u1", "a1", 1_750_000_000_000, 1.0)
         >>> Transitions(g, ExpansionConfig()).user_to_author("u1")
         [('a1', 1.0)]
     """

@@ -16,7 +16,7 @@ author a costs O(deg(u)); top-k neighbours are derived on read (`mmbee.graph.met
 
 Example:
     >>> g = GiftGraph(GraphConfig())
-    >>> t = 1_700_000_000_000
+    >>> t = 1_750_000_000_000
     >>> for i, (u, a) in enumerate([("u1", "a1"), ("u1", "a2"), ("u2", "a1")]):
     ...     _ = g.add_gift(u, a, t + i, 1.0)
     >>> g.num_users, g.num_authors, g.num_edges, g.shared_donors("a1", "a2")
@@ -38,6 +38,7 @@ __all__ = [
     "Edge",
     "GiftGraph",
     "contribution",
+    "MIN_BITS",
     "build",
     "apply",
     "save_graph",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 DAY_MS = 24 * 3600 * 1000
+MIN_BITS = 16
+"""Fewest fixed-point bits a gift's contribution may keep (see `GraphConfig.epoch_ms`)."""
 COUNT, VALUE_MICRO, WEIGHT, LAST_TS = 0, 1, 2, 3
 """Positions in an edge list `[count, value_micro, weight_fixed, last_ts_ms]`."""
 
@@ -62,9 +65,11 @@ class GraphConfig:
 
     Attributes:
         half_life_ms: half-life of the time decay (event time); default 7 days.
-        epoch_ms: fixed reference time of the fixed-point weights (2020-01-01 UTC). Integers grow
-            by one bit per half-life after it; gifts more than `precision_bits` half-lives before
-            it round to zero weight.
+        epoch_ms: fixed reference time of the fixed-point weights (2024-01-01 UTC; set it at or
+            before the start of your data). Integers grow by one bit per half-life after it
+            (arithmetic slows down slowly over the years); a gift n half-lives before it keeps
+            `precision_bits - n` bits, and one that would keep fewer than `MIN_BITS` is rejected
+            (`contribution` raises ValueError) rather than silently weighing nothing.
         weight_by: a gift's weight before decay: 1 ("count"), its value, or log(1 + value)
             (default: one whale gift must not drown a user's other interests).
         precision_bits: K, the fixed-point precision of each gift's contribution.
@@ -77,7 +82,7 @@ class GraphConfig:
     """
 
     half_life_ms: int = 7 * DAY_MS
-    epoch_ms: int = 1_577_836_800_000
+    epoch_ms: int = 1_704_067_200_000
     weight_by: Literal["count", "value", "log1p_value"] = "log1p_value"
     precision_bits: int = 32
     a2a_shrinkage: float = 1.0
@@ -113,16 +118,19 @@ class GiftLike(Protocol):
 
 def contribution(ts_ms: int, gift_value: float, config: GraphConfig) -> int:
     """The fixed-point decayed weight one gift adds to its edge: a pure function of the gift."""
-    if config.weight_by == "count":
-        f = 1.0
-    elif config.weight_by == "value":
-        f = float(gift_value)
-    else:
-        f = math.log1p(gift_value)
+    mode = config.weight_by
+    f = 1.0 if mode == "count" else (gift_value if mode == "value" else math.log1p(gift_value))
     x = (ts_ms - config.epoch_ms) / config.half_life_ms
     n = math.floor(x)
-    m = max(1, round(math.ldexp(f * 2.0 ** (x - n), config.precision_bits)))
-    return m << n if n >= 0 else m >> -n
+    m = round(math.ldexp(f * 2.0 ** (x - n), config.precision_bits)) or 1
+    if n >= 0:
+        return m << n
+    if n < MIN_BITS - config.precision_bits:
+        raise ValueError(
+            f"gift at ts_ms={ts_ms} is {-n} half-lives before GraphConfig.epoch_ms="
+            f"{config.epoch_ms}: too little precision left; configure an earlier epoch_ms"
+        )
+    return m >> -n
 
 
 class GiftGraph:
@@ -134,7 +142,7 @@ class GiftGraph:
 
     Example:
         >>> g = GiftGraph(GraphConfig(weight_by="count"))
-        >>> _ = g.add_gift("u1", "a1", 1_700_000_000_000, 5.0)
+        >>> _ = g.add_gift("u1", "a1", 1_750_000_000_000, 5.0)
         >>> g.edge("u1", "a1")[:2]
         [1, 5000000]
     """
@@ -156,32 +164,31 @@ class GiftGraph:
     def add_gift(self, user_id: str, author_id: str, ts_ms: int, gift_value: float) -> bool:
         """Apply one gift; True when it created a new U2A edge. O(deg(user))."""
         c = contribution(ts_ms, gift_value, self.config)
-        vm = round(gift_value * 1_000_000)
         row = self.user_out.get(user_id)
         if row is None:
             row = self.user_out[user_id] = {}
             self.user_total[user_id] = 0
             self.user_last_ms[user_id] = ts_ms
-        col = self.author_in.get(author_id)
-        if col is None:
-            col = self.author_in[author_id] = {}
-            self.author_total[author_id] = 0
-            self.author_norm2[author_id] = 0
-            self.author_last_ms[author_id] = ts_ms
-            self.a2a[author_id] = {}
         e = row.get(author_id)
         new = e is None
         if e is None:
+            col = self.author_in.get(author_id)
+            if col is None:
+                col = self.author_in[author_id] = {}
+                self.author_total[author_id] = 0
+                self.author_norm2[author_id] = 0
+                self.author_last_ms[author_id] = ts_ms
+                self.a2a[author_id] = {}
             e = row[author_id] = col[user_id] = [0, 0, 0, ts_ms]
-        old = e[WEIGHT]
-        e[COUNT] += 1
-        e[VALUE_MICRO] += vm
-        e[WEIGHT] = old + c
-        if ts_ms > e[LAST_TS]:
-            e[LAST_TS] = ts_ms
+        old = e[2]  # WEIGHT
+        e[0] += 1  # COUNT
+        e[1] += round(gift_value * 1_000_000)  # VALUE_MICRO
+        e[2] = old + c
+        if ts_ms > e[3]:  # LAST_TS
+            e[3] = ts_ms
         self.user_total[user_id] += c
         self.author_total[author_id] += c
-        self.author_norm2[author_id] += (2 * old + c) * c
+        self.author_norm2[author_id] += (old + old + c) * c  # (old + c)^2 - old^2
         if ts_ms > self.user_last_ms[user_id]:
             self.user_last_ms[user_id] = ts_ms
         if ts_ms > self.author_last_ms[author_id]:
@@ -190,15 +197,16 @@ class GiftGraph:
             self.watermark_ms = ts_ms
         self.num_gifts += 1
         if len(row) > 1:
-            arow = self.a2a[author_id]
             a2a = self.a2a
+            arow = a2a[author_id]
+            get = arow.get
             for b, eb in row.items():
                 if b == author_id:
                     continue
-                pair = arow.get(b)
+                pair = get(b)
                 if pair is None:
                     pair = arow[b] = a2a[b][author_id] = [0, 0]
-                pair[0] += c * eb[WEIGHT]
+                pair[0] += c * eb[2]
                 if new:
                     pair[1] += 1
         return new

@@ -208,7 +208,7 @@ class WalkCache:
         >>> from mmbee.graph.state import GiftGraph, GraphConfig
         >>> cache = WalkCache(GiftGraph(GraphConfig()), MemoryCacheStore())
         >>> for u in ("u1", "u2"):
-        ...     cache.add_gift(u, "a1", 1_700_000_000_000, 1.0)
+        ...     cache.add_gift(u, "a1", 1_750_000_000_000, 1.0)
         >>> cache.user_expansions("u1")["u2a2u"]
         [('u2', 0.5)]
     """

@@ -7,7 +7,7 @@ import pytest
 from mmbee.graph.state import GiftGraph, GraphConfig
 from mmbee.schemas import GiftEvent
 
-T0 = 1_700_000_000_000
+T0 = 1_750_000_000_000
 SMALL_EDGES = [("u1", "a1"), ("u2", "a1"), ("u2", "a2"), ("u3", "a2"), ("u3", "a3")]
 
 

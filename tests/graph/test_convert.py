@@ -27,7 +27,7 @@ def test_graphml_roundtrip(small_graph: GiftGraph, tmp_path: Path) -> None:
 
 
 def test_user_and_author_with_the_same_id_stay_apart(small_graph: GiftGraph) -> None:
-    small_graph.add_gift("a1", "a1", 1_700_000_000_000, 1.0)  # a user called "a1"
+    small_graph.add_gift("a1", "a1", 1_750_000_000_000, 1.0)  # a user called "a1"
     g = to_networkx(small_graph, a2a=False)
     assert g.has_edge("u:a1", "a:a1") and g.nodes["u:a1"]["kind"] == "user"
 
@@ -39,5 +39,5 @@ def test_stats(small_graph: GiftGraph) -> None:
     assert s["user_degree"] == {"mean": pytest.approx(5 / 3, abs=1e-4), "median": 2.0, "max": 2.0}
     assert s["a2a_pairs"] == 2 and s["authors_with_a2a"] == 3
     assert s["density"] == pytest.approx(5 / 9, abs=1e-6)
-    small_graph.add_gift("lonely", "far", 1_700_000_000_000, 1.0)
+    small_graph.add_gift("lonely", "far", 1_750_000_000_000, 1.0)
     assert graph_stats(small_graph)["components"] == 2

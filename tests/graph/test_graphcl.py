@@ -19,7 +19,7 @@ from mmbee.graph.graphcl import (
 from mmbee.graph.metapaths import user_expansions
 from mmbee.graph.state import GiftGraph, GraphConfig
 
-T0 = 1_700_000_000_000
+T0 = 1_750_000_000_000
 FAST = GraphCLConfig(dim=16, num_layers=1, epochs=25, batch_size=64, num_negatives=8)
 
 

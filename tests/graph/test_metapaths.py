@@ -22,7 +22,7 @@ from mmbee.graph.metapaths import (
 from mmbee.graph.state import DAY_MS, GiftGraph, GraphConfig, build
 from mmbee.schemas import GiftEvent
 
-T0 = 1_700_000_000_000
+T0 = 1_750_000_000_000
 S12 = 0.25  # shrunk cosine a1~a2: cos 1/2, one shared donor, shrinkage 1
 S23 = 0.5 / math.sqrt(2)  # shrunk cosine a2~a3: cos 1/sqrt(2), one shared donor
 

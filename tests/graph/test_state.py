@@ -20,7 +20,7 @@ from mmbee.graph.state import (
 )
 from mmbee.schemas import GiftEvent
 
-T0 = 1_700_000_000_000
+T0 = 1_750_000_000_000
 CFG = GraphConfig(half_life_ms=DAY_MS)
 
 
@@ -145,3 +145,10 @@ def test_config_validation() -> None:
         GraphConfig(half_life_ms=0)
     with pytest.raises(ValueError):
         GraphConfig(precision_bits=2)
+
+
+def test_gifts_long_before_the_epoch_are_rejected_not_zeroed() -> None:
+    cfg = GraphConfig(half_life_ms=DAY_MS, epoch_ms=T0)
+    assert contribution(T0 - 10 * DAY_MS, 1.0, cfg) > 0  # 22 bits left: fine
+    with pytest.raises(ValueError, match="earlier epoch_ms"):
+        contribution(T0 - 20 * DAY_MS, 1.0, cfg)

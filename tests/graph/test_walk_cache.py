@@ -21,7 +21,7 @@ from mmbee.graph.walk_cache import (
     WalkCache,
 )
 
-T0 = 1_700_000_000_000
+T0 = 1_750_000_000_000
 HOUR = 3_600_000
 EDGES = [("u1", "a1"), ("u2", "a1"), ("u2", "a2"), ("u3", "a2"), ("u3", "a3")]
 
