@@ -104,11 +104,15 @@ class SegmentBatch:
         mask = self.segment_mask[:, :, None] & self.modality_mask[:, None, :]  # (B, L, 3)
         if self.segment_modality_mask is not None:
             mask = mask & self.segment_modality_mask
+        frames = self.visual.dim() == 4 and self.frame_mask is not None
+        comments = self.comments.dim() == 4 and self.comment_mask is not None
+        if not (frames or comments):
+            return mask
         extra = torch.ones_like(mask)
-        if self.visual.dim() == 4 and self.frame_mask is not None:
-            extra[:, :, 0] = self.frame_mask.any(dim=-1)
-        if self.comments.dim() == 4 and self.comment_mask is not None:
-            extra[:, :, 2] = self.comment_mask.any(dim=-1)
+        if frames:
+            extra[:, :, 0] = self.frame_mask.any(dim=-1)  # type: ignore[union-attr]
+        if comments:
+            extra[:, :, 2] = self.comment_mask.any(dim=-1)  # type: ignore[union-attr]
         return mask & extra
 
     def check(self) -> None:
@@ -269,9 +273,10 @@ class ContentEncoder(nn.Module, ABC):
     @torch.no_grad()
     def predict(self, batch: SegmentBatch) -> Tensor:
         """Inference: the (B, D) content embedding, no gradients, eval-mode behaviour."""
-        was_training = self.training
+        if not self.training:  # already in eval mode: skip two walks over every submodule
+            return self.forward(batch).embedding
         self.eval()
         try:
             return self.forward(batch).embedding
         finally:
-            self.train(was_training)
+            self.train(True)

@@ -39,6 +39,9 @@ __all__ = [
 
 # For modality m, the other two modalities (rows of MODALITIES): v <- (s, t), s <- (v, t), ...
 _OTHERS = torch.tensor([[1, 2], [0, 2], [0, 1]])
+# Flat indices into a 3 x 3 Gram matrix G (entry (i, j) at 3 i + j): for each modality m with
+# others (a, b) = _OTHERS[m], the rows are G_aa, G_bb, G_ab, G_ma, G_mb.
+_GRAM_IDX = torch.tensor([[4, 0, 0], [8, 8, 4], [5, 2, 1], [1, 3, 6], [2, 5, 7]])
 
 
 def orthogonal_residual(x: Tensor, basis: Tensor, basis_mask: Tensor, eps: float) -> Tensor:
@@ -81,17 +84,16 @@ def modality_residuals(
     if scope == "segment":
         # k = 2 closed form of `orthogonal_residual`, from the 3 x 3 Gram matrix per segment
         xs = x.transpose(1, 2)  # (B, L, 3, d)
-        gram = xs @ xs.transpose(-1, -2)  # (B, L, 3, 3); masked tokens are zero rows
-        i, a, b = torch.tensor([0, 1, 2]), _OTHERS[:, 0], _OTHERS[:, 1]
-        g_aa = gram[:, :, a, a] + eps  # (B, L, 3)
-        g_bb = gram[:, :, b, b] + eps
-        g_ab = gram[:, :, a, b]
-        c_a = gram[:, :, i, a]
-        c_b = gram[:, :, i, b]
+        gram = (xs @ xs.transpose(-1, -2)).reshape(B, L, 9)  # masked tokens are zero rows
+        g = gram[:, :, _GRAM_IDX.to(x.device)]  # (B, L, 5, 3): aa, bb, ab, ma, mb per m
+        g_aa, g_bb, g_ab, c_a, c_b = g.unbind(dim=2)  # each (B, L, 3)
+        g_aa, g_bb = g_aa + eps, g_bb + eps
         det = g_aa * g_bb - g_ab * g_ab  # >= eps^2 > 0 (Cauchy-Schwarz)
-        coef_a = (c_a * g_bb - c_b * g_ab) / det  # (B, L, 3)
-        coef_b = (c_b * g_aa - c_a * g_ab) / det
-        y = xs - coef_a.unsqueeze(-1) * xs[:, :, a] - coef_b.unsqueeze(-1) * xs[:, :, b]
+        coef = (
+            torch.stack([c_a * g_bb - c_b * g_ab, c_b * g_aa - c_a * g_ab], dim=2) / det[:, :, None]
+        )  # (B, L, 2, 3)
+        others = xs[:, :, _OTHERS.T.to(x.device)]  # (B, L, 2, 3, d): rows a, b of each m
+        y = xs - (coef.unsqueeze(-1) * others).sum(dim=2)  # (B, L, 3, d)
         return y.transpose(1, 2)  # (B, 3, L, d)
     if scope == "stream":
         others = _OTHERS.to(x.device)
@@ -281,7 +283,7 @@ class MFQEncoder(ContentEncoder):
 
         # 5. learnable author query attends to the fused tokens
         ids = batch.author_ids
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.author_buckets):
+        if bool(((ids < 0) | (ids >= c.author_buckets)).any()):
             raise ValueError(
                 f"author_ids must be rows in [0, {c.author_buckets}) (use author_row), got "
                 f"[{int(ids.min())}, {int(ids.max())}]"
