@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=6.0, ge=6.0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    static_membership: bool = Field(
+        default=True,
+        description="join the consumer group with a stable group.instance.id, so a restarted "
+        "(or crashed) worker takes its partitions back at once instead of waiting for a "
+        "rebalance (the embedded broker never expires a crashed dynamic member)",
+    )
+    group_instance_id: str | None = Field(
+        default=None, description="static member id; None: '<app_id>@<host name>:<web_port>'"
+    )
+    rebalance_timeout_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        description="how long a rebalance waits for members to rejoin; a SIGKILLed worker's "
+        "replacement waits this long (Faust's default is 60 s)",
+    )
     rocksdb_block_cache_mib: int = Field(default=16, ge=1, description="per table partition")
     rocksdb_write_buffer_mib: int = Field(default=8, ge=1, description="per table partition")
     rocksdb_max_write_buffers: int = Field(default=2, ge=1)
