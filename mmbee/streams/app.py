@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import socket
 import ssl
 import time
 import weakref
@@ -46,6 +47,7 @@ __all__ = [
     "build_app",
     "create_app",
     "faust_settings",
+    "group_instance_id",
     "rocksdb_options",
     "resolve_components",
     "in_event_context",
@@ -125,6 +127,19 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
+def group_instance_id(settings: Settings) -> str | None:
+    """This worker's static consumer-group member id (None: dynamic membership).
+
+    Stable across restarts of the same worker (same host, same web port), distinct between
+    workers of one host (they bind different web ports).
+    """
+    if not settings.static_membership:
+        return None
+    if settings.group_instance_id:
+        return settings.group_instance_id
+    return f"{settings.app_id}@{socket.gethostname()}:{settings.web_port}"
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of `faust.App` for these settings (see docs/streams.md for why)."""
     acks = {"0": 0, "1": 1, "all": -1}[settings.producer_acks or "1"]
@@ -141,6 +156,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": settings.heartbeat_interval_s,
         "broker_commit_interval": settings.commit_interval_s,
+        "broker_rebalance_timeout": settings.rebalance_timeout_s,
+        "consumer_group_instance_id": group_instance_id(settings),
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": acks,
         "producer_max_request_size": PRODUCER_MAX_REQUEST_BYTES,
@@ -187,6 +204,7 @@ class StreamContext:
         publisher: where agents send outputs (the app's producer in a worker).
         dlq: the dead-letter sink.
         clock_ms: wall-clock milliseconds (only for dead-letter timestamps; logic uses event time).
+        monotonic: monotonic seconds (timeouts, e.g. how long an event waits for alignment).
         runtimes: objects components expose for inspection (tests, web pages), by component name.
 
     Example:
@@ -201,6 +219,7 @@ class StreamContext:
     publisher: Publisher
     dlq: DeadLetterSink
     clock_ms: Callable[[], int]
+    monotonic: Callable[[], float] = time.monotonic
     runtimes: dict[str, Any] = field(default_factory=dict)
     _topics: dict[tuple[str, ...], faust.TopicT] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
@@ -304,7 +323,7 @@ def build_app(
             and when that is unset too, every registered component.
         publisher: where agents send; default the app's own producer.
         clock_ms: wall clock in ms for dead-letter timestamps (default `time.time`).
-        monotonic: clock of the metrics' timing.
+        monotonic: monotonic clock of timeouts and of the metrics' timing.
     """
     app = faust.App(settings.app_id, **faust_settings(settings))
     wall_ms = clock_ms or (lambda: int(time.time() * 1000))
@@ -318,6 +337,7 @@ def build_app(
         publisher=pub,
         dlq=DeadLetterSink(settings.topic("dlq"), pub, metrics, wall_ms),
         clock_ms=wall_ms,
+        monotonic=monotonic,
     )
     _register_metrics_page(ctx)
     chosen = components if components is not None else settings.components

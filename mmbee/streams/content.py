@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ from mmbee.encoders.segments import (
 from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
 from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
 from mmbee.settings import Settings
+from mmbee.streams.align import Aligner
 from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.codec import Rejected
 
@@ -222,7 +224,17 @@ class SegmentRuntime:
         self.dirty: dict[str, None] = {}  # authors with pending events, oldest first
         self.seq = 0
         self.pending = 0
+        self.align_wait_s = ctx.settings.segment_align_wait_ms / 1000
+        self.aligners: dict[int, Aligner] = {}  # partition -> held (decoded, not yet applied)
+        self.stream: StreamT | None = None
+        self._lock = asyncio.Lock()
         self._sources = {ctx.topic_name(n): n for n in SOURCES}
+        self._source_index = {n: i for i, n in enumerate(SOURCES)}
+
+    @property
+    def held(self) -> int:
+        """Events waiting for event-time alignment (decoded, not applied, not acked)."""
+        return sum(len(a) for a in self.aligners.values())
 
     # --- rebalance ------------------------------------------------------------------------
     def on_revoked(self, revoked: set[TP]) -> None:
@@ -235,53 +247,87 @@ class SegmentRuntime:
             entry = self.entries.pop(author)
             self.pending -= len(entry.pending)
             self.dirty.pop(author, None)
+        for p in parts:
+            self.aligners.pop(p, None)
         self.ctx.metrics.count(AGENT_SEGMENTS, "revocations")
 
     # --- one batch ------------------------------------------------------------------------
     async def process(self, stream: StreamT, events: Sequence[EventT]) -> None:
-        """Decode, featurize, apply and persist one batch of events (in their consumed order)."""
+        """Decode and featurize one batch, hold it for alignment, apply what is aligned."""
+        self.stream = stream
         metrics = self.ctx.metrics
         metrics.observe(AGENT_SEGMENTS, len(events))
-        generation = self.ctx.app.consumer_generation_id
-        work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
-        for ev in events:
-            if _stale(ev, generation):
-                continue
-            name = self._sources.get(ev.message.topic)
-            if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
-                raise RuntimeError(f"segment agent got a message from {ev.message.topic}")
-            decoded = self.ctx.codec.decode_topic(name, ev.value)
-            if isinstance(decoded, Rejected):
-                await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
-                continue
-            assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
-            if ev.key != decoded.author_id.encode():
-                await self._reject(
-                    stream,
-                    ev,
-                    "validation_error",
-                    f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r} "
-                    "(content topics are keyed by author)",
-                    decoded.event_id,
-                )
-                continue
-            work.append((ev, name, decoded))
-        vectors = await self._featurize(work)
-        if self.ctx.app.consumer_generation_id != generation:
-            metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
-            return  # partitions moved while we waited: the events will be redelivered
-        for (ev, name, model), vec in zip(work, vectors, strict=True):
-            self.seq += 1
-            if isinstance(vec, str):
-                await self._reject(stream, ev, "decode_error", vec, model.event_id)
-            elif vec is _EMPTY_SPEECH:
-                metrics.count(AGENT_SEGMENTS, "asr_empty")
-                await stream.ack(ev)
-            else:
-                assert vec is None or isinstance(vec, np.ndarray)
-                await self._apply(stream, ev, name, model, vec)
+        async with self._lock:
+            generation = self.ctx.app.consumer_generation_id
+            work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
+            for ev in events:
+                if _stale(ev, generation):
+                    continue
+                name = self._sources.get(ev.message.topic)
+                if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
+                    raise RuntimeError(f"segment agent got a message from {ev.message.topic}")
+                decoded = self.ctx.codec.decode_topic(name, ev.value)
+                if isinstance(decoded, Rejected):
+                    await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
+                    continue
+                assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
+                if ev.key != decoded.author_id.encode():
+                    await self._reject(
+                        stream,
+                        ev,
+                        "validation_error",
+                        f"message key {ev.key!r} is not the event's author_id "
+                        f"{decoded.author_id!r} (content topics are keyed by author)",
+                        decoded.event_id,
+                    )
+                    continue
+                work.append((ev, name, decoded))
+            vectors = await self._featurize(work)
+            if self.ctx.app.consumer_generation_id != generation:
+                metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
+                return  # partitions moved while we waited: the events will be redelivered
+            now = self.ctx.monotonic()
+            for (ev, name, model), vec in zip(work, vectors, strict=True):
+                if isinstance(vec, str):
+                    await self._reject(stream, ev, "decode_error", vec, model.event_id)
+                elif vec is _EMPTY_SPEECH:
+                    metrics.count(AGENT_SEGMENTS, "asr_empty")
+                    await stream.ack(ev)
+                else:
+                    assert vec is None or isinstance(vec, np.ndarray)
+                    msg = ev.message
+                    item = ContentItem.from_event(model, vec, source=name, offset=msg.offset)
+                    aligner = self.aligners.get(msg.partition)
+                    if aligner is None:
+                        aligner = self.aligners[msg.partition] = Aligner(
+                            self.align_wait_s, len(SOURCES)
+                        )
+                    aligner.push(
+                        ts=item.ts_ms,
+                        source=self._source_index[name],
+                        offset=msg.offset,
+                        item=(ev, item),
+                        now_s=now,
+                    )
+            await self._release(stream, now)
+            metrics.count(AGENT_SEGMENTS, "processed", len(events))
+
+    async def tick(self) -> None:
+        """Apply held events whose alignment wait is over (runs on a timer: a quiet source must
+        not keep the others' events waiting until the next batch arrives)."""
+        if self.stream is None or not self.held:
+            return
+        async with self._lock:
+            await self._release(self.stream, self.ctx.monotonic())
+
+    async def _release(self, stream: StreamT, now_s: float) -> None:
+        for aligner in list(self.aligners.values()):
+            for ev, item in aligner.ready(now_s):
+                self.seq += 1
+                await self._apply(stream, ev, item)
         await self._checkpoint_old(stream)
-        metrics.count(AGENT_SEGMENTS, "processed", len(events))
+        self.ctx.metrics.gauge(AGENT_SEGMENTS, "held", self.held)
+        self.ctx.metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
 
     async def _featurize(
         self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]
@@ -315,23 +361,16 @@ class SegmentRuntime:
         self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_frames", len(jpegs))
         return out
 
-    async def _apply(
-        self,
-        stream: StreamT,
-        ev: EventT,
-        name: str,
-        model: FrameEvent | CommentEvent | AsrSegment,
-        vector: np.ndarray | None,
-    ) -> None:
+    async def _apply(self, stream: StreamT, ev: EventT, item: ContentItem) -> None:
         in_event_context(ev)
-        author = model.author_id
+        author = item.author_id
         entry = self.entries.get(author)
         if entry is None:
             entry = self._load(author, ev)
-        item = ContentItem.from_event(model, vector, source=name, offset=ev.message.offset)
         if is_replay(entry.buffer, item):
             self.ctx.metrics.count(AGENT_SEGMENTS, "replayed")
-            if item.offset is not None and item.offset <= entry.persisted.get(name, -1):
+            assert item.source is not None and item.offset is not None
+            if item.offset <= entry.persisted.get(item.source, -1):
                 await stream.ack(ev)
             else:
                 self._hold(author, entry, ev)
@@ -614,6 +653,11 @@ def register_segments(ctx: StreamContext) -> None:
             await runtime.process(stream, events)
 
     ctx.app.agent(ctx.topic(*SOURCES), name="mmbee.segments")(segments)
+    tick_s = max(settings.segment_align_wait_ms / 4000, 0.02)
+
+    @ctx.app.timer(tick_s, name="mmbee.segments.align")
+    async def release_aligned() -> None:
+        await runtime.tick()
 
     @ctx.app.page("/mmbee/segments/{author_id}/")
     async def segment_buffer(

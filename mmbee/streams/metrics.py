@@ -25,10 +25,12 @@ __all__ = ["AgentMetrics", "StreamMetrics"]
 
 @dataclass
 class AgentMetrics:
-    """Counters of one agent. `first_s`/`last_s`: clock time of the first and latest batch seen."""
+    """Counters and gauges of one agent. `first_s`/`last_s`: clock time of the first and latest
+    batch seen."""
 
     counters: Counter[str] = field(default_factory=Counter)
     dlq: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float] = field(default_factory=dict)
     first_s: float | None = None
     last_s: float | None = None
 
@@ -37,6 +39,7 @@ class AgentMetrics:
         return {
             "counters": dict(sorted(self.counters.items())),
             "dlq": dict(sorted(self.dlq.items())),
+            "gauges": dict(sorted(self.gauges.items())),
             "first_s": self.first_s,
             "last_s": self.last_s,
         }
@@ -63,6 +66,10 @@ class StreamMetrics:
     def count(self, agent: str, name: str, n: int = 1) -> None:
         """Add `n` to counter `name` of `agent`."""
         self.agent(agent).counters[name] += n
+
+    def gauge(self, agent: str, name: str, value: float) -> None:
+        """Set gauge `name` of `agent` (a level, e.g. events held, not a running total)."""
+        self.agent(agent).gauges[name] = value
 
     def dead_letter(self, agent: str, reason: str, n: int = 1) -> None:
         """Count `n` messages dead-lettered by `agent` for `reason`."""
@@ -96,5 +103,7 @@ class StreamMetrics:
         for agent, a in sorted(self._agents.items()):
             for name, value in sorted(a.counters.items()):
                 yield f"mmbee_agent_{name}_total", {"agent": agent}, float(value)
+            for name, level in sorted(a.gauges.items()):
+                yield f"mmbee_agent_{name}", {"agent": agent}, float(level)
             for reason, value in sorted(a.dlq.items()):
                 yield "mmbee_dead_letters_total", {"agent": agent, "reason": reason}, float(value)

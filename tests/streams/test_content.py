@@ -34,7 +34,9 @@ from mmbee.streams.publish import MemoryPublisher
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_ctx(tmp_path: Path, **overrides: Any) -> tuple[StreamContext, MemoryPublisher]:
+def make_ctx(
+    tmp_path: Path, monotonic: Callable[[], float] | None = None, **overrides: Any
+) -> tuple[StreamContext, MemoryPublisher]:
     base: dict[str, Any] = dict(
         store="memory://",
         data_dir=tmp_path,
@@ -44,11 +46,13 @@ def make_ctx(tmp_path: Path, **overrides: Any) -> tuple[StreamContext, MemoryPub
         frame_dim=CTX["frame_dim"],
         text_dim=CTX["text_dim"],
         stream_batch_wait_ms=5,
+        segment_align_wait_ms=0,  # no timer runs under test_context: apply what each batch brings
     )
     base.update(overrides)
     pub = MemoryPublisher()
     ctx = build_app(Settings(**base), components=["segments", "asr"], publisher=pub,
-                    clock_ms=lambda: 1_700_000_000_000)  # fmt: skip
+                    clock_ms=lambda: 1_700_000_000_000,
+                    **({} if monotonic is None else {"monotonic": monotonic}))  # fmt: skip
     return ctx, pub
 
 
@@ -177,7 +181,9 @@ def test_bad_input_goes_to_the_dlq_and_the_agent_keeps_going(tmp_path: Path) -> 
         await feed.event(frame("f0", 0))
         acked.append(await feed.event(frame("f0", 10)))  # duplicate event_id
         await feed.event(frame("f1", 2_500))  # closes segment 0
+        await feed.settle(7)  # (one batch is applied in event-time order)
         acked.append(await feed.event(frame("late", 900)))
+        await feed.settle(8)
         good = await feed.event(frame("f2", 2_600))
         await feed.settle(9)
         assert all(ev.message.acked for ev in acked)
@@ -256,6 +262,35 @@ def test_redelivery_after_revocation_is_idempotent(tmp_path: Path) -> None:
     run_agent(ref_ctx, "mmbee.segments", straight)
     assert closed_segments(pub, ctx) == closed_segments(ref_pub, ref_ctx)
     assert runtime.describe("a1") == ref_ctx.runtimes["segments"].describe("a1")
+
+
+def test_topics_are_aligned_in_event_time_before_they_are_applied(tmp_path: Path) -> None:
+    now = [0.0]
+    ctx, pub = make_ctx(tmp_path, monotonic=lambda: now[0], segment_align_wait_ms=10_000)
+    runtime: SegmentRuntime = ctx.runtimes["segments"]
+
+    async def body(feed: Feed) -> None:
+        # the frames topic runs ahead of the others (as a backlog fetch would deliver them)
+        for i in range(5):
+            await feed.event(frame(f"f{i}", 500 * i, seed=i))
+        await feed.event(frame("f5", 2_600))
+        await feed.settle(6)
+        assert runtime.held == 6  # comments and ASR have not delivered anything yet
+        await feed.event(asr("s0", 0))  # speech midpoint 200
+        await feed.event(asr("s1", 2_000))  # midpoint 2200
+        await feed.event(comment("c0", 100))  # 2500 ms behind the frames
+        await feed.event(comment("c1", 1_900))
+        await feed.settle(10)
+        assert runtime.held == 4  # frontier 1900: c1 (1900), f4, s1 (2200), f5 (2600) wait
+        assert ctx.metrics.get("segments", "applied") == 6
+        now[0] = 11.0  # the other topics stay quiet past the alignment wait
+        await runtime.tick()
+        assert runtime.held == 0
+
+    run_agent(ctx, "mmbee.segments", body)
+    assert dead_letters(pub, ctx) == []  # c0 came 2.5 s of event time after the frames: not late
+    segs = closed_segments(pub, ctx)
+    assert [(s.n_frames, s.n_comments, s.n_asr) for s in segs] == [(2, 1, 1), (2, 1, 0)]
 
 
 def test_asr_segment_ids_stay_valid() -> None:
