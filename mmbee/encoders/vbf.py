@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbee.encoders.base import ContentEncoder, EncoderOutput, SegmentBatch, masked_mean
+from mmbee.encoders.base import ContentEncoder, EncoderOutput, SegmentBatch
 
 __all__ = [
     "VBFConfig",
@@ -113,16 +113,23 @@ class Posterior:
         logvar: (B, Z) posterior log-variance.
         encodings: (B, 3, H) pooled modality encodings e_m (eq. 10, pooled over segments).
         modality_mask: (B, 3) bool, modalities with data (the batch's mask and any token).
-        targets: (B, d) per-stream masked-mean raw features, the reconstruction target.
-        prior_features: (B, P) the prior's assignment input.
+        targets: (B, d) per-stream masked-mean raw features, the reconstruction target
+            (None when `encode` was asked not to compute it).
+        prior_features: (B, P) the prior's assignment input (None likewise).
     """
 
     mu: Tensor
     logvar: Tensor
     encodings: Tensor
     modality_mask: Tensor
-    targets: Tensor
-    prior_features: Tensor
+    targets: Tensor | None
+    prior_features: Tensor | None
+
+    def need_targets(self) -> tuple[Tensor, Tensor]:
+        """(targets, prior_features), raising if `encode` skipped them."""
+        if self.targets is None or self.prior_features is None:
+            raise ValueError("this Posterior was encoded with targets=False")
+        return self.targets, self.prior_features
 
 
 @dataclass
@@ -327,7 +334,9 @@ class VBFEncoder(ContentEncoder):
     def _targets_and_prior(
         self, batch: SegmentBatch, xs: list[Tensor], tm: Tensor
     ) -> tuple[Tensor, Tensor]:
-        pooled = [masked_mean(x, tm[..., m], dim=1) for m, x in enumerate(xs)]  # (B, d_m) each
+        count = tm.sum(dim=1).clamp_min(1).to(xs[0].dtype)  # (B, 3)
+        # xs are already zero where masked: a plain sum is the masked sum
+        pooled = [x.sum(dim=1) / count[:, m, None] for m, x in enumerate(xs)]  # (B, d_m) each
         targets = torch.cat(pooled, dim=-1)  # (B, d), zeros for absent modalities
         if self.config.d_context:
             if batch.context is None:
@@ -337,8 +346,9 @@ class VBFEncoder(ContentEncoder):
             prior_in = targets
         return targets, prior_in  # (B, d), (B, P)
 
-    def encode(self, batch: SegmentBatch) -> Posterior:
-        """q(z|x): modality encoders, temporal pooling, cross-modal attention, posterior heads.
+    def encode(self, batch: SegmentBatch, *, targets: bool = True) -> Posterior:
+        """q(z|x): modality encoders, temporal pooling, cross-modal attention, posterior heads;
+        with `targets`, also the reconstruction target and the prior's input features.
 
         Shapes:
             batch: see `SegmentBatch`.
@@ -369,8 +379,10 @@ class VBFEncoder(ContentEncoder):
         # eq. 12 (+ the domain-level shift of eq. 20, zero unless meta-adapted)
         mu = self.posterior_mu(flat) + self.domain_shift_mu
         logvar = self.posterior_logvar(flat) + self.domain_shift_logvar
-        targets, prior_in = self._targets_and_prior(batch, xs, tm)
-        return Posterior(mu, logvar, e, mod, targets, prior_in)
+        if not targets:
+            return Posterior(mu, logvar, e, mod, None, None)
+        target, prior_in = self._targets_and_prior(batch, xs, tm)
+        return Posterior(mu, logvar, e, mod, target, prior_in)
 
     # ------------------------------------------------------------------ decoder half
 
@@ -396,7 +408,7 @@ class VBFEncoder(ContentEncoder):
         if self.config.prior == "standard":
             zero = torch.zeros_like(post.mu)
             return gaussian_kl(post.mu, post.logvar, zero, zero)
-        pi = self.prior_weights(post.prior_features)
+        pi = self.prior_weights(post.need_targets()[1])
         return mixture_kl(post.mu, post.logvar, pi, self.prior_mu, self.prior_logvar)
 
     def _recon_sq_error(self, h: Tensor, post: Posterior) -> tuple[Tensor, Tensor]:
@@ -405,7 +417,8 @@ class VBFEncoder(ContentEncoder):
         recon = self.decoder(h)  # (B, d)
         widths = torch.tensor([c.d_visual, c.d_speech, c.d_comments], device=h.device)
         dim_mask = post.modality_mask.repeat_interleave(widths, dim=1)  # (B, d)
-        sq = torch.where(dim_mask, (post.targets - recon).pow(2), torch.zeros_like(recon))
+        target = post.need_targets()[0]
+        sq = torch.where(dim_mask, (target - recon).pow(2), torch.zeros_like(recon))
         return sq.sum(dim=-1), dim_mask.sum(dim=-1).to(h.dtype)
 
     def reconstruction_log_likelihood(self, h: Tensor, post: Posterior) -> Tensor:
@@ -462,16 +475,18 @@ class VBFEncoder(ContentEncoder):
         Args:
             sample: draw z by reparameterisation (default: in training mode, if variational).
             generator: torch Generator for the noise (default: the module's, seeded by config).
-            compute_losses: fill `aux_losses` (default: in training mode).
+            compute_losses: fill `aux_losses` and the prior diagnostics (default: in training
+                mode); inference skips the reconstruction target and prior features.
 
         Shapes:
             batch: see `SegmentBatch`.
             embedding: (B, D) fused h.  extras: z, mu, logvar (B, Z); fusion_weights (B, 3);
-            posterior_var (B,); prior_weights (B, K) (mixture prior only).
+            posterior_var (B,); prior_weights (B, K) (mixture prior, with losses only).
             aux_losses: scalars "vbf_recon", "vbf_kl", "vbf_sparse", "vbf_smooth".
         """
         c = self.config
-        post = self.encode(batch)
+        losses = self.training if compute_losses is None else compute_losses
+        post = self.encode(batch, targets=losses)
         sample = (self.training if sample is None else sample) and c.variational
         if sample:
             gen = generator if generator is not None else self._generator(post.mu.device)
@@ -487,10 +502,11 @@ class VBFEncoder(ContentEncoder):
             "fusion_weights": alpha,
             "posterior_var": post.logvar.exp().mean(dim=-1),
         }
-        if c.prior == "mixture":
-            extras["prior_weights"] = self.prior_weights(post.prior_features)
         aux: dict[str, Tensor] = {}
-        if self.training if compute_losses is None else compute_losses:
+        if losses:
+            _, prior_features = post.need_targets()
+            if c.prior == "mixture":
+                extras["prior_weights"] = self.prior_weights(prior_features)
             has_any = post.modality_mask.any(dim=-1)  # (B,)
             sq, _ = self._recon_sq_error(h, post)
             recon = (sq / (2 * c.recon_sigma2))[has_any].sum() / has_any.sum().clamp_min(1)
@@ -500,9 +516,7 @@ class VBFEncoder(ContentEncoder):
             if c.lambda_sparse:
                 aux["vbf_sparse"] = c.lambda_sparse * self.sparsity_loss(alpha, post.modality_mask)
             if c.lambda_smooth:
-                aux["vbf_smooth"] = c.lambda_smooth * self.smoothness_loss(
-                    alpha, post.prior_features
-                )
+                aux["vbf_smooth"] = c.lambda_smooth * self.smoothness_loss(alpha, prior_features)
         return EncoderOutput(embedding=h, aux_losses=aux, extras=extras)
 
     @torch.no_grad()
@@ -528,7 +542,7 @@ class VBFEncoder(ContentEncoder):
         was_training = self.training
         self.eval()
         try:
-            post = self.encode(batch)
+            post = self.encode(batch, targets=False)
             mean_h, alpha = self.fuse(post.mu, post)
             var = post.logvar.exp().mean(dim=-1)  # (B,)
             b = var.shape[0]
@@ -560,7 +574,9 @@ class VBFEncoder(ContentEncoder):
         was_training = self.training
         self.eval()
         try:
-            var = torch.cat([self.encode(b).logvar.exp().mean(dim=-1) for b in batches])
+            var = torch.cat(
+                [self.encode(b, targets=False).logvar.exp().mean(dim=-1) for b in batches]
+            )
         finally:
             self.train(was_training)
         thr = float(torch.quantile(var.float(), 1.0 - frac))
