@@ -135,6 +135,66 @@ def measure(threads: int = 1, quick: bool = False, device: str = "cpu") -> dict[
     }
     figures["params"]["cva_block"] = _params(build_encoder("cva", {"depth": 1}).core.blocks[0])
 
+    # ---- VBF++ (section owned by the VBF++ engineer; see docs/vbf.md) -------------------------
+    # Training-step time at B=256, L=10 with a linear gift head as the rec loss: the full step
+    # (forward, replay buffer, discriminator step, encoder step with L_adv), the same without
+    # RAR, one meta step (support 50, query 256, second-order, 1 inner step), and the baseline
+    # in the same run: a fixed-fusion encoder trained with the same head and Adam.
+    from mmbee.encoders.vbf_train import DomainTask, VBFTrainConfig, VBFTrainer
+
+    def _head_loss(d: int) -> torch.nn.Module:
+        class _Head(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lin = torch.nn.Linear(d, 1)
+
+            def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                logit = self.lin(h).squeeze(-1)
+                return torch.nn.functional.binary_cross_entropy_with_logits(
+                    logit, y, reduction="none"
+                )
+
+        return _Head().to(device)
+
+    tb = synthetic_batch(256, 10, full=True, generator=torch.Generator().manual_seed(5))
+    tb = tb.to(device)
+    ty = (torch.arange(256, device=device) % 7 == 0).float()
+    sb = synthetic_batch(50, 10, full=True, generator=torch.Generator().manual_seed(6)).to(device)
+    sy = ty[:50]
+    n_train = 3 if quick else 15
+    vbf_train: dict[str, Any] = {}
+    for label, rar in (("vbfpp", True), ("vbfpp_no_rar", False)):
+        venc = build_encoder("vbf++", {}, seed=0).to(device)
+        trainer = VBFTrainer(venc, _head_loss(venc.out_dim), VBFTrainConfig(rar=rar))
+        vbf_train[f"{label}_train_step_b256"] = _percentiles(
+            lambda t=trainer: t.train_step(tb, ty), n_train, warmup=3
+        )
+        if rar:
+            assert "D" in trainer.history, "the discriminator never stepped"
+            task = DomainTask(sb, sy, tb, ty)
+            vbf_train["vbfpp_meta_step_s50_q256"] = _percentiles(
+                lambda t=trainer, k=task: t.meta_train_step([k]), n_train, warmup=2
+            )
+    fenc = build_encoder("fixed-fusion", {}, seed=0).to(device)
+    fhead = _head_loss(fenc.out_dim)
+    fopt = torch.optim.Adam([*fenc.parameters(), *fhead.parameters()], lr=1e-3)
+
+    def _fixed_step() -> None:
+        loss = fhead(fenc(tb).embedding, ty).mean()
+        fopt.zero_grad()
+        loss.backward()
+        fopt.step()
+
+    vbf_train["baseline_fixed_fusion_train_step_b256"] = _percentiles(_fixed_step, n_train, 3)
+    for k, v in vbf_train.items():
+        print(f"{k:40s} p50 {v['p50_ms']:8.3f} ms  p99 {v['p99_ms']:8.3f} ms")
+    figures["vbf_train"] = vbf_train
+    figures["vbfpp_b1_p50_ms"] = figures["latency"]["vbfpp_b1"]["p50_ms"]
+    figures["vbfpp_b256_p50_ms"] = figures["latency"]["vbfpp_b256"]["p50_ms"]
+    figures["vbfpp_train_step_b256_p50_ms"] = vbf_train["vbfpp_train_step_b256"]["p50_ms"]
+    figures["params_vbfpp"] = figures["params"]["vbfpp"]
+    # ---- end of the VBF++ section ---------------------------------------------------------------
+
     wire = _segments(200, 10)
     decoded = [[decode_segment(s) for s in buf] for buf in wire]
     rows = list(range(200))
