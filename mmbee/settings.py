@@ -13,10 +13,13 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from mmbee.graph import CacheConfig, ExpansionConfig, GraphConfig
 
 __all__ = ["Settings", "load_settings"]
 
@@ -124,6 +127,24 @@ class Settings(BaseSettings):
         "cache_dir); None: ~/.cache/mmbee/models",
     )
 
+    # --- graph (docs/graph.md) --------------------------------------------------------------
+    graph_half_life_ms: int = Field(default=7 * 86_400_000, gt=0, description="U2A decay")
+    graph_epoch_ms: int = Field(
+        default=1_704_067_200_000, description="fixed-point reference time; <= your first gift"
+    )
+    graph_weight_by: Literal["count", "value", "log1p_value"] = "log1p_value"
+    graph_a2a_top_k: int = Field(default=20, ge=1, description="A2A neighbours per author")
+    graph_top_n: int = Field(default=20, ge=1, description="N of every metapath expansion")
+    graph_cache_staleness_ms: int = Field(
+        default=3_600_000, ge=0, description="walk-cache entries older than this are recomputed"
+    )
+    graph_active_window_ms: int = Field(
+        default=30 * 86_400_000, ge=0, description="nodes the periodic full rebuild covers"
+    )
+    graph_dir: Path = Field(
+        default=Path(".mmbee/graph"), description="graph state, walk cache, GraphCL checkpoint"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _profile_defaults(cls, values: Any) -> Any:
@@ -177,6 +198,24 @@ class Settings(BaseSettings):
         if self.ssl_keyfile:
             kw["ssl_keyfile"] = str(self.ssl_keyfile)
         return kw
+
+    def graph_configs(self) -> tuple[GraphConfig, ExpansionConfig, CacheConfig]:
+        """The graph component's configs (state, metapath expansion, walk cache)."""
+        from mmbee.graph import CacheConfig, ExpansionConfig, GraphConfig
+
+        return (
+            GraphConfig(
+                half_life_ms=self.graph_half_life_ms,
+                epoch_ms=self.graph_epoch_ms,
+                weight_by=self.graph_weight_by,
+                a2a_top_k=self.graph_a2a_top_k,
+            ),
+            ExpansionConfig(top_n=self.graph_top_n),
+            CacheConfig(
+                max_staleness_ms=self.graph_cache_staleness_ms,
+                active_window_ms=self.graph_active_window_ms,
+            ),
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:

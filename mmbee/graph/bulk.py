@@ -67,45 +67,73 @@ def _coo(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _PAD_BUDGET = 1 << 22
-"""Cells of the padded (rows, longest row) block one partition call may use."""
+"""Cells of the padded (rows, longest row) block one vectorised per-row operation may use."""
+
+
+def _blocks(lengths: np.ndarray, rows: np.ndarray) -> Iterator[np.ndarray]:
+    """`rows` (non-empty ones) in blocks of similar length: padding wastes < half a block."""
+    rows = rows[np.argsort(lengths[rows], kind="stable")]
+    i = 0
+    while i < len(rows):
+        shortest, j = lengths[rows[i]], i + 1
+        while (
+            j < len(rows)
+            and lengths[rows[j]] <= 2 * shortest
+            and (j + 1 - i) * lengths[rows[j]] <= _PAD_BUDGET
+        ):
+            j += 1
+        yield rows[i:j]
+        i = j
+
+
+def _padded(
+    indptr: np.ndarray, lengths: np.ndarray, block: np.ndarray, data: np.ndarray, fill: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each block row's entries as one padded row: (values (G, W), valid (G, W), positions)."""
+    offs = np.arange(int(lengths[block].max()))  # (W,)
+    pos = indptr[block][:, None] + offs[None, :]  # (G, W)
+    valid = offs[None, :] < lengths[block][:, None]  # (G, W)
+    return np.where(valid, data[np.minimum(pos, len(data) - 1)], fill), valid, pos
 
 
 def _select(m: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the k largest positive entries, ties by column; as (row, col, value) sorted by
-    (row, -value, col). Rows longer than k are cut at their k-th largest value with one
-    `np.partition` per block of similar-length rows, so only ~k entries per row get sorted."""
+    (row, -value, col). A row longer than k is first cut at its k-th largest value (one
+    `np.partition` per block of similar rows); the ~k survivors per row are then ordered by a
+    stable per-row argsort over column-sorted rows."""
     m = m.tocsr()
     indptr, vals = m.indptr, m.data
     lengths = np.diff(indptr)
     threshold = np.zeros(m.shape[0])
-    long = np.flatnonzero(lengths > k)
-    long = long[np.argsort(lengths[long], kind="stable")]
-    i = 0
-    while i < len(long):
-        j = i + 1
-        while j < len(long) and (j + 1 - i) * lengths[long[j]] <= _PAD_BUDGET:
-            j += 1
-        block = long[i:j]  # (G,) rows of similar length
-        width = int(lengths[block].max())
-        offs = np.arange(width)  # (W,)
-        base = indptr[block][:, None] + offs[None, :]  # (G, W)
-        valid = offs[None, :] < lengths[block][:, None]  # (G, W)
+    for block in _blocks(lengths, np.flatnonzero(lengths > k)):
         # pad with distinct negatives: many equal values make introselect crawl
-        pad = -1.0 - offs[None, :].astype(np.float64)  # (1, W)
-        padded = np.where(valid, vals[np.minimum(base, len(vals) - 1)], pad)  # (G, W)
+        pad = -1.0 - np.arange(int(lengths[block].max()), dtype=np.float64)[None, :]
+        padded, _, _ = _padded(indptr, lengths, block, vals, pad)  # (G, W)
+        width = padded.shape[1]
         threshold[block] = np.partition(padded, width - k, axis=1)[:, width - k]
-        i = j
     keep = np.flatnonzero((vals >= np.repeat(threshold, lengths)) & (vals > 0.0))
     rows = np.searchsorted(indptr, keep, side="right") - 1
-    cols, vals = m.indices[keep].astype(np.int64), vals[keep]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    if len(rows):
-        first = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]  # start of each row's run
-        start = np.repeat(first, np.diff(np.r_[first, len(rows)]))
-        cut = (np.arange(len(rows)) - start) < k
-        rows, cols, vals = rows[cut], cols[cut], vals[cut]
-    return rows, cols, vals
+    counts = np.bincount(rows, minlength=m.shape[0])
+    survivors = sp.csr_matrix(
+        (vals[keep], m.indices[keep], np.r_[0, np.cumsum(counts)]), shape=m.shape
+    )
+    survivors.sort_indices()  # column order inside each row: the tie-break
+    s_ptr, s_cols, s_vals = survivors.indptr, survivors.indices, survivors.data
+    out_r, out_c, out_v = [], [], []
+    for block in _blocks(counts, np.flatnonzero(counts)):
+        neg, valid, pos = _padded(s_ptr, counts, block, -s_vals, np.array(np.inf))  # (G, W)
+        order = np.argsort(neg, axis=1, kind="stable")[:, :k]  # (G, <=k)
+        pick = np.take_along_axis(pos, order, axis=1)
+        ok = np.take_along_axis(valid, order, axis=1)
+        out_r.append(np.broadcast_to(block[:, None], pick.shape)[ok])
+        out_c.append(s_cols[pick[ok]])
+        out_v.append(s_vals[pick[ok]])
+    if not out_r:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    r, c, v = np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v)
+    order = np.argsort(r, kind="stable")  # blocks came by length: back to row order
+    return r[order], c[order].astype(np.int64), v[order]
 
 
 def _drop(m: sp.csr_matrix, mask: sp.csr_matrix) -> sp.csr_matrix:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbee.graph.metapaths import a2a_neighbours
-from mmbee.graph.state import COUNT, LAST_TS, VALUE_MICRO, WEIGHT, GiftGraph
+from mmbee.graph.state import GiftGraph
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -41,15 +41,16 @@ def to_networkx(graph: GiftGraph, *, at_ms: int | None = None, a2a: bool = True)
     for a in graph.authors():
         out.add_node("a:" + a, kind="author", bipartite=1)
     for u in graph.users():
-        for a, e in sorted(graph.user_out[u].items()):
+        for a in sorted(graph.user_out[u]):
+            count, value_micro, w, last = graph.edge(u, a)  # type: ignore[misc]
             out.add_edge(
                 "u:" + u,
                 "a:" + a,
                 relation="u2a",
-                count=e[COUNT],
-                value=e[VALUE_MICRO] / 1e6,
-                weight=graph.weight_at(e[WEIGHT], at),
-                last_ts_ms=e[LAST_TS],
+                count=count,
+                value=value_micro / 1e6,
+                weight=graph.weight_at(w, at),
+                last_ts_ms=last,
             )
     if a2a:
         for a in graph.authors():
@@ -99,7 +100,7 @@ def graph_stats(graph: GiftGraph) -> dict[str, Any]:
         "author_degree": _describe([len(r) for r in graph.author_in.values()]),
         "components": len(components),
         "largest_component": components[0] if components else 0,
-        "a2a_pairs": sum(len(r) for r in graph.a2a.values()) // 2,
+        "a2a_pairs": graph.num_a2a_pairs,
         "authors_with_a2a": len(top1),
         "a2a_top1_similarity_mean": round(statistics.fmean(top1), 4) if top1 else 0.0,
     }

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Literal, TypeVar
 
-from mmbee.graph.state import WEIGHT, GiftGraph
+from mmbee.graph.state import GiftGraph
 
 __all__ = [
     "Metapath",
@@ -146,10 +146,10 @@ class Transitions:
     _aa: dict[str, _Step] = field(default_factory=dict)
     _a2a: dict[str, Expansion] = field(default_factory=dict)
 
-    def _rows(self, row: dict[str, list[int]] | None, total: int) -> _Step:
+    def _rows(self, row: dict[str, int] | None, total: int) -> _Step:
         if not row or total <= 0:
             return []
-        heavy = _top([(x, e[WEIGHT]) for x, e in row.items()], self.config.max_neighbors)
+        heavy = _top(row.items(), self.config.max_neighbors)
         return [(x, w / total) for x, w in heavy]  # exact ints -> one correctly rounded float
 
     def user_to_author(self, u: str) -> _Step:

@@ -49,10 +49,10 @@ DAY_MS = 24 * 3600 * 1000
 MIN_BITS = 16
 """Fewest fixed-point bits a gift's contribution may keep (see `GraphConfig.epoch_ms`)."""
 COUNT, VALUE_MICRO, WEIGHT, LAST_TS = 0, 1, 2, 3
-"""Positions in an edge list `[count, value_micro, weight_fixed, last_ts_ms]`."""
+"""Positions in an `Edge` list."""
 
 Edge = list[int]
-"""One U2A edge: `[count, value_micro, weight_fixed, last_ts_ms]`, all exact integers.
+"""One U2A edge as `GiftGraph.edge` returns it: `[count, value_micro, weight_fixed, last_ts_ms]`.
 
 `value_micro` is the undecayed gift value in millionths; `weight_fixed` the decayed weight in
 fixed point (see the module docstring); `last_ts_ms` the latest gift's event time.
@@ -136,9 +136,11 @@ def contribution(ts_ms: int, gift_value: float, config: GraphConfig) -> int:
 class GiftGraph:
     """The U2A bipartite graph and the A2A co-gifting statistics, in memory.
 
-    Users' and authors' adjacency rows share the same edge lists, so one update serves both
-    directions. The A2A pair statistics `[dot, shared_donors]` are one list shared by (a, b) and
-    (b, a). Mutate only through `add_gift` / `apply`.
+    Every per-edge and per-pair value lives in a dict of plain ints (or of int tuples), which
+    CPython's garbage collector does not track: a graph of millions of edges adds no work to
+    collections. Weights are kept in both directions (`user_out[u][a] == author_in[a][u]`), A2A
+    statistics symmetrically (`a2a_dot[a][b] == a2a_dot[b][a]`). Mutate only through
+    `add_gift` / `apply`.
 
     Example:
         >>> g = GiftGraph(GraphConfig(weight_by="count"))
@@ -149,13 +151,15 @@ class GiftGraph:
 
     def __init__(self, config: GraphConfig) -> None:
         self.config = config
-        self.user_out: dict[str, dict[str, Edge]] = {}
-        self.author_in: dict[str, dict[str, Edge]] = {}
+        self.user_out: dict[str, dict[str, int]] = {}  # u -> {a: weight_fixed}
+        self.author_in: dict[str, dict[str, int]] = {}  # a -> {u: weight_fixed}
+        self.edge_info: dict[str, dict[str, tuple[int, int, int]]] = {}  # (count, value_micro, last_ts)
         self.user_total: dict[str, int] = {}
         self.author_total: dict[str, int] = {}
         self.user_last_ms: dict[str, int] = {}
         self.author_last_ms: dict[str, int] = {}
-        self.a2a: dict[str, dict[str, list[int]]] = {}
+        self.a2a_dot: dict[str, dict[str, int]] = {}  # sum_u w_ua * w_ub
+        self.a2a_shared: dict[str, dict[str, int]] = {}  # |donors(a) & donors(b)|
         self.author_norm2: dict[str, int] = {}
         self.watermark_ms: int | None = None
         self.num_gifts = 0
@@ -166,26 +170,34 @@ class GiftGraph:
         c = contribution(ts_ms, gift_value, self.config)
         row = self.user_out.get(user_id)
         if row is None:
+            if "\x00" in user_id:
+                raise ValueError("user_id contains a NUL character")
             row = self.user_out[user_id] = {}
+            self.edge_info[user_id] = {}
             self.user_total[user_id] = 0
             self.user_last_ms[user_id] = ts_ms
-        e = row.get(author_id)
-        new = e is None
-        if e is None:
+        old = row.get(author_id)
+        new = old is None
+        info = self.edge_info[user_id]
+        vm = round(gift_value * 1_000_000)
+        if old is None:
             col = self.author_in.get(author_id)
             if col is None:
+                if "\x00" in author_id:
+                    raise ValueError("author_id contains a NUL character")
                 col = self.author_in[author_id] = {}
                 self.author_total[author_id] = 0
                 self.author_norm2[author_id] = 0
                 self.author_last_ms[author_id] = ts_ms
-                self.a2a[author_id] = {}
-            e = row[author_id] = col[user_id] = [0, 0, 0, ts_ms]
-        old = e[2]  # WEIGHT
-        e[0] += 1  # COUNT
-        e[1] += round(gift_value * 1_000_000)  # VALUE_MICRO
-        e[2] = old + c
-        if ts_ms > e[3]:  # LAST_TS
-            e[3] = ts_ms
+                self.a2a_dot[author_id] = {}
+                self.a2a_shared[author_id] = {}
+            old = 0
+            info[author_id] = (1, vm, ts_ms)
+        else:
+            col = self.author_in[author_id]
+            n, v, last = info[author_id]
+            info[author_id] = (n + 1, v + vm, ts_ms if ts_ms > last else last)
+        row[author_id] = col[user_id] = old + c
         self.user_total[user_id] += c
         self.author_total[author_id] += c
         self.author_norm2[author_id] += (old + old + c) * c  # (old + c)^2 - old^2
@@ -197,18 +209,18 @@ class GiftGraph:
             self.watermark_ms = ts_ms
         self.num_gifts += 1
         if len(row) > 1:
-            a2a = self.a2a
-            arow = a2a[author_id]
-            get = arow.get
-            for b, eb in row.items():
-                if b == author_id:
-                    continue
-                pair = get(b)
-                if pair is None:
-                    pair = arow[b] = a2a[b][author_id] = [0, 0]
-                pair[0] += c * eb[2]
-                if new:
-                    pair[1] += 1
+            dots = self.a2a_dot
+            dot_a = dots[author_id]
+            get = dot_a.get
+            for b, wb in row.items():
+                if b != author_id:
+                    dot_a[b] = dots[b][author_id] = get(b, 0) + c * wb
+            if new:
+                shared = self.a2a_shared
+                sh_a = shared[author_id]
+                for b in row:
+                    if b != author_id:
+                        sh_a[b] = shared[b][author_id] = sh_a.get(b, 0) + 1
         return new
 
     def apply(self, gift: GiftLike) -> bool:
@@ -231,15 +243,23 @@ class GiftGraph:
         """Distinct (user, author) pairs."""
         return sum(len(r) for r in self.user_out.values())
 
+    @property
+    def num_a2a_pairs(self) -> int:
+        """Unordered author pairs with at least one shared donor."""
+        return sum(len(r) for r in self.a2a_shared.values()) // 2
+
     def edge(self, user_id: str, author_id: str) -> Edge | None:
-        """The edge list `[count, value_micro, weight_fixed, last_ts_ms]`, or None."""
-        return self.user_out.get(user_id, {}).get(author_id)
+        """The edge as `[count, value_micro, weight_fixed, last_ts_ms]`, or None."""
+        w = self.user_out.get(user_id, {}).get(author_id)
+        if w is None:
+            return None
+        n, v, last = self.edge_info[user_id][author_id]
+        return [n, v, w, last]
 
     def decay_scale(self, at_ms: int) -> float:
         """log2 of the factor that turns fixed-point weights into weights as of `at_ms`."""
-        return -(
-            self.config.precision_bits + (at_ms - self.config.epoch_ms) / self.config.half_life_ms
-        )
+        cfg = self.config
+        return -(cfg.precision_bits + (at_ms - cfg.epoch_ms) / cfg.half_life_ms)
 
     def weight_at(self, fixed: int, at_ms: int) -> float:
         """A fixed-point weight (edge or total) decayed to event time `at_ms`, as a float."""
@@ -249,18 +269,16 @@ class GiftGraph:
 
     def shared_donors(self, a: str, b: str) -> int:
         """Number of users who gifted both authors."""
-        pair = self.a2a.get(a, {}).get(b)
-        return 0 if pair is None else pair[1]
+        return self.a2a_shared.get(a, {}).get(b, 0)
 
     def similarity(self, a: str, b: str) -> float:
         """Shrunk co-gifting cosine between two authors, in [0, 1] (0 if none shared)."""
-        pair = self.a2a.get(a, {}).get(b)
-        if pair is None:
+        dot = self.a2a_dot.get(a, {}).get(b)
+        if dot is None:
             return 0.0
-        return self._sim(pair, self.author_norm2[a], self.author_norm2[b])
+        return self._sim(dot, self.a2a_shared[a][b], self.author_norm2[a], self.author_norm2[b])
 
-    def _sim(self, pair: list[int], norm2_a: int, norm2_b: int) -> float:
-        dot, n = pair
+    def _sim(self, dot: int, n: int, norm2_a: int, norm2_b: int) -> float:
         if dot <= 0 or norm2_a <= 0 or norm2_b <= 0:
             return 0.0
         cos = math.sqrt((dot / norm2_a) * (dot / norm2_b))  # exact ints -> one rounding each
@@ -270,8 +288,10 @@ class GiftGraph:
         """(b, sim(a, b)) for every author b sharing a donor with `a`, in no particular order."""
         na = self.author_norm2.get(a, 0)
         norms = self.author_norm2
-        for b, pair in self.a2a.get(a, {}).items():
-            yield b, self._sim(pair, na, norms[b])
+        shared = self.a2a_shared.get(a, {})
+        sim = self._sim
+        for b, dot in self.a2a_dot.get(a, {}).items():
+            yield b, sim(dot, shared[b], na, norms[b])
 
     def users(self) -> list[str]:
         """All users, sorted."""
@@ -283,16 +303,23 @@ class GiftGraph:
 
     def fingerprint(self) -> tuple[Any, ...]:
         """A canonical, order-free summary of the whole state, for equality checks."""
+
+        def rows(d: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any]]:
+            return sorted((x, y, v) for x, r in d.items() for y, v in r.items())
+
         return (
             self.watermark_ms,
             self.num_gifts,
-            sorted((u, a, tuple(e)) for u, r in self.user_out.items() for a, e in r.items()),
+            rows(self.user_out),
+            rows(self.author_in),
+            rows(self.edge_info),
             sorted(self.user_total.items()),
             sorted(self.author_total.items()),
             sorted(self.user_last_ms.items()),
             sorted(self.author_last_ms.items()),
             sorted(self.author_norm2.items()),
-            sorted((a, b, tuple(p)) for a, r in self.a2a.items() for b, p in r.items()),
+            rows(self.a2a_dot),
+            rows(self.a2a_shared),
         )
 
 
@@ -332,19 +359,18 @@ def save_graph(graph: GiftGraph, path: Path | str, *, users: Iterable[str] | Non
     db = Rdict(str(path))
     try:
         for u in graph.user_out if users is None else users:
-            row = graph.user_out.get(u)
             key = _USER_PREFIX + u
-            if row is None:
+            if u not in graph.user_out:
                 db.delete(key)
             else:
-                db[key] = json.dumps({a: e for a, e in sorted(row.items())})
-        db[_META_KEY] = json.dumps(
-            {
-                "config": asdict(graph.config),
-                "watermark_ms": graph.watermark_ms,
-                "num_gifts": graph.num_gifts,
-            }
-        )
+                row = {a: graph.edge(u, a) for a in sorted(graph.user_out[u])}
+                db[key] = json.dumps(row)
+        meta = {
+            "config": asdict(graph.config),
+            "watermark_ms": graph.watermark_ms,
+            "num_gifts": graph.num_gifts,
+        }
+        db[_META_KEY] = json.dumps(meta)
     finally:
         db.close()
 
@@ -379,24 +405,22 @@ def load_graph(path: Path | str, config: GraphConfig | None = None) -> GiftGraph
 def _insert_edge(g: GiftGraph, u: str, a: str, e: Edge) -> None:
     """Insert a whole aggregated edge (used by load): same derived state as its gifts."""
     row = g.user_out.setdefault(u, {})
-    col = g.author_in.get(a)
-    if col is None:
-        col = g.author_in[a] = {}
+    g.edge_info.setdefault(u, {})
+    if a not in g.author_in:
+        g.author_in[a] = {}
         g.author_total[a] = 0
         g.author_norm2[a] = 0
-        g.a2a[a] = {}
-    row[a] = col[u] = e
-    w = e[WEIGHT]
+        g.a2a_dot[a] = {}
+        g.a2a_shared[a] = {}
+    count, value_micro, w, last = e
+    row[a] = g.author_in[a][u] = w
+    g.edge_info[u][a] = (count, value_micro, last)
     g.user_total[u] = g.user_total.get(u, 0) + w
     g.author_total[a] += w
     g.author_norm2[a] += w * w
-    g.user_last_ms[u] = max(g.user_last_ms.get(u, e[LAST_TS]), e[LAST_TS])
-    g.author_last_ms[a] = max(g.author_last_ms.get(a, e[LAST_TS]), e[LAST_TS])
-    for b, eb in row.items():
-        if b == a:
-            continue
-        pair = g.a2a[a].get(b)
-        if pair is None:
-            pair = g.a2a[a][b] = g.a2a[b][a] = [0, 0]
-        pair[0] += w * eb[WEIGHT]
-        pair[1] += 1
+    g.user_last_ms[u] = max(g.user_last_ms.get(u, last), last)
+    g.author_last_ms[a] = max(g.author_last_ms.get(a, last), last)
+    for b, wb in row.items():
+        if b != a:
+            g.a2a_dot[a][b] = g.a2a_dot[b][a] = g.a2a_dot[a].get(b, 0) + w * wb
+            g.a2a_shared[a][b] = g.a2a_shared[b][a] = g.a2a_shared[a].get(b, 0) + 1

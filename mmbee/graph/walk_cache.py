@@ -27,7 +27,9 @@ Example:
 
 from __future__ import annotations
 
-import json
+import struct
+import sys
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ __all__ = [
     "WalkCache",
     "user_key",
     "author_key",
+    "encode_entry",
+    "decode_entry",
 ]
 
 HOUR_MS = 3600 * 1000
@@ -145,17 +149,51 @@ class MemoryCacheStore:
         """Nothing to release."""
 
 
-def _encode(entry: CacheEntry) -> bytes:
-    return json.dumps([entry.built_at_ms, entry.expansions], separators=(",", ":")).encode()
+_HEAD = struct.Struct("<qB")  # built_at_ms, number of metapaths
+_PATH = struct.Struct("<BII")  # name length, list length, ids byte length
+_SEP = "\x00"
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
-def _decode(raw: bytes) -> CacheEntry:
-    built, exp = json.loads(raw)
-    return CacheEntry(built, {m: [(n, w) for n, w in lst] for m, lst in exp.items()})
+def encode_entry(entry: CacheEntry) -> bytes:
+    """The stored form of an entry: a small binary layout that decodes in a few microseconds
+    (per metapath: name, the ids joined by NUL, the weights as little-endian float64). Node ids
+    never hold NUL (`GiftGraph.add_gift` rejects them)."""
+    parts = [_HEAD.pack(entry.built_at_ms, len(entry.expansions))]
+    for name, items in entry.expansions.items():
+        ids, ws = zip(*items) if items else ((), ())
+        raw_ids = _SEP.join(ids).encode()
+        raw_name = name.encode()
+        weights = array("d", ws)
+        if _BIG_ENDIAN:
+            weights.byteswap()
+        parts += (_PATH.pack(len(raw_name), len(items), len(raw_ids)), raw_name, raw_ids)
+        parts.append(weights.tobytes())
+    return b"".join(parts)
+
+
+def decode_entry(raw: bytes) -> CacheEntry:
+    """Inverse of `encode_entry` (floats round-trip exactly)."""
+    built, n_paths = _HEAD.unpack_from(raw, 0)
+    pos = _HEAD.size
+    exp: Expansions = {}
+    for _ in range(n_paths):
+        name_len, count, ids_len = _PATH.unpack_from(raw, pos)
+        pos += _PATH.size
+        name = raw[pos : pos + name_len].decode()
+        pos += name_len
+        ids = raw[pos : pos + ids_len].decode().split(_SEP) if count else []
+        pos += ids_len
+        weights = array("d", raw[pos : pos + 8 * count])
+        if _BIG_ENDIAN:
+            weights.byteswap()
+        pos += 8 * count
+        exp[name] = list(zip(ids, weights.tolist(), strict=True))
+    return CacheEntry(built, exp)
 
 
 class RocksCacheStore:
-    """A rocksdict-backed cache store: survives restarts; JSON values (floats round-trip exactly).
+    """A rocksdict-backed cache store: survives restarts; values in `encode_entry`'s layout.
 
     Example:
         >>> import tempfile
@@ -176,11 +214,11 @@ class RocksCacheStore:
     def get(self, key: str) -> CacheEntry | None:
         """The entry under `key`, or None."""
         raw = self._db.get(key.encode())
-        return None if raw is None else _decode(raw)
+        return None if raw is None else decode_entry(raw)
 
     def put(self, key: str, entry: CacheEntry) -> None:
         """Store (replace) an entry."""
-        self._db[key.encode()] = _encode(entry)
+        self._db[key.encode()] = encode_entry(entry)
 
     def delete(self, key: str) -> None:
         """Remove an entry if present."""
@@ -189,7 +227,7 @@ class RocksCacheStore:
     def items(self) -> Iterator[tuple[str, CacheEntry]]:
         """All (key, entry) pairs, in key order."""
         for k, v in self._db.items():
-            yield k.decode(), _decode(v)
+            yield k.decode(), decode_entry(v)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._db.keys())

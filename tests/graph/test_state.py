@@ -115,11 +115,11 @@ def test_a2a_statistics_match_brute_force() -> None:
             if a == b:
                 continue
             common = set(g.author_in[a]) & set(g.author_in[b])
-            dot = sum(g.author_in[a][u][2] * g.author_in[b][u][2] for u in common)
+            dot = sum(g.author_in[a][u] * g.author_in[b][u] for u in common)
             assert g.shared_donors(a, b) == len(common)
-            assert g.a2a[a].get(b, [0, 0])[0] == dot
-        assert g.author_norm2[a] == sum(e[2] ** 2 for e in g.author_in[a].values())
-        assert g.author_total[a] == sum(e[2] for e in g.author_in[a].values())
+            assert g.a2a_dot[a].get(b, 0) == dot
+        assert g.author_norm2[a] == sum(w**2 for w in g.author_in[a].values())
+        assert g.author_total[a] == sum(g.author_in[a].values())
 
 
 def test_build_dedupes_event_ids() -> None:
