@@ -247,6 +247,14 @@ class VBFTrainer:
         """Kinds of the optimiser steps taken, in order: "D" discriminator, "E" encoder, "M" meta."""
         self.disc_steps = 0
 
+    @torch.no_grad()
+    def initialise_prior(self, batches: Iterable[SegmentBatch]) -> Tensor:
+        """k-means initialisation of the context-aware prior's assignment network from the prior
+        features of `batches` (e.g. a sample of the training streams), before training.
+        Returns the (K, P) centroids."""
+        feats = torch.cat([self.encoder.prior_features(b) for b in batches])  # (N, P)
+        return self.encoder.init_prior_from_features(feats, generator=self.generator)
+
     # ------------------------------------------------------------------ RAR + total loss
 
     def discriminator_step(self, z_gen: Tensor) -> float | None:

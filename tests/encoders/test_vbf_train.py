@@ -249,7 +249,7 @@ def test_meta_step_updates_only_meta_parameters_and_adapt_leaves_the_model() -> 
 
 
 def test_meta_adaptation_lowers_the_query_loss_on_held_out_domains() -> None:
-    """Train (alternating standard and meta steps) on 12 of the 27 domains; on 4 held-out ones,
+    """Train (alternating standard and meta steps) on 12 of the 27 domains; on 8 held-out ones,
     adapting from 50 support interactions (one step of eq. 21, alpha_meta = 0.01) must lower the
     mean loss on 1000 query interactions per domain compared with the unadapted model."""
     seed = 0
@@ -257,11 +257,13 @@ def test_meta_adaptation_lowers_the_query_loss_on_held_out_domains() -> None:
     world, g = World.make(seed), torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(ALL_DOMAINS), generator=g).tolist()
     train_domains = [ALL_DOMAINS[i] for i in order[:12]]
-    held_out = [ALL_DOMAINS[i] for i in order[12:16]]
+    held_out = [ALL_DOMAINS[i] for i in order[12:20]]
 
     def pick() -> tuple[int, ...]:
         return train_domains[int(torch.randint(len(train_domains), (1,), generator=g))]
 
+    centroids = tr.initialise_prior(world.sample(64, dom, g)[0] for dom in train_domains[:4])
+    assert centroids.shape == (C, 3 * D + C)
     first = None
     for _ in range(160):
         log = tr.train_step(*world.sample(64, pick(), g))
@@ -276,7 +278,7 @@ def test_meta_adaptation_lowers_the_query_loss_on_held_out_domains() -> None:
         base = tr.evaluate_loss(enc, query, qy)
         adapted = tr.evaluate_loss(tr.adapt(support, sy), query, qy)
         gains.append(base - adapted)
-    # measured over seeds 0-7 (two support/query draws each): mean gain 0.009-0.10, so the
-    # margin below holds with room; single domains can lose when their 50 labels mislead
+    # measured over seeds 0-7 (this code, other support/query draws): mean gain 0.007-0.053
+    # with 4-8 of 8 domains gaining; a single domain can lose when its 50 labels mislead
     assert sum(gains) / len(gains) > 0.003, gains
-    assert sum(gain > 0 for gain in gains) >= 2, gains
+    assert sum(gain > 0 for gain in gains) >= 3, gains
