@@ -237,9 +237,12 @@ def write_log(
             raise ValueError("media=True needs a media_renderer (mmbee.simulator.media)")
         (outdir / "media").mkdir(exist_ok=True)
         f_off, f_len = media_renderer.write_frames(world, outdir / "media" / "frames.jpg.bin")
-        a_off, a_len = media_renderer.write_speech(
+        a_off, a_len, a_ms = media_renderer.write_speech(
             world, catalogue, outdir / "media" / "speech.pcm.bin"
         )
+        # real audio: the speech ends when the audio does (within its segment)
+        seg_end = world.segment_start[world.speech_segment] + cfg.segment_ms - 1
+        speech_cols[3] = np.minimum(world.speech_start + np.maximum(a_ms, 1), seg_end)
         frame_cols += [f_off, f_len]
         frame_header += ["jpeg_offset", "jpeg_bytes"]
         speech_cols += [a_off, a_len]
