@@ -68,6 +68,53 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        from mmbee.simulator.calibration import calibration_report, format_report
+
+        report = calibration_report(args.report)
+        print(report.to_json() if args.json else format_report(report))
+        return 0
+    if args.outdir is None:
+        print("mmbee simulate: give OUTDIR, or --report LOGDIR", file=sys.stderr)
+        return 2
+    from mmbee.simulator.simulate import simulate
+
+    manifest = simulate(
+        args.outdir,
+        preset_name=args.preset,
+        seed=args.seed,
+        days=args.days,
+        media=args.media,
+        text_embeddings=args.text_embeddings,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    print(f"wrote {args.outdir} (log id {manifest['log_id']}): {counts}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from mmbee.simulator.replay import parse_speed, replay_log
+    from mmbee.streams.topics import ensure_topics
+
+    stats = replay_log(
+        args.logdir,
+        load_settings(),
+        speed=parse_speed(args.speed),
+        start_ms=args.from_ts,
+        frames=args.frames,
+        speech=args.speech,
+        attach_text_embeddings=args.text_embeddings,
+        progress=not args.no_progress,
+        prepare_topics=ensure_topics,
+    )
+    print(
+        f"replayed {stats.events} events in {stats.seconds:.1f} s ({stats.per_s:,.0f}/s); "
+        f"event time {stats.first_ts_ms} .. {stats.last_ts_ms} (resume with --from-ts)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
@@ -101,6 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=None, help="web/metrics port on 127.0.0.1")
     p.add_argument("--data-dir", type=Path, default=None, help="table state directory")
     p.set_defaults(handler=_worker)
+
+    p = verbs.add_parser("simulate", help="write a simulated world's log, or report calibration")
+    p.add_argument("outdir", type=Path, nargs="?", metavar="OUTDIR", help="log directory to write")
+    p.add_argument("--preset", default="default", help="tiny | demo | default (default: default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--days", type=int, default=None, help="simulated days (default: preset's)")
+    p.add_argument("--media", action="store_true", help="also JPEG frames and espeak-ng speech")
+    p.add_argument(
+        "--text-embeddings", action="store_true", help="also cache all-MiniLM-L6-v2 text embeddings"
+    )
+    p.add_argument("--report", type=Path, default=None, metavar="LOGDIR", help="calibration report")
+    p.add_argument("--json", action="store_true", help="with --report: one JSON object")
+    p.set_defaults(handler=_simulate)
+
+    p = verbs.add_parser("replay", help="publish a log directory to Kafka in event-time order")
+    p.add_argument("logdir", type=Path, metavar="LOGDIR")
+    p.add_argument("--speed", default="max", help="1 (real time), 10, ... or max (default)")
+    p.add_argument("--from-ts", type=int, default=None, metavar="MS", help="resume at event time")
+    p.add_argument("--frames", choices=["auto", "embedding", "jpeg"], default="auto")
+    p.add_argument("--speech", choices=["auto", "text", "audio"], default="auto")
+    p.add_argument(
+        "--text-embeddings", action="store_true", help="attach cached text embeddings to events"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_replay)
 
     return parser
 
