@@ -6,6 +6,7 @@ Verbs (see `mmbee <verb> --help`): broker, schemas.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,39 @@ def _worker(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     run_worker(load_settings(**overrides))
+    return 0
+
+
+def _graph_train(args: argparse.Namespace) -> int:
+    from mmbee.jobs.graph import train_graph
+
+    settings = load_settings()
+    out = args.out if args.out is not None else settings.graph_dir / "graphcl.pt"
+    summary = train_graph(
+        args.logdir,
+        out,
+        graph_config=settings.graph_configs()[0],
+        epochs=args.epochs,
+        dim=args.dim,
+        seed=args.seed,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _graph_export(args: argparse.Namespace) -> int:
+    from mmbee.jobs.graph import export_graph
+
+    settings = load_settings()
+    out = args.out if args.out is not None else settings.graph_dir / "graph.graphml"
+    print(export_graph(args.logdir, out, settings.graph_configs()[0]))
+    return 0
+
+
+def _graph_stats(args: argparse.Namespace) -> int:
+    from mmbee.jobs.graph import graph_summary
+
+    print(json.dumps(graph_summary(args.logdir, load_settings().graph_configs()[0]), indent=2))
     return 0
 
 
@@ -148,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=None, help="web/metrics port on 127.0.0.1")
     p.add_argument("--data-dir", type=Path, default=None, help="table state directory")
     p.set_defaults(handler=_worker)
+
+    p = verbs.add_parser("graph", help="gift graph: GraphCL training, GraphML export, stats")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    g = sub.add_parser("train", help="train GraphCL node embeddings on LOGDIR's gifts")
+    g.add_argument("logdir", type=Path, metavar="LOGDIR")
+    g.add_argument("--out", type=Path, default=None, help="checkpoint (default: graph_dir)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--dim", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.set_defaults(handler=_graph_train)
+    g = sub.add_parser("export", help="write LOGDIR's U2A/A2A graph as GraphML")
+    g.add_argument("logdir", type=Path, metavar="LOGDIR")
+    g.add_argument("--out", type=Path, default=None, help="GraphML file (default: graph_dir)")
+    g.set_defaults(handler=_graph_export)
+    g = sub.add_parser("stats", help="print sizes, degrees and components of LOGDIR's graph")
+    g.add_argument("logdir", type=Path, metavar="LOGDIR")
+    g.set_defaults(handler=_graph_stats)
 
     p = verbs.add_parser("simulate", help="write a simulated world's log, or report calibration")
     p.add_argument("outdir", type=Path, nargs="?", metavar="OUTDIR", help="log directory to write")
