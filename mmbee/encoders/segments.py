@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -63,14 +62,13 @@ __all__ = [
     "close_all",
     "append_closed",
     "fold",
+    "append_refs",
+    "ClosedRef",
+    "segment_key",
     "encode_state",
     "decode_state",
     "encode_head",
     "decode_head",
-    "encode_closed",
-    "decode_closed",
-    "pack_state",
-    "split_state",
 ]
 
 Modality = Literal["frame", "comment", "asr"]
@@ -79,6 +77,8 @@ MODALITIES: tuple[Modality, ...] = ("frame", "comment", "asr")
 _MOD_INDEX: dict[str, int] = {m: i for i, m in enumerate(MODALITIES)}
 
 RejectReason = Literal["late", "duplicate", "validation_error", "oversized"]
+ClosedRef = tuple[int, str]
+"""A closed segment referred to by (start_ms, live_id)."""
 """Why an item was not applied (a subset of `DeadLetterReason`)."""
 
 FIXED_POINT_SCALE = float(2**24)
@@ -423,6 +423,26 @@ def append_closed(
     return tuple(out[-config.segments_kept :])
 
 
+def append_refs(
+    refs: Sequence[ClosedRef], new: Iterable[SegmentClosed], config: SegmentConfig
+) -> tuple[tuple[ClosedRef, ...], list[ClosedRef]]:
+    """`append_closed` on references (start_ms, live_id): the kept refs and the evicted ones.
+
+    A store that keeps each closed segment under its own key uses this to know which keys the
+    buffer holds and which to delete.
+    """
+    out = list(refs)
+    evicted: list[ClosedRef] = []
+    for seg in new:
+        if out and out[-1][1] != seg.live_id:
+            evicted.extend(out)
+            out = []
+        out.append((seg.start_ms, seg.live_id))
+    cut = max(len(out) - config.segments_kept, 0)
+    evicted.extend(out[:cut])
+    return tuple(out[cut:]), evicted
+
+
 def _close_due(
     buffer: SegmentBuffer, wm: int | None, horizon: int, config: SegmentConfig
 ) -> tuple[SegmentBuffer, list[SegmentClosed]]:
@@ -576,14 +596,12 @@ def fold(
     return out, closed, rejects
 
 
-# --- serialisation (the segment table's values) ---------------------------------------------
+# --- serialisation (what the streams tables store) ------------------------------------------
 #
-# A state is `MAGIC | u32 len(head) | head JSON | closed JSON`. The head holds the open segments
-# and bookkeeping (small, read on every load); the closed list is the large part and is only
-# parsed when a segment closes, so a checkpoint can re-pack the stored closed bytes unparsed.
-
-_MAGIC = b"MSB1"
-_HEADER = struct.Struct("<4sI")
+# The *head* of a buffer is everything but the closed segments' features: open accumulators,
+# watermark, applied offsets, recent ids, and references (start_ms, live_id) to the closed
+# segments it holds. It is small and rewritten whenever the buffer is stored; each closed
+# segment is stored once, under its own key, as `SegmentClosed` JSON.
 
 
 def _sum_to_wire(arr: np.ndarray | None) -> str | None:
@@ -598,13 +616,16 @@ def _sum_from_wire(text: str | None) -> np.ndarray | None:
     return np.frombuffer(base64.b64decode(text), dtype="<i8").astype(np.int64)
 
 
-def encode_head(buffer: SegmentBuffer) -> bytes:
-    """The buffer without its closed segments, as JSON bytes."""
+def encode_head(buffer: SegmentBuffer, refs: Sequence[ClosedRef] | None = None) -> bytes:
+    """The buffer's head as JSON bytes; `refs` default to those of `buffer.closed`."""
+    if refs is None:
+        refs = [(s.start_ms, s.live_id) for s in buffer.closed]
     head = {
         "author_id": buffer.author_id,
         "watermark_ms": buffer.watermark_ms,
         "applied": dict(sorted(buffer.applied.items())),
         "recent_closed_ids": buffer.recent_closed_ids.to_list(),
+        "closed": [[start, live] for start, live in refs],
         "open": [
             {
                 "start_ms": s.start_ms,
@@ -620,8 +641,8 @@ def encode_head(buffer: SegmentBuffer) -> bytes:
     return json.dumps(head, separators=(",", ":")).encode()
 
 
-def decode_head(data: bytes) -> SegmentBuffer:
-    """A buffer from `encode_head` bytes (its `closed` is empty)."""
+def decode_head(data: bytes) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
+    """(buffer without closed segments, refs to its closed segments) from `encode_head` bytes."""
     head = json.loads(data)
     opened = []
     for s in head["open"]:
@@ -636,7 +657,7 @@ def decode_head(data: bytes) -> SegmentBuffer:
                 IdSet.of(s["ids"]),
             )
         )
-    return SegmentBuffer(
+    buffer = SegmentBuffer(
         author_id=str(head["author_id"]),
         closed=(),
         open=tuple(opened),
@@ -644,43 +665,26 @@ def decode_head(data: bytes) -> SegmentBuffer:
         recent_closed_ids=IdSet.of(head["recent_closed_ids"]),
         applied={str(k): int(v) for k, v in head["applied"].items()},
     )
+    return buffer, tuple((int(start), str(live)) for start, live in head["closed"])
 
 
-def encode_closed(closed: Sequence[SegmentClosed]) -> bytes:
-    """Closed segments as a JSON list of `SegmentClosed` objects."""
-    return ("[" + ",".join(s.model_dump_json() for s in closed) + "]").encode()
-
-
-def decode_closed(data: bytes, config: SegmentConfig) -> tuple[SegmentClosed, ...]:
-    """Closed segments from `encode_closed` bytes, validated with the configured widths."""
-    if not data:
-        return ()
-    ctx = config.validation_context()
-    return tuple(SegmentClosed.model_validate(d, context=ctx) for d in json.loads(data))
-
-
-def pack_state(head: bytes, closed: bytes) -> bytes:
-    """Join head and closed bytes into one stored state."""
-    return _HEADER.pack(_MAGIC, len(head)) + head + closed
-
-
-def split_state(data: bytes) -> tuple[bytes, bytes]:
-    """(head bytes, closed bytes) of a stored state; ValueError if it is not one."""
-    if len(data) < _HEADER.size:
-        raise ValueError("segment state is truncated")
-    magic, n = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
-        raise ValueError(f"not a segment state (magic {magic!r})")
-    body = data[_HEADER.size :]
-    return body[:n], body[n:]
+def segment_key(author_id: str, start_ms: int) -> str:
+    """Key of one closed segment in a segment store: '<author_id>|<start_ms>'."""
+    return f"{author_id}|{start_ms}"
 
 
 def encode_state(buffer: SegmentBuffer) -> bytes:
-    """The whole buffer as bytes (`decode_state` reverses it exactly)."""
-    return pack_state(encode_head(buffer), encode_closed(buffer.closed))
+    """The whole buffer as bytes: its head, then one `SegmentClosed` JSON per line."""
+    lines = [encode_head(buffer)] + [s.model_dump_json().encode() for s in buffer.closed]
+    return b"\n".join(lines)
 
 
 def decode_state(data: bytes, config: SegmentConfig) -> SegmentBuffer:
-    """A buffer from `encode_state` bytes."""
-    head, closed = split_state(data)
-    return decode_head(head)._replace(closed=decode_closed(closed, config))
+    """A buffer from `encode_state` bytes (closed segments validated with the config's widths)."""
+    head, *rest = data.split(b"\n")
+    buffer, refs = decode_head(head)
+    ctx = config.validation_context()
+    closed = tuple(SegmentClosed.model_validate_json(line, context=ctx) for line in rest)
+    if [(s.start_ms, s.live_id) for s in closed] != list(refs):
+        raise ValueError("segment state: closed segments do not match the head's references")
+    return buffer._replace(closed=closed)

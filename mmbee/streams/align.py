@@ -44,7 +44,8 @@ class Aligner:
     def __init__(self, wait_s: float, sources: int) -> None:
         self.wait_s = wait_s
         self.sources = sources
-        self._heap: list[tuple[int, int, int, Any]] = []
+        self._heap: list[tuple[int, int, int, int, Any]] = []
+        self._pushed = 0  # tie-break: the same offset can be delivered twice (seek after fetch)
         self._seen: dict[int, int] = {}  # source -> largest ts delivered
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, ts) in push order
 
@@ -53,7 +54,8 @@ class Aligner:
 
     def push(self, *, ts: int, source: int, offset: int, item: Any, now_s: float) -> None:
         """Hold `item` (event time `ts`, read from `source` at `offset`)."""
-        heapq.heappush(self._heap, (ts, source, offset, item))
+        self._pushed += 1
+        heapq.heappush(self._heap, (ts, source, offset, self._pushed, item))
         prev = self._seen.get(source)
         if prev is None or ts > prev:
             self._seen[source] = ts
@@ -79,13 +81,13 @@ class Aligner:
         heap = self._heap
         out = []
         while heap and limit is not None and heap[0][0] <= limit:
-            out.append(heapq.heappop(heap)[3])
+            out.append(heapq.heappop(heap)[4])
         if not heap:
             arrivals.clear()
         return out
 
     def drain(self) -> list[Any]:
         """Every held item, in order (e.g. at shutdown of a test run)."""
-        out = [heapq.heappop(self._heap)[3] for _ in range(len(self._heap))]
+        out = [heapq.heappop(self._heap)[4] for _ in range(len(self._heap))]
         self._arrivals.clear()
         return out

@@ -8,13 +8,18 @@ Two components (see `mmbee.streams.app.COMPONENTS`):
   the pure `mmbee.encoders.segments.update`. Closed segments go to `content.segments`.
 - `asr`: `live.audio` AudioChunks -> Whisper (batched, on the executor) -> `live.asr`.
 
+Event time across topics: Faust interleaves the three topics by count, not by time, so the
+agent first aligns them per partition (`mmbee.streams.align`): an item is applied once every
+topic has passed its event time, or after `segment_align_wait_ms`.
+
 State and offsets (docs/streams.md has the full argument): the open segments of each stream are
-kept in memory and the changelogged table `segment_buffers` (author -> closed segments + open
-accumulators + applied offsets) is written when a segment closes, not per event. An event is
-acked only once a table write covers it, so Faust's commit (the highest *contiguous* acked
-offset) never passes an event whose effect is not persisted. A stream that has held unpersisted
-events for `segment_checkpoint_events` events is written anyway (a checkpoint), which bounds
-replay and memory. After a crash the stored applied offsets make the replay idempotent.
+kept in memory; the changelogged tables are written when a segment closes, not per event:
+`segments` gets the closed segment, `segment_buffers` the stream's small head (open
+accumulators, applied offsets, refs to its closed segments). An event is acked only once a table
+write covers it, so Faust's commit (the highest *contiguous* acked offset) never passes an event
+whose effect is not stored. A stream that has held unstored events for
+`segment_checkpoint_events` events is written anyway (a checkpoint), which bounds replay and
+memory. After a crash the stored applied offsets make the replay idempotent.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -25,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -36,17 +42,15 @@ import numpy as np
 from faust.types import TP, EventT, StreamT
 
 from mmbee.encoders.segments import (
+    ClosedRef,
     ContentItem,
     SegmentBuffer,
     SegmentConfig,
-    append_closed,
-    decode_closed,
+    append_refs,
     decode_head,
-    encode_closed,
     encode_head,
     is_replay,
-    pack_state,
-    split_state,
+    segment_key,
     update,
 )
 from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
@@ -64,6 +68,7 @@ __all__ = [
     "AGENT_SEGMENTS",
     "AGENT_ASR",
     "TABLE",
+    "SEGMENTS_TABLE",
     "segment_config",
     "Featurizers",
     "SegmentRuntime",
@@ -80,9 +85,11 @@ SOURCES = ("live.frames", "live.comments", "live.asr")
 AGENT_SEGMENTS = "segments"
 AGENT_ASR = "asr"
 TABLE = "segment_buffers"
-"""Changelogged table: author_id -> stored segment state (`mmbee.encoders.segments` format)."""
-
-_EMPTY_CLOSED = b"[]"
+"""Changelogged table: author_id -> the buffer's head (`mmbee.encoders.segments.encode_head`:
+open accumulators, watermark, applied offsets, refs to its closed segments)."""
+SEGMENTS_TABLE = "segments"
+"""Changelogged table: '<author_id>|<start_ms>' -> SegmentClosed JSON, for the segments a buffer
+holds (deleted when they leave it; every closed segment is also on `content.segments`)."""
 
 
 def segment_config(settings: Settings) -> SegmentConfig:
@@ -187,6 +194,7 @@ class _Entry:
     buffer: SegmentBuffer
     partition: int
     persisted: Mapping[str, int]
+    refs: tuple[ClosedRef, ...] = ()
     pending: list[EventT] = field(default_factory=list)
     first_seq: int = 0
 
@@ -196,7 +204,8 @@ class SegmentRuntime:
 
     Args:
         ctx: the stream context (codec, DLQ, metrics, publisher, executor).
-        table: the `segment_buffers` table.
+        table: the `segment_buffers` table (heads).
+        segments: the `segments` table (closed segments by '<author>|<start_ms>').
         config: segment geometry and widths.
         checkpoint_events: persist a stream whose oldest unpersisted event is this many events
             old (and keep at most about this many events unacked).
@@ -206,12 +215,14 @@ class SegmentRuntime:
         self,
         ctx: StreamContext,
         table: faust.Table,
+        segments: faust.Table,
         config: SegmentConfig,
         checkpoint_events: int,
         featurizers: Featurizers | None = None,
     ) -> None:
         self.ctx = ctx
         self.table = table
+        self.segments = segments
         self.config = config
         self.checkpoint_events = checkpoint_events
         self.featurizers = featurizers or Featurizers(
@@ -321,13 +332,18 @@ class SegmentRuntime:
             await self._release(self.stream, self.ctx.monotonic())
 
     async def _release(self, stream: StreamT, now_s: float) -> None:
+        released = 0
         for aligner in list(self.aligners.values()):
             for ev, item in aligner.ready(now_s):
                 self.seq += 1
+                released += 1
                 await self._apply(stream, ev, item)
         await self._checkpoint_old(stream)
-        self.ctx.metrics.gauge(AGENT_SEGMENTS, "held", self.held)
-        self.ctx.metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
+        metrics = self.ctx.metrics
+        if released:
+            metrics.observe(AGENT_SEGMENTS, 0)  # stamps the time of the latest applied event
+        metrics.gauge(AGENT_SEGMENTS, "held", self.held)
+        metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
 
     async def _featurize(
         self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]
@@ -388,8 +404,9 @@ class SegmentRuntime:
 
     def _load(self, author: str, ev: EventT) -> _Entry:
         raw = self.table.get(author.encode())
-        buf = decode_head(split_state(raw)[0]) if raw else SegmentBuffer.empty(author)
-        entry = self.entries[author] = _Entry(buf, ev.message.partition, dict(buf.applied))
+        buf, refs = decode_head(raw) if raw else (SegmentBuffer.empty(author), ())
+        entry = _Entry(buf, ev.message.partition, dict(buf.applied), refs)
+        self.entries[author] = entry
         return entry
 
     def _hold(self, author: str, entry: _Entry, ev: EventT) -> None:
@@ -407,17 +424,23 @@ class SegmentRuntime:
         ev: EventT,
         closed_now: Sequence[SegmentClosed],
     ) -> None:
-        """Write the stream's state (stored closed segments + newly closed + open), publish the
-        closed segments, then ack every event the write covers."""
+        """Store the stream: its newly closed segments (one row each), then its head (which
+        refers to them), then drop the rows it no longer holds; publish the closed segments and
+        ack every event the write covers. A crash between the steps replays into the same rows."""
         in_event_context(ev)
         key = author.encode()
-        stored = self.table.get(key)
-        closed_blob = split_state(stored)[1] if stored else _EMPTY_CLOSED
+        codec = self.ctx.codec
+        evicted: list[ClosedRef] = []
         if closed_now:
-            merged = append_closed(decode_closed(closed_blob, self.config), closed_now, self.config)
-            closed_blob = encode_closed(merged)
-        self.table[key] = pack_state(encode_head(entry.buffer), closed_blob)
-        codec, metrics = self.ctx.codec, self.ctx.metrics
+            for seg in closed_now:
+                self.segments[segment_key(author, seg.start_ms).encode()] = codec.encode(seg)
+            entry.refs, evicted = append_refs(entry.refs, closed_now, self.config)
+        self.table[key] = encode_head(entry.buffer, entry.refs)
+        for start, _ in evicted:
+            # already gone only if a crash between these steps made us replay them
+            with contextlib.suppress(KeyError):
+                del self.segments[segment_key(author, start).encode()]
+        metrics = self.ctx.metrics
         for seg in closed_now:
             await self.ctx.publish("content.segments", key, codec.encode(seg))
             log.debug(
@@ -478,17 +501,21 @@ class SegmentRuntime:
         in-memory ones when this worker holds the stream), watermark, unpersisted events."""
         clear_event_context()
         stored = self.table.get(author_id.encode())
-        head_bytes, closed_blob = split_state(stored) if stored else (b"", _EMPTY_CLOSED)
+        buf, refs = decode_head(stored) if stored else (SegmentBuffer.empty(author_id), ())
         entry = self.entries.get(author_id)
         if entry is not None:
-            buf = entry.buffer
-        elif head_bytes:
-            buf = decode_head(head_bytes)
-        else:
-            buf = SegmentBuffer.empty(author_id)
+            buf, refs = entry.buffer, entry.refs
+        closed = []
+        for start, _ in refs:
+            row = self.segments.get(segment_key(author_id, start).encode())
+            if row is not None:
+                seg = SegmentClosed.model_validate_json(
+                    row, context=self.config.validation_context()
+                )
+                closed.append(seg.model_dump(mode="json"))
         return {
             "author_id": author_id,
-            "closed": [s.model_dump(mode="json") for s in decode_closed(closed_blob, self.config)],
+            "closed": closed,
             "open": [
                 {"start_ms": s.start_ms, "live_id": s.live_id, "counts": list(s.counts)}
                 for s in buf.open
@@ -640,9 +667,10 @@ class AsrRuntime:
 def register_segments(ctx: StreamContext) -> None:
     """Component `segments`: the segment agent, its table and `/mmbee/segments/{author_id}/`."""
     settings = ctx.settings
-    table = ctx.table(TABLE, help="rolling segment buffer per author")
+    table = ctx.table(TABLE, help="rolling segment buffer head per author")
+    segments_table = ctx.table(SEGMENTS_TABLE, help="closed segments held by the buffers")
     runtime = SegmentRuntime(
-        ctx, table, segment_config(settings), settings.segment_checkpoint_events
+        ctx, table, segments_table, segment_config(settings), settings.segment_checkpoint_events
     )
     ctx.runtimes[AGENT_SEGMENTS] = runtime
     ctx.on_partitions_revoked(runtime.on_revoked)

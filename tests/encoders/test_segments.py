@@ -14,17 +14,17 @@ from mmbee.encoders.segments import (
     SegmentConfig,
     advance,
     append_closed,
+    append_refs,
     close_all,
     closed_until,
-    decode_closed,
+    decode_head,
     decode_state,
-    encode_closed,
+    encode_head,
     encode_state,
     fold,
     is_replay,
-    pack_state,
+    segment_key,
     segment_start,
-    split_state,
     update,
 )
 from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, decode_embedding, encode_embedding
@@ -205,18 +205,32 @@ def test_live_id_is_the_latest_items() -> None:
 def test_state_round_trip() -> None:
     buf = SegmentBuffer.empty("a1")
     for k in range(8):
-        buf, _, _ = update(
-            buf, item(f"e{k}", 450 * k, ["frame", "comment", "asr"][k % 3], offset=k), CFG
-        )
+        mod = ["frame", "comment", "asr"][k % 3]
+        buf, _, _ = update(buf, item(f"e{k}", 450 * k, mod, offset=k), CFG)
+    assert buf.closed and buf.open
     data = encode_state(buf)
     back = decode_state(data, CFG)
     assert encode_state(back) == data
     assert back.closed == buf.closed
-    head, closed = split_state(data)
-    assert pack_state(head, closed) == data
-    assert decode_closed(encode_closed(buf.closed), CFG) == buf.closed
-    with pytest.raises(ValueError):
-        split_state(b"nope")
+    head, refs = decode_head(encode_head(buf))
+    assert refs == tuple((s.start_ms, s.live_id) for s in buf.closed)
+    assert encode_head(head, refs) == encode_head(buf)
+    assert segment_key("a1", 5) == "a1|5"
+    with pytest.raises(ValueError, match="references"):
+        decode_state(encode_head(buf), CFG)
+
+
+def test_refs_follow_the_same_rule_as_closed_segments() -> None:
+    buf = SegmentBuffer.empty("a1")
+    refs: tuple[tuple[int, str], ...] = ()
+    evicted_all: list[tuple[int, str]] = []
+    for k in range(7):
+        buf, closed, _ = update(buf, item(f"f{k}", 1_000 * k, live="l2" if k >= 5 else "l1"), CFG)
+        refs, evicted = append_refs(refs, closed, CFG)
+        evicted_all += evicted
+    assert refs == tuple((s.start_ms, s.live_id) for s in buf.closed)
+    kept = set(refs)
+    assert kept.isdisjoint(evicted_all) and len(kept) + len(evicted_all) == 5
 
 
 def test_id_set() -> None:

@@ -33,6 +33,13 @@ def test_an_empty_source_only_delays_by_the_wait() -> None:
     assert a.ready(10) == [2, 3]
 
 
+def test_a_redelivered_offset_does_not_break_the_heap() -> None:
+    a = Aligner(wait_s=0.0, sources=1)
+    a.push(ts=5, source=0, offset=3, item=object(), now_s=0)
+    a.push(ts=5, source=0, offset=3, item=object(), now_s=0)  # unorderable items, same key
+    assert len(a.ready(0)) == 2
+
+
 def test_ties_break_by_source_then_offset() -> None:
     a = Aligner(wait_s=0.0, sources=3)
     for src, off in [(2, 7), (0, 3), (1, 1), (0, 2)]:
