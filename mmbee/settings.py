@@ -144,6 +144,20 @@ class Settings(BaseSettings):
     graph_dir: Path = Field(
         default=Path(".mmbee/graph"), description="graph state, walk cache, GraphCL checkpoint"
     )
+    graph_dedupe_horizon_ms: int = Field(
+        default=7 * 86_400_000,
+        ge=0,
+        description="gift event ids are remembered this long (event time); older gifts are late",
+    )
+    graph_rebuild_interval_ms: int = Field(
+        default=6 * 3_600_000, ge=1, description="event time between full walk-cache rebuilds"
+    )
+    graph_refresh_interval_s: float = Field(
+        default=1.0, gt=0, description="wall time between walk-cache refreshes (graph agent)"
+    )
+    graph_idle_rebuild_s: float = Field(
+        default=30.0, gt=0, description="quiet wall time after which a changed graph is rebuilt"
+    )
 
     @model_validator(mode="before")
     @classmethod

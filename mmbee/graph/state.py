@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -43,6 +43,9 @@ __all__ = [
     "apply",
     "save_graph",
     "load_graph",
+    "user_row",
+    "user_row_json",
+    "restore",
 ]
 
 DAY_MS = 24 * 3600 * 1000
@@ -153,7 +156,9 @@ class GiftGraph:
         self.config = config
         self.user_out: dict[str, dict[str, int]] = {}  # u -> {a: weight_fixed}
         self.author_in: dict[str, dict[str, int]] = {}  # a -> {u: weight_fixed}
-        self.edge_info: dict[str, dict[str, tuple[int, int, int]]] = {}  # (count, value_micro, last_ts)
+        self.edge_info: dict[
+            str, dict[str, tuple[int, int, int]]
+        ] = {}  # (count, value_micro, last_ts)
         self.user_total: dict[str, int] = {}
         self.author_total: dict[str, int] = {}
         self.user_last_ms: dict[str, int] = {}
@@ -348,6 +353,40 @@ _META_KEY = "meta"
 _USER_PREFIX = "u:"
 
 
+def user_row(graph: GiftGraph, user_id: str) -> dict[str, Edge]:
+    """The canonical stored form of one user's edges: `{author: [count, value_micro,
+    weight_fixed, last_ts_ms]}` (exact ints), authors sorted."""
+    return {a: graph.edge(user_id, a) for a in sorted(graph.user_out[user_id])}  # type: ignore[misc]
+
+
+def user_row_json(graph: GiftGraph, user_id: str) -> str:
+    """`user_row` as JSON (Python's json keeps big ints exact)."""
+    return json.dumps(user_row(graph, user_id))
+
+
+def restore(
+    config: GraphConfig,
+    rows: Iterable[tuple[str, Mapping[str, Sequence[int]]]],
+    watermark_ms: int | None = None,
+    num_gifts: int | None = None,
+) -> GiftGraph:
+    """A graph from stored user rows `(user_id, user_row)`: the same state, bit for bit, as the
+    gifts that produced them (author rows, totals and A2A are derived exactly). The watermark
+    and gift count default to what the rows imply (latest gift, sum of counts)."""
+    g = GiftGraph(config)
+    for u, row in sorted(rows, key=lambda r: r[0]):
+        for a, e in sorted(row.items()):
+            _insert_edge(g, u, a, [int(x) for x in e])
+    last = [ts for ts in g.user_last_ms.values()]
+    g.watermark_ms = watermark_ms if watermark_ms is not None else (max(last) if last else None)
+    g.num_gifts = (
+        num_gifts
+        if num_gifts is not None
+        else sum(n for info in g.edge_info.values() for n, _, _ in info.values())
+    )
+    return g
+
+
 def save_graph(graph: GiftGraph, path: Path | str, *, users: Iterable[str] | None = None) -> None:
     """Persist the canonical state (user rows of exact edges + meta) into a rocksdict at `path`.
 
@@ -363,8 +402,7 @@ def save_graph(graph: GiftGraph, path: Path | str, *, users: Iterable[str] | Non
             if u not in graph.user_out:
                 db.delete(key)
             else:
-                row = {a: graph.edge(u, a) for a in sorted(graph.user_out[u])}
-                db[key] = json.dumps(row)
+                db[key] = user_row_json(graph, u)
         meta = {
             "config": asdict(graph.config),
             "watermark_ms": graph.watermark_ms,
@@ -385,7 +423,6 @@ def load_graph(path: Path | str, config: GraphConfig | None = None) -> GiftGraph
         saved = GraphConfig(**meta["config"])
         if config is not None and config != saved:
             raise ValueError(f"graph at {path} was built with {saved}, not {config}")
-        g = GiftGraph(saved)
         rows = [
             (k[len(_USER_PREFIX) :], json.loads(v))
             for k, v in db.items()
@@ -393,13 +430,7 @@ def load_graph(path: Path | str, config: GraphConfig | None = None) -> GiftGraph
         ]
     finally:
         db.close()
-    rows.sort()
-    for u, row in rows:
-        for a, e in sorted(row.items()):
-            _insert_edge(g, u, a, [int(x) for x in e])
-    g.watermark_ms = meta["watermark_ms"]
-    g.num_gifts = meta["num_gifts"]
-    return g
+    return restore(saved, rows, meta["watermark_ms"], meta["num_gifts"])
 
 
 def _insert_edge(g: GiftGraph, u: str, a: str, e: Edge) -> None:

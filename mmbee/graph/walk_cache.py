@@ -161,7 +161,7 @@ def encode_entry(entry: CacheEntry) -> bytes:
     never hold NUL (`GiftGraph.add_gift` rejects them)."""
     parts = [_HEAD.pack(entry.built_at_ms, len(entry.expansions))]
     for name, items in entry.expansions.items():
-        ids, ws = zip(*items) if items else ((), ())
+        ids, ws = zip(*items, strict=True) if items else ((), ())
         raw_ids = _SEP.join(ids).encode()
         raw_name = name.encode()
         weights = array("d", ws)
@@ -266,6 +266,7 @@ class WalkCache:
         self._built_at: dict[str, int] = {}
         self._order: deque[tuple[int, str]] = deque()  # (built_at, key), built_at non-decreasing
         self._clock = 0  # latest built_at handed out: stamps never go back
+        self._updated: set[str] = set()  # keys written or evicted since `drain_updates`
         for key, entry in sorted(store.items(), key=lambda kv: (kv[1].built_at_ms, kv[0])):
             self._built_at[key] = entry.built_at_ms
             self._order.append((entry.built_at_ms, key))
@@ -293,6 +294,12 @@ class WalkCache:
     def pending(self) -> int:
         """Nodes marked dirty or requested on a miss, not yet recomputed."""
         return len(self._dirty)
+
+    def drain_updates(self) -> list[str]:
+        """Keys recomputed or evicted since the last call, sorted (what to publish downstream)."""
+        out = sorted(self._updated)
+        self._updated.clear()
+        return out
 
     def is_dirty(self, key: str) -> bool:
         """Whether `key` waits for a recompute."""
@@ -329,8 +336,9 @@ class WalkCache:
     def _compute(self, key: str, transitions: Transitions, built_at: int) -> CacheEntry | None:
         kind, node = key[0], key[2:]
         if not self._known(key):
-            self.store.delete(key)
-            self._built_at.pop(key, None)
+            if self._built_at.pop(key, None) is not None:
+                self.store.delete(key)
+                self._updated.add(key)
             return None
         if kind == "u":
             exp = user_expansions(self.graph, node, self.expansion, transitions)
@@ -340,6 +348,7 @@ class WalkCache:
         self.store.put(key, entry)
         self._built_at[key] = built_at
         self._order.append((built_at, key))
+        self._updated.add(key)
         return entry
 
     def _stamp(self, now_ms: int | None) -> int:
@@ -396,12 +405,14 @@ class WalkCache:
             if key not in active:
                 self.store.delete(key)
                 del self._built_at[key]
+                self._updated.add(key)
         self._dirty.clear()
         built_at = self._stamp(now_ms)
         for kind, node, exp in iter_bulk_expansions(g, users, authors, self.expansion):
             key = user_key(node) if kind == "user" else author_key(node)
             self.store.put(key, CacheEntry(built_at, exp))
             self._built_at[key] = built_at
+            self._updated.add(key)
         self._order = deque(sorted((b, k) for k, b in self._built_at.items()))
         return len(active)
 

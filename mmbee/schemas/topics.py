@@ -26,6 +26,7 @@ from mmbee.schemas.events import (
     SegmentClosed,
     WatchEvent,
 )
+from mmbee.schemas.graph import AuthorExpansions, UserExpansions
 from mmbee.schemas.scoring import TrainingExample
 
 __all__ = [
@@ -73,6 +74,8 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("score.requests", ScoreRequest, "user_id", retention_ms=3600 * 1000),
         TopicSpec("score.responses", ScoreResponse, "user_id", retention_ms=3600 * 1000),
         TopicSpec("train.examples", TrainingExample, "user_id"),
+        TopicSpec("graph.user_expansions", UserExpansions, "user_id", compacted=True),
+        TopicSpec("graph.author_expansions", AuthorExpansions, "author_id", compacted=True),
         TopicSpec(
             "dlq",
             DeadLetter,

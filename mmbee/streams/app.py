@@ -64,6 +64,7 @@ Component = Callable[["StreamContext"], None]
 COMPONENTS: dict[str, str] = {
     "segments": "mmbee.streams.content:register_segments",
     "asr": "mmbee.streams.content:register_asr",
+    "graph": "mmbee.streams.graph_agent:register",
 }
 """Component name -> "module:function". The order is the registration order."""
 

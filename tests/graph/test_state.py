@@ -152,3 +152,11 @@ def test_gifts_long_before_the_epoch_are_rejected_not_zeroed() -> None:
     assert contribution(T0 - 10 * DAY_MS, 1.0, cfg) > 0  # 22 bits left: fine
     with pytest.raises(ValueError, match="earlier epoch_ms"):
         contribution(T0 - 20 * DAY_MS, 1.0, cfg)
+
+
+def test_restore_derives_watermark_and_count_from_rows() -> None:
+    from mmbee.graph.state import restore, user_row
+
+    g = build([gift(i, f"u{i % 3}", f"a{i % 4}", T0 + 7 * i, 2.0) for i in range(30)], CFG)
+    back = restore(CFG, [(u, user_row(g, u)) for u in g.users()])
+    assert back.fingerprint() == g.fingerprint()

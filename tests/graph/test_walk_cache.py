@@ -175,3 +175,13 @@ def test_store_roundtrip_is_exact(make_store: StoreFactory) -> None:
     assert store.get("u:x") == e
     store.delete("u:x")
     assert store.get("u:x") is None and len(store) == 0
+
+
+def test_drain_updates_lists_what_changed(make_store: StoreFactory) -> None:
+    cache = small_cache(make_store())
+    cache.refresh()
+    assert cache.drain_updates() == ["a:a1", "a:a2", "a:a3", "u:u1", "u:u2", "u:u3"]
+    assert cache.drain_updates() == []
+    cache.add_gift("u1", "a2", T0 + 5, 1.0)
+    cache.refresh()
+    assert cache.drain_updates() == ["a:a1", "a:a2", "u:u1"]
