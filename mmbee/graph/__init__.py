@@ -2,8 +2,9 @@
 
 Never imports Faust, Kafka, streams or settings; networkx only in `convert.py`; torch only in
 `graphcl.py` (loaded on first use of a GraphCL name).
-Read in this order: `state.py` (the graph), `metapaths.py` (expansions), `walk_cache.py`
-(serving / point-in-time reads), `graphcl.py` (node embeddings), `convert.py` (networkx).
+Read in this order: `state.py` (the graph), `metapaths.py` (expansions of one node), `bulk.py`
+(every node at once, bitwise equal), `walk_cache.py` (serving / point-in-time reads),
+`graphcl.py` (node embeddings), `convert.py` (networkx). Design choices: docs/graph.md.
 
 The API in five lines (what the scorer and the agents use):
 

@@ -40,6 +40,7 @@ from mmbee.graph.metapaths import (
     METAPATH_KIND,
     ExpansionConfig,
     Expansions,
+    Metapath,
     Transitions,
     expand,
 )
@@ -274,7 +275,7 @@ def _positive_table(
 ) -> tuple[list[int], Tensor, Tensor]:
     """Anchors with positives, padded positive ids (n, k) and their sampling weights (n, k)."""
     t = Transitions(graph, ExpansionConfig(top_n=k))
-    metapath = "u2a2u" if kind == "user" else "a2u2a"
+    metapath: Metapath = "u2a2u" if kind == "user" else "a2u2a"
     anchors, ids, ws = [], [], []
     for node in nodes:
         items = expand(graph, node, metapath, t.config, t)

@@ -419,14 +419,14 @@ def load_graph(path: Path | str, config: GraphConfig | None = None) -> GiftGraph
 
     db = Rdict(str(path))
     try:
-        meta = json.loads(db[_META_KEY])
+        meta = json.loads(str(db[_META_KEY]))
         saved = GraphConfig(**meta["config"])
         if config is not None and config != saved:
             raise ValueError(f"graph at {path} was built with {saved}, not {config}")
-        rows = [
-            (k[len(_USER_PREFIX) :], json.loads(v))
+        rows: list[tuple[str, Mapping[str, Sequence[int]]]] = [
+            (str(k)[len(_USER_PREFIX) :], json.loads(str(v)))
             for k, v in db.items()
-            if k.startswith(_USER_PREFIX)
+            if str(k).startswith(_USER_PREFIX)
         ]
     finally:
         db.close()

@@ -227,6 +227,7 @@ class RocksCacheStore:
     def items(self) -> Iterator[tuple[str, CacheEntry]]:
         """All (key, entry) pairs, in key order."""
         for k, v in self._db.items():
+            assert isinstance(k, bytes) and isinstance(v, bytes)  # raw mode
             yield k.decode(), decode_entry(v)
 
     def __len__(self) -> int:

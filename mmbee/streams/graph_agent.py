@@ -317,7 +317,7 @@ def state_digest(graph: GiftGraph) -> str:
     return hashlib.sha256(repr(graph.fingerprint()).encode()).hexdigest()
 
 
-def _table(ctx: StreamContext, name: str, help: str) -> faust.Table:
+def _table(ctx: StreamContext, name: str, help: str) -> Any:
     """A changelogged raw-bytes table with one partition, like the `graph.gifts` topic."""
     settings = ctx.settings
     options = rocksdb_options(settings) if settings.store.startswith("rocksdb") else None
