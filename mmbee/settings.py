@@ -96,10 +96,10 @@ class Settings(BaseSettings):
     segments_kept: int = Field(default=10, ge=1, le=64, description="L: 5, 10 or 20 in MMBee")
     allowed_lateness_ms: int = Field(default=10_000, ge=0)
     segment_align_wait_ms: int = Field(
-        default=500,
+        default=5_000,
         ge=0,
-        description="how long (wall time) an event waits for the other content topics of its "
-        "partition to reach its event time before it is applied anyway",
+        description="safety valve of the event-time alignment of the content topics: once the "
+        "input has stalled this long, held events are applied anyway; 0 turns alignment off",
     )
     segment_checkpoint_events: int = Field(
         default=20_000,

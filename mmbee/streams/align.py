@@ -6,10 +6,12 @@ but ~500 comments). The segment buffer judges lateness by event time, so without
 replay would dead-letter most of the slower topic as "late".
 
 `Aligner` holds items of one partition in a heap and releases them in (ts, source, offset) order
-once every source has delivered an item after their event time (the *frontier*), or once
-they have waited `wait_s` of wall time (a quiet, empty or finished source must not stall the
-others for longer). Released order is canonical, so a replay applies events in the same order
-as the original run did, whatever the fetch interleaving.
+once every source has delivered an item after their event time (the *frontier*). A source that
+has nothing more to deliver right now (the caller says which: "quiet", e.g. the consumer has
+read up to the partition's high watermark) does not hold the others back; a safety valve
+releases items that have waited `wait_s` of wall time anyway. Released order is canonical, so
+a replay applies events in the same order as the original run did, whatever the fetch
+interleaving.
 
 Example:
     >>> a = Aligner(wait_s=1.0, sources=2)
@@ -27,17 +29,21 @@ Example:
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import deque
+from collections.abc import Collection
 from typing import Any
 
 __all__ = ["Aligner"]
+
+_ALL = sys.maxsize  # frontier when no source holds anything back
 
 
 class Aligner:
     """Merges the sources of one partition in event-time order.
 
     Args:
-        wait_s: longest wall time an item waits for the frontier before it is released anyway.
+        wait_s: safety valve: the longest wall time an item waits for the frontier.
         sources: number of sources (0 .. sources-1) merged here.
     """
 
@@ -47,6 +53,8 @@ class Aligner:
         self._heap: list[tuple[int, int, int, int, Any]] = []
         self._pushed = 0  # tie-break: the same offset can be delivered twice (seek after fetch)
         self._seen: dict[int, int] = {}  # source -> largest ts delivered
+        self._offsets: dict[int, int] = {}  # source -> largest offset delivered
+        self._held: dict[int, int] = {}  # source -> items held
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, ts) in push order
 
     def __len__(self) -> int:
@@ -56,32 +64,57 @@ class Aligner:
         """Hold `item` (event time `ts`, read from `source` at `offset`)."""
         self._pushed += 1
         heapq.heappush(self._heap, (ts, source, offset, self._pushed, item))
+        self._held[source] = self._held.get(source, 0) + 1
         prev = self._seen.get(source)
         if prev is None or ts > prev:
             self._seen[source] = ts
+        if offset > self._offsets.get(source, -1):
+            self._offsets[source] = offset
         self._arrivals.append((now_s, ts))
 
-    def frontier(self) -> int | None:
-        """Event time every source has reached (None while a source has delivered nothing)."""
-        if len(self._seen) < self.sources:
+    def frontier(self, quiet: Collection[int] = ()) -> int | None:
+        """Event time every source not in `quiet` has reached; None while such a source has
+        delivered nothing; a very large number when every source is quiet."""
+        waiting = [s for s in range(self.sources) if s not in quiet]
+        if not waiting:
+            return _ALL
+        if any(s not in self._seen for s in waiting):
             return None
-        return min(self._seen.values())
+        return min(self._seen[s] for s in waiting)
 
-    def ready(self, now_s: float) -> list[Any]:
-        """Items that may be applied now, in (ts, source, offset) order."""
+    def held(self, source: int) -> int:
+        """Items of `source` waiting (a caller pauses a source that runs far ahead)."""
+        return self._held.get(source, 0)
+
+    def last_offset(self, source: int) -> int | None:
+        """The largest offset pushed from `source` (None: nothing yet)."""
+        return self._offsets.get(source)
+
+    def ready(self, now_s: float, quiet: Collection[int] = (), valve: bool = True) -> list[Any]:
+        """Items that may be applied now, in (ts, source, offset) order.
+
+        Args:
+            now_s: wall time (monotonic seconds), for the safety valve.
+            quiet: sources with nothing more to deliver now; they do not hold the frontier.
+            valve: also release items that waited `wait_s` (callers open it only when their
+                input has stalled: while batches flow, a slow source is merely behind).
+        """
         # strictly before the frontier: a source may still deliver more items at its newest ts
-        frontier = self.frontier()
+        frontier = self.frontier(quiet)
         limit = None if frontier is None else frontier - 1
         cutoff = now_s - self.wait_s
         arrivals = self._arrivals
-        while arrivals and arrivals[0][0] <= cutoff:
+        while valve and arrivals and arrivals[0][0] <= cutoff:
             _, ts = arrivals.popleft()
             if limit is None or ts > limit:
                 limit = ts
         heap = self._heap
         out = []
+        held = self._held
         while heap and limit is not None and heap[0][0] <= limit:
-            out.append(heapq.heappop(heap)[4])
+            entry = heapq.heappop(heap)
+            held[entry[1]] -= 1
+            out.append(entry[4])
         if not heap:
             arrivals.clear()
         return out
@@ -90,4 +123,5 @@ class Aligner:
         """Every held item, in order (e.g. at shutdown of a test run)."""
         out = [heapq.heappop(self._heap)[4] for _ in range(len(self._heap))]
         self._arrivals.clear()
+        self._held.clear()
         return out

@@ -10,7 +10,8 @@ Two components (see `mmbee.streams.app.COMPONENTS`):
 
 Event time across topics: Faust interleaves the three topics by count, not by time, so the
 agent first aligns them per partition (`mmbee.streams.align`): an item is applied once every
-topic has passed its event time, or after `segment_align_wait_ms`.
+topic has passed its event time, except topics the consumer has read to their high watermark
+(nothing more to come now); `segment_align_wait_ms` is a safety valve.
 
 State and offsets (docs/streams.md has the full argument): the open segments of each stream are
 kept in memory; the changelogged tables are written when a segment closes, not per event:
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 import numpy as np
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT
 
 from mmbee.encoders.segments import (
@@ -56,6 +58,7 @@ from mmbee.encoders.segments import (
 from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
 from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
 from mmbee.settings import Settings
+from mmbee.streams.acks import AckSequencer
 from mmbee.streams.align import Aligner
 from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.codec import Rejected
@@ -238,6 +241,10 @@ class SegmentRuntime:
         self.align_wait_s = ctx.settings.segment_align_wait_ms / 1000
         self.aligners: dict[int, Aligner] = {}  # partition -> held (decoded, not yet applied)
         self.stream: StreamT | None = None
+        self.pause_at = 2 * ctx.settings.stream_batch_max  # held items of one source
+        self._paused: set[TP] = set()
+        self._acks = AckSequencer()  # acks leave in arrival order per topic partition
+        self._last_batch_s = float("-inf")
         self._lock = asyncio.Lock()
         self._sources = {ctx.topic_name(n): n for n in SOURCES}
         self._source_index = {n: i for i, n in enumerate(SOURCES)}
@@ -260,6 +267,8 @@ class SegmentRuntime:
             self.dirty.pop(author, None)
         for p in parts:
             self.aligners.pop(p, None)
+        self._paused = {tp for tp in self._paused if tp.partition not in parts}
+        self._acks.forget({tp for tp in revoked if tp.topic in self._sources})
         self.ctx.metrics.count(AGENT_SEGMENTS, "revocations")
 
     # --- one batch ------------------------------------------------------------------------
@@ -274,6 +283,7 @@ class SegmentRuntime:
             for ev in events:
                 if _stale(ev, generation):
                     continue
+                self._acks.track(ev.message.tp, ev)
                 name = self._sources.get(ev.message.topic)
                 if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
                     raise RuntimeError(f"segment agent got a message from {ev.message.topic}")
@@ -303,7 +313,7 @@ class SegmentRuntime:
                     await self._reject(stream, ev, "decode_error", vec, model.event_id)
                 elif vec is _EMPTY_SPEECH:
                     metrics.count(AGENT_SEGMENTS, "asr_empty")
-                    await stream.ack(ev)
+                    await self._ack(stream, ev)
                 else:
                     assert vec is None or isinstance(vec, np.ndarray)
                     msg = ev.message
@@ -320,21 +330,73 @@ class SegmentRuntime:
                         item=(ev, item),
                         now_s=now,
                     )
-            await self._release(stream, now)
+            await self._release(stream, now, valve=self.align_wait_s == 0)  # 0: no alignment
+            self._last_batch_s = now
             metrics.count(AGENT_SEGMENTS, "processed", len(events))
 
     async def tick(self) -> None:
-        """Apply held events whose alignment wait is over (runs on a timer: a quiet source must
-        not keep the others' events waiting until the next batch arrives)."""
+        """Re-check held events (runs on a timer): a source may have become quiet without a new
+        batch arriving, and when input has stalled for `segment_align_wait_ms` the safety
+        valve releases what waited that long."""
         if self.stream is None or not self.held:
             return
         async with self._lock:
-            await self._release(self.stream, self.ctx.monotonic())
+            now = self.ctx.monotonic()
+            await self._release(
+                self.stream, now, valve=now - self._last_batch_s >= self.align_wait_s
+            )
 
-    async def _release(self, stream: StreamT, now_s: float) -> None:
+    def _quiet_sources(self, partition: int, aligner: Aligner) -> set[int]:
+        """Sources of `partition` with nothing more to deliver now: the agent has seen the
+        offset just below the high watermark (or, before it saw anything, the consumer starts
+        at the high watermark). Unknown (no fetch yet, no consumer under test_context): not
+        quiet."""
+        consumer = self.ctx.app.consumer
+        read_offsets = getattr(consumer, "_read_offset", {})  # faust: next offset per TP
+        quiet = set()
+        for i, name in enumerate(SOURCES):
+            tp = TP(self.ctx.topic_name(name), partition)
+            try:
+                hw = consumer.highwater(tp)
+            except (ConsumerNotStarted, AssertionError, KeyError):
+                continue
+            if hw is None:
+                continue
+            seen = aligner.last_offset(i)
+            if seen is not None:
+                if seen + 1 >= hw:
+                    quiet.add(i)
+            else:
+                start = read_offsets.get(tp)
+                if hw == 0 or (start is not None and start >= hw):
+                    quiet.add(i)
+        return quiet
+
+    def _backpressure(self, partition: int, aligner: Aligner) -> None:
+        """Pause fetching a source that has run far ahead of the others in event time (its
+        items pile up waiting for the frontier); resume it once they drained."""
+        consumer = self.ctx.app.consumer
+        for i, name in enumerate(SOURCES):
+            tp = TP(self.ctx.topic_name(name), partition)
+            held = aligner.held(i)
+            if tp not in self._paused and held > self.pause_at:
+                consumer.pause_partitions([tp])
+                self._paused.add(tp)
+                self.ctx.metrics.count(AGENT_SEGMENTS, "source_pauses")
+            elif tp in self._paused and held <= self.pause_at // 2:
+                consumer.resume_partitions([tp])
+                self._paused.discard(tp)
+
+    async def _release(self, stream: StreamT, now_s: float, valve: bool) -> None:
         released = 0
-        for aligner in list(self.aligners.values()):
-            for ev, item in aligner.ready(now_s):
+        for partition, aligner in list(self.aligners.items()):
+            if not len(aligner):
+                self._backpressure(partition, aligner)
+                continue
+            quiet = self._quiet_sources(partition, aligner)
+            ready = aligner.ready(now_s, quiet, valve)
+            self._backpressure(partition, aligner)
+            for ev, item in ready:
                 self.seq += 1
                 released += 1
                 await self._apply(stream, ev, item)
@@ -387,7 +449,7 @@ class SegmentRuntime:
             self.ctx.metrics.count(AGENT_SEGMENTS, "replayed")
             assert item.source is not None and item.offset is not None
             if item.offset <= entry.persisted.get(item.source, -1):
-                await stream.ack(ev)
+                await self._ack(stream, ev)
             else:
                 self._hold(author, entry, ev)
             return
@@ -455,7 +517,7 @@ class SegmentRuntime:
         metrics.count(AGENT_SEGMENTS, "segments_closed", len(closed_now))
         metrics.count(AGENT_SEGMENTS, "table_writes")
         for pending in entry.pending:
-            await stream.ack(pending)
+            await self._ack(stream, pending)
         self.pending -= len(entry.pending)
         entry.pending = []
         entry.persisted = entry.buffer.applied
@@ -493,7 +555,12 @@ class SegmentRuntime:
             offset=msg.offset,
             event_id=event_id,
         )
-        await stream.ack(ev)
+        await self._ack(stream, ev)
+
+    async def _ack(self, stream: StreamT, ev: EventT) -> None:
+        """`ev` is finished: ack it and any later events of its partition it held back."""
+        for ready in self._acks.done(ev.message.tp, ev):
+            await stream.ack(ready)
 
     # --- inspection -----------------------------------------------------------------------
     def describe(self, author_id: str) -> dict[str, Any]:
@@ -592,9 +659,8 @@ class AsrRuntime:
         metrics.observe(AGENT_ASR, len(events))
         generation = ctx.app.consumer_generation_id
         chunks: list[tuple[EventT, AudioChunk]] = []
-        for ev in events:
-            if _stale(ev, generation):
-                continue
+        live = [ev for ev in events if not _stale(ev, generation)]
+        for ev in live:
             decoded = ctx.codec.decode_topic("live.audio", ev.value)
             if isinstance(decoded, Rejected):
                 await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
@@ -611,6 +677,7 @@ class AsrRuntime:
                 continue
             chunks.append((ev, decoded))
         if not chunks:
+            await self._ack_in_order(stream, live)
             metrics.count(AGENT_ASR, "processed", len(events))
             return
         from mmbee.encoders.featurizers import pcm16_to_float32
@@ -641,8 +708,15 @@ class AsrRuntime:
             metrics.count(AGENT_ASR, "audio_ms", chunk.duration_ms)
             if not seg.text:
                 metrics.count(AGENT_ASR, "empty_transcripts")
-            await stream.ack(ev)
+        await self._ack_in_order(stream, live)
         metrics.count(AGENT_ASR, "processed", len(events))
+
+    @staticmethod
+    async def _ack_in_order(stream: StreamT, events: Sequence[EventT]) -> None:
+        """Ack a finished batch in arrival order (Faust's commit expects in-order acks; see
+        `mmbee.streams.acks`)."""
+        for ev in events:
+            await stream.ack(ev)
 
     async def _reject(
         self, stream: StreamT, ev: EventT, reason: Any, detail: str, event_id: str | None
@@ -658,7 +732,6 @@ class AsrRuntime:
             offset=msg.offset,
             event_id=event_id,
         )
-        await stream.ack(ev)
 
 
 # --- registration -------------------------------------------------------------------------
