@@ -29,6 +29,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from math import floor, ldexp, log1p
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -154,6 +155,12 @@ class GiftGraph:
 
     def __init__(self, config: GraphConfig) -> None:
         self.config = config
+        self._decay = (
+            config.weight_by,
+            config.epoch_ms,
+            config.half_life_ms,
+            config.precision_bits,
+        )
         self.user_out: dict[str, dict[str, int]] = {}  # u -> {a: weight_fixed}
         self.author_in: dict[str, dict[str, int]] = {}  # a -> {u: weight_fixed}
         self.edge_info: dict[
@@ -172,7 +179,16 @@ class GiftGraph:
     # --- updates ----------------------------------------------------------------------------
     def add_gift(self, user_id: str, author_id: str, ts_ms: int, gift_value: float) -> bool:
         """Apply one gift; True when it created a new U2A edge. O(deg(user))."""
-        c = contribution(ts_ms, gift_value, self.config)
+        # `contribution(ts_ms, gift_value, self.config)`, inlined (same operations, same bits)
+        mode, epoch, h, bits = self._decay
+        f = 1.0 if mode == "count" else (gift_value if mode == "value" else log1p(gift_value))
+        x = (ts_ms - epoch) / h
+        n = floor(x)
+        c = round(ldexp(f * 2.0 ** (x - n), bits)) or 1
+        if n >= 0:
+            c <<= n
+        else:
+            c = contribution(ts_ms, gift_value, self.config)  # rare: before the epoch, checked
         row = self.user_out.get(user_id)
         if row is None:
             if "\x00" in user_id:

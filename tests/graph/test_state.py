@@ -160,3 +160,22 @@ def test_restore_derives_watermark_and_count_from_rows() -> None:
     g = build([gift(i, f"u{i % 3}", f"a{i % 4}", T0 + 7 * i, 2.0) for i in range(30)], CFG)
     back = restore(CFG, [(u, user_row(g, u)) for u in g.users()])
     assert back.fingerprint() == g.fingerprint()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dt=st.integers(-300 * DAY_MS, 300 * DAY_MS),
+    value=st.floats(0.01, 1e6, allow_nan=False),
+    mode=st.sampled_from(["count", "value", "log1p_value"]),
+)
+def test_add_gift_adds_exactly_the_contribution(dt: int, value: float, mode: str) -> None:
+    cfg = GraphConfig(weight_by=mode, epoch_ms=T0)  # type: ignore[arg-type]
+    g = GiftGraph(cfg)
+    try:
+        expected = contribution(T0 + dt, value, cfg)
+    except ValueError:
+        with pytest.raises(ValueError):
+            g.add_gift("u", "a", T0 + dt, value)
+        return
+    g.add_gift("u", "a", T0 + dt, value)
+    assert g.edge("u", "a")[2] == expected
