@@ -70,7 +70,7 @@ class Calibration:
     whale_share: float = 0.02
     whale_gamma_boost: float = 10.0
     base_gift_rate: float = 0.0018
-    extra_gifts_mean: tuple[float, float, float] = (0.15, 0.8, 6.0)
+    extra_gifts_mean: tuple[float, float, float] = (0.19, 1.0, 7.5)
     extra_gift_span_s: tuple[int, int, int] = (300, 900, 1800)
     giftable_share: float = 0.20
     appeal_sigma: float = 1.2

@@ -281,7 +281,7 @@ def _moments(
     R = max(int(session_cat.size), 1)
     lengths: list[np.ndarray] = []
     total = 0
-    while total < G:
+    while total < G or not lengths:
         n = max(64, (G - total) // 8)
         normal = rng.geometric(1.0 / cal.normal_run_mean_segments, n)
         special = rng.geometric(1.0 / cal.special_run_mean_segments, n)
@@ -331,7 +331,7 @@ def generate_world(config: WorldConfig, seed: int) -> World:
     n_memb = 3 if K >= 3 else 1
     memb_s = np.tile(np.arange(S), n_memb)
     memb_k = np.concatenate([s_comm, (s_comm + 1) % K, (s_comm - 1) % K][:n_memb])
-    memb_w = np.concatenate([np.ones(S), np.full(2 * S, cal.neighbour_weight)][: n_memb * S])
+    memb_w = np.concatenate([np.ones(S), np.full(2 * S, cal.neighbour_weight)])[: n_memb * S]
 
     # ---- users ------------------------------------------------------------------------------
     u_comm = r_usr.integers(0, K, U)
