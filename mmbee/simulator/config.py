@@ -67,10 +67,10 @@ class Calibration:
     gifter_share: float = 0.22
     gamma_sigma: float = 1.0
     big_spender_share: float = 0.08
-    whale_share: float = 0.02
+    whale_share: float = 0.015
     whale_gamma_boost: float = 10.0
     base_gift_rate: float = 0.0018
-    extra_gifts_mean: tuple[float, float, float] = (0.19, 1.0, 7.5)
+    extra_gifts_mean: tuple[float, float, float] = (0.16, 0.85, 10.0)
     extra_gift_span_s: tuple[int, int, int] = (300, 900, 1800)
     giftable_share: float = 0.20
     appeal_sigma: float = 1.2
@@ -80,7 +80,7 @@ class Calibration:
     community_watch_share: float = 0.35
     community_gift_boost: float = 8.0
     neighbour_weight: float = 0.35
-    idol_gift_boost: float = 6.0
+    idol_gift_boost: float = 8.0
     idol_concentration: float = 1.2
     star_follower_min_tier: int = 2
     fan_attend_prob: tuple[float, float, float] = (0.15, 0.6, 0.85)
