@@ -43,7 +43,7 @@ class PriceTable:
         ),
         (
             0.10, 0.03, 0.02, 0.02, 0.03, 0.03, 0.03, 0.03, 0.03, 0.07, 0.05, 0.05,
-            0.05, 0.04, 0.04, 0.05, 0.04, 0.04, 0.03, 0.08, 0.04, 0.035, 0.025, 0.01,
+            0.05, 0.04, 0.04, 0.05, 0.04, 0.04, 0.04, 0.08, 0.03, 0.035, 0.025, 0.01,
         ),
     )  # fmt: skip
 
@@ -69,8 +69,8 @@ class Calibration:
     big_spender_share: float = 0.08
     whale_share: float = 0.015
     whale_gamma_boost: float = 10.0
-    base_gift_rate: float = 0.0018
-    extra_gifts_mean: tuple[float, float, float] = (0.16, 0.85, 10.0)
+    base_gift_rate: float = 0.0014
+    extra_gifts_mean: tuple[float, float, float] = (0.16, 0.85, 9.0)
     extra_gift_span_s: tuple[int, int, int] = (300, 900, 1800)
     giftable_share: float = 0.20
     appeal_sigma: float = 1.2
@@ -97,8 +97,8 @@ class Calibration:
     first_gift_mean_s: float = 150.0
     comments_per_min: float = 0.25
     likes_per_min: float = 0.6
-    normal_run_mean_segments: float = 16.0
-    special_run_mean_segments: float = 6.0
+    normal_run_mean_segments: float = 12.0
+    special_run_mean_segments: float = 8.0
     frame_noise: float = 0.45
     price_table: PriceTable = field(default_factory=PriceTable)
 

@@ -64,7 +64,7 @@ MOMENTS: Final = ("normal", "pk_battle", "song_request", "lucky_draw", "thank_yo
 """Moment states of a live stream; index 0 is the ordinary state."""
 SPECIAL_MOMENTS: Final = MOMENTS[1:]
 
-GIFT_MULTIPLIER: Final = np.array([1.0, 5.0, 2.5, 3.5, 2.0, 0.2])
+GIFT_MULTIPLIER: Final = np.array([1.0, 6.0, 3.0, 4.0, 2.5, 0.15])
 """Factor on a viewer's gift rate while the stream is in each moment (MOMENTS order)."""
 
 SPECIAL_MOMENT_MIX: Final = np.array(
