@@ -211,3 +211,38 @@ def _no_cache(logdir: Path) -> None:
         next(iter_events(logdir, attach_text_embeddings=True))
     finally:
         (logdir / "cache.bak").rename(logdir / "mmbee_text_embeddings.npy")
+
+
+def test_ids_consistent_across_files(tiny_log: Path) -> None:
+    """Every event's live room exists in room.csv with the same streamer, and the event lies
+    inside the room's session; users and streamers exist in user.csv / streamer.csv."""
+    b = read_log(tiny_log)
+    rooms = b.table("room.csv")
+    lives = rooms["live_id"].tolist()
+    room = {
+        lv: (s, a, e)
+        for lv, s, a, e in zip(
+            lives,
+            rooms["streamer_id"].tolist(),
+            rooms["start_timestamp"].tolist(),
+            rooms["end_timestamp"].tolist(),
+            strict=True,
+        )
+    }
+    users = set(b.table("user.csv")["user_id"].tolist())
+    assert {s for s, _, _ in room.values()} <= set(b.table("streamer.csv")["streamer_id"].tolist())
+    for name, col in (
+        ("click.csv", "timestamp"),
+        ("gift.csv", "timestamp"),
+        ("comment.csv", "timestamp"),
+        ("like.csv", "timestamp"),
+        ("mmbee_frames.csv", "timestamp"),
+        ("mmbee_speech.csv", "start_timestamp"),
+    ):
+        t = b.table(name)
+        if "user_id" in t.columns:
+            assert set(t["user_id"].tolist()) <= users, name
+        rows = zip(t["live_id"].tolist(), t["streamer_id"].tolist(), t[col].tolist(), strict=True)
+        for live, streamer, ts in rows:
+            s, a, e = room[live]
+            assert s == streamer and a <= ts < e, (name, live, ts)

@@ -135,3 +135,27 @@ def test_replay_resumes_from_timestamp(tiny_log: Path, broker_settings: Settings
     assert sum(clock.sleeps) == pytest.approx(span_s, rel=1e-6) and len(clock.sleeps) > 10
     got = _consume_all(broker_settings, stats.events)
     assert sum(len(v) for v in got.values()) == stats.events
+
+
+@pytest.mark.broker
+def test_cli_simulate_and_replay(
+    tmp_path: Path,
+    broker_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mmbee.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["simulate", str(tmp_path / "log"), "--preset", "tiny", "--seed", "5"])
+    assert done.value.code == 0 and "clicks" in capsys.readouterr().out
+    monkeypatch.setenv("MMBEE_BOOTSTRAP_SERVERS", broker_settings.bootstrap_servers)
+    monkeypatch.setenv("MMBEE_TOPIC_PREFIX", broker_settings.topic_prefix)
+    monkeypatch.setenv("MMBEE_PARTITIONS", "2")
+    with pytest.raises(SystemExit) as done:
+        main(["replay", str(tmp_path / "log"), "--speed", "max", "--no-progress"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert f"replayed {count_events(tmp_path / 'log')} events" in out
+    got = _consume_all(broker_settings, count_events(tmp_path / "log"))
+    assert len(got) == 2 * len(TOPICS)  # every topic created with 2 partitions and written
