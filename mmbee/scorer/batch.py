@@ -45,12 +45,12 @@ AUTHOR_EXPANSIONS = ("a2a", "a2u2a")
 EXPANSIONS = USER_EXPANSIONS + AUTHOR_EXPANSIONS
 """MMBee's five metapath expansions; u2a2u holds users, the other four hold authors."""
 DENSE_FEATURES = (
-    "log_user_watches",
+    "log_user_gift_rate",
     "log_user_gifts",
-    "log_user_gift_value",
-    "log_author_watches",
-    "log_author_gifts",
+    "log_user_value_per_gift",
+    "user_has_gifted",
     "log_author_gift_rate",
+    "log_author_watches",
     "log_pair_watches",
     "log_pair_gifts",
     "hour_sin",

@@ -12,8 +12,10 @@ Content: a batch carries each distinct (streamer, segment rows) buffer once (U <
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -195,9 +197,7 @@ class ExampleTable:
         self.event_ids.append(s.event_id)
         self._n += 1
 
-    def batch(
-        self, idx: np.ndarray, rows: Rows, store: MemorySegmentStore | None
-    ) -> GTRBatch:
+    def batch(self, idx: np.ndarray, rows: Rows, store: MemorySegmentStore | None) -> GTRBatch:
         """The GTRBatch of examples `idx` for a model with table sizes `rows`."""
         c = {k: v[idx] for k, v in self._cols.items()}
         ulut = self.users.rows(rows.user_rows)
@@ -233,27 +233,48 @@ class ExampleTable:
     ) -> tuple[SegmentBatch, torch.Tensor]:
         key = np.concatenate([c["author"][:, None], c["seg_rows"]], axis=1)  # (B, 1 + L)
         uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-        seg = uniq[:, 1:]  # (U, L)
+        seg = uniq[:, 1:]  # (U, L); -1 gathers the store's trailing all-zero row
         valid = seg >= 0
-        safe = np.where(valid, seg, 0)
         visual, speech, comments, present = store.arrays()
-        if visual.shape[0] == 0:  # nothing stored yet: every buffer is empty
-            visual = np.zeros((1, store.frame_dim), np.float32)
-            speech = comments = np.zeros((1, store.text_dim), np.float32)
-            present = np.zeros((1, 3), bool)
-        pres = present[safe] & valid[..., None]  # (U, L, 3)
-        m = valid[..., None]
+        pres = present[seg]  # (U, L, 3)
         clut = self.authors.rows(rows.content_author_rows)
         content = SegmentBatch(
-            visual=torch.from_numpy(visual[safe] * m),  # (U, L, d_v)
-            speech=torch.from_numpy(speech[safe] * m),  # (U, L, d_s)
-            comments=torch.from_numpy(comments[safe] * m),  # (U, L, d_t)
+            visual=torch.from_numpy(visual[seg]).float(),  # (U, L, d_v)
+            speech=torch.from_numpy(speech[seg]).float(),  # (U, L, d_s)
+            comments=torch.from_numpy(comments[seg]).float(),  # (U, L, d_t)
             segment_mask=torch.from_numpy(valid),
             modality_mask=torch.from_numpy(pres.any(axis=1)),
             author_ids=torch.from_numpy(clut[uniq[:, 0]]),
             segment_modality_mask=torch.from_numpy(pres),
         )
         return content, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+
+    def save(self, path: Path | str) -> None:
+        """Write the table (columns, vocabularies, event ids) to one `.npz` file."""
+        arrays = {"col_" + k: self.column(k) for k in self._cols}
+        np.savez(
+            path,
+            users=np.array(self.users.ids, dtype=str),
+            authors=np.array(self.authors.ids, dtype=str),
+            event_ids=np.array(self.event_ids, dtype=str),
+            config=np.array(json.dumps(asdict(self.config))),
+            **arrays,
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> ExampleTable:
+        """Read a table written by `save`."""
+        with np.load(path) as z:
+            table = cls(FeatureConfig(**json.loads(str(z["config"]))))
+            for ids, vocab in ((z["users"], table.users), (z["authors"], table.authors)):
+                for k in ids.tolist():
+                    vocab.index(k)
+            table.event_ids = z["event_ids"].tolist()
+            n = len(table.event_ids)
+            for k in table._cols:
+                table._cols[k] = z["col_" + k]
+            table._n = table._cap = n
+        return table
 
     def extend(self, examples: Iterable[LabeledExample], store: MemorySegmentStore | None) -> None:
         """`add` every example."""

@@ -102,24 +102,28 @@ class LabelJoiner:
 
     Attributes:
         config: label definition.
-        emitted, expired, duplicates: counters (positives, negatives, ignored re-deliveries).
+        emitted, expired, duplicates, late: counters (positives, negatives, ignored
+            re-deliveries, impressions whose whole window was already behind the watermark).
     """
 
     config: LabelConfig
     emitted: int = 0
     expired: int = 0
     duplicates: int = 0
+    late: int = 0
     watermark_ms: int | None = None
     _pending: dict[tuple[str, str], list[_Pending]] = field(default_factory=dict)
     _deadlines: list[tuple[int, int, tuple[str, str]]] = field(default_factory=list)
     _seq: int = 0
     _seen: dict[str, int] = field(default_factory=dict)
+    _prune_at: int = 4096
     _max_ts: int | None = None
+    _waiting: int = 0
 
     @property
     def pending(self) -> int:
         """Impressions waiting for their label."""
-        return sum(1 for lst in self._pending.values() for p in lst if not p.done)
+        return self._waiting
 
     def _is_duplicate(self, event_id: str, ts_ms: int) -> bool:
         if event_id in self._seen:
@@ -132,8 +136,15 @@ class LabelJoiner:
         """Register an impression (its snapshot); returns examples the time advance expired."""
         if self._is_duplicate(snapshot.event_id, snapshot.ts_ms):
             return []
+        if (
+            self.watermark_ms is not None
+            and snapshot.ts_ms + self.config.window_ms < self.watermark_ms
+        ):
+            self.late += 1  # its label can no longer be decided
+            return []
         key = (snapshot.user_id, snapshot.author_id)
         self._pending.setdefault(key, []).append(_Pending(snapshot))
+        self._waiting += 1
         deadline = snapshot.ts_ms + self.config.window_ms
         heapq.heappush(self._deadlines, (deadline, self._seq, key))
         self._seq += 1
@@ -177,6 +188,7 @@ class LabelJoiner:
             p.done = True
             out.append(self._example(p, gift=1.0, value=gift.gift_value, at=gift.ts_ms))
             self.emitted += 1
+            self._waiting -= 1
         self._compact((gift.user_id, gift.author_id))
         return out
 
@@ -206,11 +218,13 @@ class LabelJoiner:
                     p.done = True
                     out.append(self._example(p, gift=0.0, value=0.0, at=watermark_ms))
                     self.expired += 1
+                    self._waiting -= 1
                     break
             self._compact(key)
         horizon = watermark_ms - self.config.window_ms - self.config.allowed_lateness_ms
-        if len(self._seen) > 4 * max(1, self.pending) + 1024:
+        if len(self._seen) > self._prune_at:  # ids older than any open window can go
             self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+            self._prune_at = max(4096, 2 * len(self._seen))
         return out
 
     def _advance_to(self, ts: int) -> list[LabeledExample]:
@@ -230,6 +244,7 @@ class LabelJoiner:
         ]
         self._pending.clear()
         self._deadlines.clear()
+        self._waiting = 0
         out.sort(key=lambda e: (e.snapshot.ts_ms, e.snapshot.event_id))
         return out
 

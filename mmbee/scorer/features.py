@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -360,17 +361,22 @@ def snapshot_features(
 
 
 def dense_vector(s: FeatureSnapshot) -> np.ndarray:
-    """The dense counters of a snapshot, `DENSE_FEATURES` order: (10,) float32."""
+    """The dense counters of a snapshot, `DENSE_FEATURES` order: (10,) float32.
+
+    Rates rather than raw counts where possible (a smoothed gift rate does not drift as counters
+    grow over the days of a log, a count does): user and streamer gift rates per impression,
+    the user's gift count and value per gift, the pair's watch and gift counts, the hour (UTC).
+    """
     hour = (s.ts_ms // 1000 % 86400) / 3600.0
     rate = (s.author.gifts + 0.1) / (s.author.watches + 10.0)
     out = np.array(
         [
-            math.log1p(s.user.watches),
+            math.log((s.user.gifts + 0.05) / (s.user.watches + 5.0)),
             math.log1p(s.user.gifts),
-            math.log1p(s.user.gift_value),
-            math.log1p(s.author.watches),
-            math.log1p(s.author.gifts),
+            math.log1p(s.user.gift_value / max(s.user.gifts, 1)),
+            1.0 if s.user.gifts > 0 else 0.0,
             math.log(rate),
+            math.log1p(s.author.watches),
             math.log1p(s.pair_watches),
             math.log1p(s.pair_gifts),
             math.sin(2 * math.pi * hour / 24),
@@ -391,29 +397,34 @@ class SegmentStore(Protocol):
 
 
 class MemorySegmentStore:
-    """In-memory segment store: decoded float32 features in growable row-major arrays.
+    """In-memory segment store: decoded features in growable row-major arrays.
 
-    `arrays()` returns (visual (S, d_v), speech (S, d_s), comments (S, d_t), present (S, 3));
-    `row(author, start)` the row of a segment. Putting the same key twice keeps the first.
+    `arrays()` returns (visual (S + 1, d_v), speech (S + 1, d_s), comments (S + 1, d_t),
+    present (S + 1, 3)) whose last row is all zeros / False, so a padding index of -1 gathers
+    an empty segment without masking; `row(author, start)` the row of a segment. Putting the
+    same key twice keeps the first copy (append-only: references never change meaning).
+    `dtype` "float16" halves memory (embeddings keep ~3 significant digits).
 
     Example:
         >>> st = MemorySegmentStore(frame_dim=4, text_dim=2)
         >>> seg = SegmentClosed.model_validate(dict(author_id="a1", live_id="l1",
         ...     start_ms=1_700_000_000_000, end_ms=1_700_000_030_000, n_frames=1, n_comments=0,
         ...     n_asr=0, frame_mean=[1.0, 0.0, 0.0, 0.0]), context={"frame_dim": 4})
-        >>> st.put(seg), st.row("a1", 1_700_000_000_000)
-        (0, 0)
+        >>> st.put(seg), st.row("a1", 1_700_000_000_000), st.arrays()[0].shape
+        (0, 0, (2, 4))
     """
 
-    def __init__(self, frame_dim: int = 1280, text_dim: int = 384) -> None:
-        self.frame_dim, self.text_dim = frame_dim, text_dim
+    def __init__(self, frame_dim: int = 1280, text_dim: int = 384, dtype: str = "float32") -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+        self.frame_dim, self.text_dim, self.dtype = frame_dim, text_dim, dtype
         self._index: dict[tuple[str, int], int] = {}
         self._n = 0
-        self._cap = 0
-        self._visual = np.zeros((0, frame_dim), np.float32)
-        self._speech = np.zeros((0, text_dim), np.float32)
-        self._comments = np.zeros((0, text_dim), np.float32)
-        self._present = np.zeros((0, 3), bool)
+        self._cap = 1
+        self._visual = np.zeros((1, frame_dim), dtype)
+        self._speech = np.zeros((1, text_dim), dtype)
+        self._comments = np.zeros((1, text_dim), dtype)
+        self._present = np.zeros((1, 3), bool)
 
     def __len__(self) -> int:
         return self._n
@@ -433,7 +444,7 @@ class MemorySegmentStore:
         row = self._index.get(key)
         if row is not None:
             return row
-        if self._n == self._cap:
+        if self._n + 1 >= self._cap:  # keep one all-zero row after the last
             self._grow()
         row = self._n
         for i, (vec, arr, dim) in enumerate(
@@ -458,9 +469,44 @@ class MemorySegmentStore:
         return self._index.get((author_id, start_ms))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Views of the stored rows: visual, speech, comments, present (modality order)."""
-        n = self._n
+        """Views of the stored rows plus one trailing padding row: visual, speech, comments,
+        present (`MODALITIES` order)."""
+        n = self._n + 1
         return self._visual[:n], self._speech[:n], self._comments[:n], self._present[:n]
+
+    def save(self, path: Path | str) -> None:
+        """Write the store to one `.npz` file."""
+        n = self._n
+        keys = sorted(self._index.items(), key=lambda kv: kv[1])
+        np.savez(
+            path,
+            visual=self._visual[:n],
+            speech=self._speech[:n],
+            comments=self._comments[:n],
+            present=self._present[:n],
+            authors=np.array([k[0] for k, _ in keys], dtype=object).astype(str),
+            starts=np.array([k[1] for k, _ in keys], dtype=np.int64),
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> MemorySegmentStore:
+        """Read a store written by `save`."""
+        with np.load(path) as z:
+            visual = z["visual"]
+            st = cls(visual.shape[1], z["speech"].shape[1], str(visual.dtype))
+            n = visual.shape[0]
+            st._cap = n + 1
+            st._n = n
+            for name in ("visual", "speech", "comments", "present"):
+                arr = z[name]
+                full = np.zeros((n + 1, arr.shape[1]), arr.dtype)
+                full[:n] = arr
+                setattr(st, "_" + name, full)
+            st._index = {
+                (str(a), int(t)): i
+                for i, (a, t) in enumerate(zip(z["authors"], z["starts"], strict=True))
+            }
+        return st
 
 
 class FeatureState:

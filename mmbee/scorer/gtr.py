@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from mmbee.encoders.base import DEFAULT_AUTHOR_BUCKETS, ContentEncoder
-from mmbee.scorer.batch import GTRBatch
+from mmbee.scorer.batch import DENSE_FEATURES, KINDS, GTRBatch
 from mmbee.scorer.gie import GIE, GIEConfig
+from mmbee.scorer.layers import match_counts
 from mmbee.scorer.mmoe import MMoE, MMoEConfig
 from mmbee.scorer.sim import SIM, SIMConfig
 
@@ -67,6 +68,9 @@ class GTRConfig:
         hidden: SIM head MLP widths.
         dropout: dropout in heads, experts and towers.
         gie_heads, nce_temperature: GIE attention heads and GraphCL InfoNCE temperature.
+        wide: add a linear ("wide", as in Wide & Deep) term over the dense counters and the
+            per-kind match counts to every task logit; with few positives it learns the
+            multiplicative structure of gift rates (log counts add up) much faster than the MLP.
 
     Example:
         >>> c = config_for_variant("sim_mfq_gie", dim=16)
@@ -91,6 +95,7 @@ class GTRConfig:
     dropout: float = 0.0
     gie_heads: int = 1
     nce_temperature: float = 0.2
+    wide: bool = True
 
     def __post_init__(self) -> None:
         if self.base not in ("sim", "mmoe"):
@@ -221,6 +226,22 @@ class GTRModel(nn.Module):
                 )
             )
 
+        self.wide: nn.Linear | None = None
+        if config.wide:
+            self.wide = nn.Linear(len(DENSE_FEATURES) + len(KINDS), len(self.base.tasks))
+            nn.init.zeros_(self.wide.weight)
+            nn.init.zeros_(self.wide.bias)
+
+    def init_output_bias(self, rates: dict[str, float]) -> None:
+        """Start each task's logit at logit(positive rate) (the wide bias; no-op without it)."""
+        if self.wide is None:
+            return
+        with torch.no_grad():
+            for i, task in enumerate(self.tasks):
+                if task in rates:
+                    r = min(max(rates[task], 1e-6), 1 - 1e-6)
+                    self.wide.bias[i] = float(torch.logit(torch.tensor(r)))
+
     @property
     def tasks(self) -> tuple[str, ...]:
         """Task names of the logits, in order."""
@@ -257,6 +278,9 @@ class GTRModel(nn.Module):
             if self.training:
                 aux["graphcl_nce"] = self.gie.nce_loss(batch)
         logits = self.base(batch, torch.cat(side, dim=-1) if side else None)  # (B, T)
+        if self.wide is not None:
+            counts = match_counts(batch.hist_author, batch.hist_kind, batch.hist_mask, batch.author)
+            logits = logits + self.wide(torch.cat([batch.dense, counts], dim=-1))  # (B, T)
         return GTROutput(logits={t: logits[:, i] for i, t in enumerate(self.tasks)}, aux_losses=aux)
 
     @torch.no_grad()

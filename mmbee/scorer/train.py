@@ -178,6 +178,9 @@ def train_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = GTRModel(model_config)
+    labels = table.column("labels")[np.asarray(train_idx)]
+    if len(labels):
+        model.init_output_bias({t: float(labels[:, i].mean()) for i, t in enumerate(TASKS)})
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)

@@ -94,3 +94,23 @@ def test_batch_contents_match_the_snapshots(
                     batch.content.visual[c, slot].numpy(), st.store.arrays()[0][seg_row]
                 )
     assert checked > 50 and len(EXPANSIONS) == batch.exp_ids.shape[1]
+
+
+def test_table_and_store_round_trip_through_files(
+    stream_factory: Callable[..., list[tuple[int, BaseModel]]], tmp_path
+) -> None:
+    st, done, table = build(stream_factory(6))
+    table.save(tmp_path / "t.npz")
+    st.store.save(tmp_path / "s.npz")
+    t2 = ExampleTable.load(tmp_path / "t.npz")
+    s2 = MemorySegmentStore.load(tmp_path / "s.npz")
+    assert len(t2) == len(table) and t2.event_ids == table.event_ids and t2.config == table.config
+    idx = np.arange(len(table))
+    a, b = table.batch(idx, ROWS, st.store), t2.batch(idx, ROWS, s2)
+    for k, v in vars(a).items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, getattr(b, k)), k
+    for f in ("visual", "speech", "comments", "segment_modality_mask", "author_ids"):
+        assert torch.equal(getattr(a.content, f), getattr(b.content, f)), f
+    t2.add(done[0], s2)  # a loaded table keeps growing
+    assert len(t2) == len(table) + 1

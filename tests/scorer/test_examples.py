@@ -127,3 +127,9 @@ def test_flush_marks_censored_and_message_round_trip(
         assert from_message(again) == ex
     big = max(done, key=lambda e: len(to_message(e).model_dump_json()))
     assert len(to_message(big).model_dump_json()) < 8_000  # references, not copies
+
+
+def test_an_impression_behind_the_watermark_is_refused() -> None:
+    j = LabelJoiner(LabelConfig())
+    j.observe(gift("g", T + 3 * H, user="u9"))
+    assert j.add(snap("w_old", T)) == [] and j.late == 1 and j.pending == 0
