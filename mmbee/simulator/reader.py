@@ -649,8 +649,9 @@ def _plan(
         t = b.tables["comment.csv"]
         tids = b.comment_text_ids()
         has = np.flatnonzero(tids >= 0)
-        if has.size < len(t):
-            b.notes.append(f"{len(t) - has.size} comment rows have no text and are skipped")
+        note = f"{len(t) - has.size} comment rows have no text and are skipped"
+        if has.size < len(t) and note not in b.notes:
+            b.notes.append(note)
         ctx["comment_text"] = tids
         add("comment", t["timestamp"][has], has, t.lines[has])
     if "gift.csv" in b.tables:

@@ -204,7 +204,7 @@ def _exact_share(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
 
 def _categorical(rng: np.random.Generator, cdf: np.ndarray) -> np.ndarray:
     """One draw per row of a row-wise CDF (N, K) -> (N,)."""
-    u = rng.random(cdf.shape[0])[:, None]
+    u = rng.random((cdf.shape[0], 1))
     return np.minimum((u >= cdf).sum(axis=1), cdf.shape[1] - 1)
 
 

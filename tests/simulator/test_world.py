@@ -187,7 +187,7 @@ def test_moment_visible_only_in_its_category_modality() -> None:
     assert not about_moment[~comment_cats[c_cat]].any()
 
 
-def test_moment_moves_gift_probability(tiny_world: World) -> None:
+def test_moment_moves_gift_probability() -> None:
     w = generate_world(replace(preset("demo"), days=1), 2)
     gifting = w.click_p > 0
     means = {
