@@ -189,6 +189,12 @@ class Table:
     def __getitem__(self, column: str) -> Any:
         return self.columns[column]
 
+    @property
+    def rows(self) -> np.ndarray:
+        """Each good row's 0-based data row in the source file (line - 2): the `row` of its
+        event id, stable whether or not other rows were rejected."""
+        return self.lines - 2
+
 
 @dataclass
 class LogBundle:
@@ -704,6 +710,7 @@ class _Encoder:
                 c: (v.tolist() if isinstance(v, np.ndarray) and v.ndim == 1 else v)
                 for c, v in table.columns.items()
             }
+            cols["_row"] = table.rows.tolist()
         return cols
 
     # -- helpers -----------------------------------------------------------------------------
@@ -730,7 +737,7 @@ class _Encoder:
     # -- per kind ------------------------------------------------------------------------------
     def _frame(self, r: int) -> tuple[str, bytes, bytes]:
         t = self._cols("mmbee_frames.csv")
-        eid = event_id(self.log_id, "frame", r)
+        eid = event_id(self.log_id, "frame", t["_row"][r])
         author = author_key(t["streamer_id"][r])
         head = (
             f'{{"event_id":"{eid}","ts_ms":{t["timestamp"][r]},'
@@ -754,7 +761,7 @@ class _Encoder:
         author = author_key(t["streamer_id"][r])
         emb = self.text_emb[tid] if self.text_emb is not None else "null"
         value = (
-            f'{{"event_id":"{event_id(self.log_id, "asr", r)}",'
+            f'{{"event_id":"{event_id(self.log_id, "asr", t["_row"][r])}",'
             f'"ts_ms":{t["start_timestamp"][r]},'
             f'"live_id":"{live_key(t["live_id"][r])}","author_id":"{author}",'
             f'"end_ms":{t["end_timestamp"][r]},"text":{self.text_json[tid]},'
@@ -768,7 +775,7 @@ class _Encoder:
         off, n = t["audio_offset"][r], t["audio_bytes"][r]
         pcm = base64.urlsafe_b64encode(self._blob("speech.pcm.bin")[off : off + n]).decode()
         value = (
-            f'{{"event_id":"{event_id(self.log_id, "audio", r)}",'
+            f'{{"event_id":"{event_id(self.log_id, "audio", t["_row"][r])}",'
             f'"ts_ms":{t["start_timestamp"][r]},'
             f'"live_id":"{live_key(t["live_id"][r])}","author_id":"{author}",'
             f'"sample_rate_hz":16000,"pcm_s16le":"{pcm}"}}'
@@ -782,12 +789,12 @@ class _Encoder:
         watch = t["watch_live_time"][r]
         if leave:
             eid, ts, tail = (
-                event_id(self.log_id, "leave", r),
+                event_id(self.log_id, "leave", t["_row"][r]),
                 ts + watch,
                 f'"leave","watch_ms":{watch}}}',
             )
         else:
-            eid, tail = event_id(self.log_id, "click", r), '"enter","watch_ms":null}'
+            eid, tail = event_id(self.log_id, "click", t["_row"][r]), '"enter","watch_ms":null}'
         value = (
             f'{{"event_id":"{eid}","ts_ms":{ts},"user_id":"{user}",'
             f'"author_id":"{author_key(t["streamer_id"][r])}",'
@@ -807,7 +814,7 @@ class _Encoder:
         author = author_key(t["streamer_id"][r])
         emb = self.text_emb[tid] if self.text_emb is not None else "null"
         value = (
-            f'{{"event_id":"{event_id(self.log_id, "comment", r)}",'
+            f'{{"event_id":"{event_id(self.log_id, "comment", t["_row"][r])}",'
             f'"ts_ms":{t["timestamp"][r]},"user_id":"{user_key(t["user_id"][r])}",'
             f'"author_id":"{author}","live_id":"{live_key(t["live_id"][r])}",'
             f'"text":{self.text_json[tid]},"text_embedding":{emb}}}'
@@ -818,7 +825,7 @@ class _Encoder:
         t = self._cols("gift.csv")
         author = author_key(t["streamer_id"][r])
         value = (
-            f'{{"event_id":"{event_id(self.log_id, "gift", r)}",'
+            f'{{"event_id":"{event_id(self.log_id, "gift", t["_row"][r])}",'
             f'"ts_ms":{t["timestamp"][r]},"user_id":"{user_key(t["user_id"][r])}",'
             f'"author_id":"{author}","live_id":"{live_key(t["live_id"][r])}",'
             f'"gift_value":{float(t["gift_price"][r])!r}}}'

@@ -144,8 +144,26 @@ def test_bad_rows_reported_with_line_numbers(tiny_log: Path, tmp_path: Path) -> 
     assert [line for line, _ in by_file["mmbee_frames.csv"]] == [5]
     assert "missing columns" in by_file["comment.csv"][0][1] and not b.has("comment.csv")
     assert all(str(r).startswith(f"{r.file}:{r.line}: ") for r in b.bad_rows)
-    # the good rows still make events
-    assert sum(1 for t, _ in iter_events(b) if t == "live.gifts") == n_gifts - 2
+    # the good rows still make events, whose ids name their source row (line - 2)
+    gift_ids = [e.event_id for t, e in iter_events(b) if t == "live.gifts"]
+    assert len(gift_ids) == n_gifts - 2
+    good_rows = {line - 2 for line in range(2, len(lines) + 1)} - {r - 2 for r in gift_lines}
+    assert {int(i.rsplit(".", 1)[1]) for i in gift_ids} == good_rows
+
+
+def test_event_ids_survive_rejected_rows(tiny_log: Path, tmp_path: Path) -> None:
+    """A rejected click row shifts no other impression's id, so the truth still matches."""
+    d = _copy(tiny_log, tmp_path / "bad", ["click.csv", "gift.csv", "mmbee_world.json"])
+    (d / "truth").mkdir()
+    shutil.copy(tiny_log / "truth" / "impressions.csv", d / "truth" / "impressions.csv")
+    lines = (d / "click.csv").read_text().splitlines()
+    lines[5] = "garbage"
+    (d / "click.csv").write_text("\n".join(lines) + "\n")
+    full = {e.event_id: e for _, e in iter_events(tiny_log) if isinstance(e, WatchEvent)}
+    cut = {e.event_id: e for _, e in iter_events(d) if isinstance(e, WatchEvent)}
+    assert len(cut) == len(full) - 2 and all(full[k] == v for k, v in cut.items())
+    truth = read_truth(d)
+    assert {k for k, v in cut.items() if v.action == "enter"} <= set(truth)
 
 
 def test_kuailive_only_directory_replays(tiny_log: Path, tmp_path: Path) -> None:
