@@ -108,7 +108,7 @@ class AudioChunk(Event):
 
     live_id: Id
     author_id: Id
-    sample_rate_hz: Literal[16000] = AUDIO_SAMPLE_RATE_HZ
+    sample_rate_hz: Literal[16000] = 16000
     pcm_s16le: bytes = Field(description="16 kHz mono int16 little-endian PCM (base64 in JSON)")
 
     @model_validator(mode="after")
