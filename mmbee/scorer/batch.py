@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,7 @@ __all__ = [
     "GTRBatch",
     "id_row",
     "age_bucket",
+    "age_buckets",
 ]
 
 KINDS = ("watch", "comment", "gift")
@@ -74,6 +76,12 @@ def age_bucket(age_ms: int) -> int:
     """Bucket of a behaviour's age: floor(log2(1 + minutes)), 0..AGE_BUCKETS-1."""
     minutes = max(age_ms, 0) / 60_000.0
     return min(int(math.log2(1.0 + minutes)), AGE_BUCKETS - 1)
+
+
+def age_buckets(age_ms: np.ndarray) -> np.ndarray:
+    """`age_bucket` of an array of ages: int8, same shape."""
+    minutes = np.maximum(age_ms, 0) / 60_000.0
+    return np.minimum(np.log2(1.0 + minutes).astype(np.int64), AGE_BUCKETS - 1).astype(np.int8)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmbee.encoders.base import SegmentBatch
-from mmbee.scorer.batch import EXPANSIONS, GTRBatch, age_bucket, id_row
+from mmbee.scorer.batch import EXPANSIONS, GTRBatch, age_buckets, id_row
 from mmbee.scorer.examples import LabeledExample
 from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, MemorySegmentStore, dense_vector
 
@@ -171,22 +171,25 @@ class ExampleTable:
         hist = s.user.history[-cfg.history :]
         k = len(hist)
         ha, hk, hg = c["hist_author"][i], c["hist_kind"][i], c["hist_age"][i]
-        ha[:] = -1
-        hk[:] = 0
-        hg[:] = 0
-        for j, b in enumerate(hist, start=cfg.history - k):  # right-aligned: newest last
-            ha[j] = self.authors.index(b.author_id)
-            hk[j] = b.kind
-            hg[j] = age_bucket(s.ts_ms - b.ts_ms)
+        ha[: cfg.history - k] = -1
+        hk[: cfg.history - k] = 0
+        hg[: cfg.history - k] = 0
+        if k:  # right-aligned: newest last
+            ts, authors, kinds = zip(*hist, strict=True)
+            index = self.authors.index
+            ha[cfg.history - k :] = [index(a) for a in authors]
+            hk[cfg.history - k :] = kinds
+            hg[cfg.history - k :] = age_buckets(s.ts_ms - np.asarray(ts, np.int64))
         c["dense"][i] = dense_vector(s)
         ei, ew = c["exp_ids"][i], c["exp_weight"][i]
         ei[:] = -1
         ew[:] = 0.0
         for p, (name, exp) in enumerate(zip(EXPANSIONS, s.expansions(), strict=True)):
-            vocab = self.users if name == "u2a2u" else self.authors
-            for j, (node, w) in enumerate(exp[: cfg.expansion_n]):
-                ei[p, j] = vocab.index(node)
-                ew[p, j] = w
+            if exp:
+                exp = exp[: cfg.expansion_n]
+                index = (self.users if name == "u2a2u" else self.authors).index
+                ei[p, : len(exp)] = [index(node) for node, _ in exp]
+                ew[p, : len(exp)] = [w for _, w in exp]
         sr = c["seg_rows"][i]
         sr[:] = -1
         rows = list(segment_rows)[-cfg.segments :]

@@ -35,6 +35,7 @@ __all__ = [
     "GTROutput",
     "GTRModel",
     "config_for_variant",
+    "default_content_config",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -142,6 +143,52 @@ def config_for_variant(variant: str, content_encoder: str = "mfq", **overrides: 
         gie="gie" in parts,
         **overrides,
     )
+
+
+_CONTENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mfq": {
+        "d_model": 32,
+        "heads": 2,
+        "n_queries": 2,
+        "out_dim": 32,
+        "author_buckets": 4096,
+        "author_dim": 16,
+    },
+    "cva+text": {
+        "latent_dim": 64,
+        "depth": 2,
+        "heads": 2,
+        "dim_head": 32,
+        "ffn_mult": 2,
+        "out_dim": 32,
+        "text_hidden": 32,
+    },
+    "vbf++": {"d_hidden": 64, "d_fused": 32},
+}
+"""CPU-sized encoder settings used by the jobs (each encoder's own defaults are larger)."""
+_WIDTH_KEYS = (
+    ("visual_dim", "speech_dim", "comment_dim"),
+    ("d_visual", "d_speech", "d_comments"),
+)
+
+
+def default_content_config(name: str, frame_dim: int, text_dim: int) -> dict[str, Any]:
+    """Config overrides for encoder `name`: the data's feature widths plus CPU-sized defaults.
+
+    Only keys the encoder's config has are set, so any registered encoder works.
+    """
+    from mmbee.encoders.registry import ENCODERS
+
+    cls = ENCODERS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown content encoder {name!r}; choose one of: {sorted(ENCODERS)}")
+    valid = {f.name for f in dataclasses.fields(cls.config_cls)}
+    out = {k: v for k, v in _CONTENT_DEFAULTS.get(name, {}).items() if k in valid}
+    for keys in _WIDTH_KEYS:
+        for key, width in zip(keys, (frame_dim, text_dim, text_dim), strict=True):
+            if key in valid:
+                out[key] = width
+    return out
 
 
 @dataclass

@@ -69,12 +69,12 @@ class TrainConfig:
         512
     """
 
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-6
     task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0)
-    nce_weight: float = 0.1
+    nce_weight: float = 0.0
     aux_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
