@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mmbee.settings import load_settings
 
@@ -149,6 +150,82 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    from mmbee.scorer.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        max_seconds=args.max_seconds,
+        progress=not args.no_progress,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmbee.jobs.evaluate import format_report
+    from mmbee.jobs.train import TrainJob, run_train
+
+    report = run_train(
+        TrainJob(
+            logdir=args.logdir,
+            out=args.out,
+            variant=args.variant,
+            content_encoder=args.encoder,
+            train=_train_config(args),
+            test_days=args.test_days,
+            threads=args.threads,
+        )
+    )
+    print(format_report(report))
+    print(f"checkpoint {report['checkpoint']}; {report['train_samples_per_s']:.0f} samples/s")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mmbee.jobs.evaluate import EvaluateJob, format_report, run_evaluate
+
+    report = run_evaluate(
+        EvaluateJob(
+            args.checkpoint,
+            args.logdir,
+            test_days=args.test_days,
+            threads=args.threads,
+            progress=not args.json,
+        ),
+        log=(lambda _msg: None) if args.json else print,
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _experiment_ablation(args: argparse.Namespace) -> int:
+    from mmbee.jobs.ablation import AblationJob, run_ablation, summary_json
+
+    quiet = args.json
+    job = AblationJob(
+        out=args.out,
+        logdir=args.logdir,
+        preset=args.preset,
+        n_users=args.users,
+        n_streamers=args.streamers,
+        days=args.days,
+        sim_seed=args.sim_seed,
+        variants=tuple(args.variants.split(",")),
+        content_encoder=args.encoder,
+        train=_train_config(argparse.Namespace(**{**vars(args), "no_progress": args.no_progress or quiet})),
+        seeds=args.seeds,
+        test_days=args.test_days,
+        threads=args.threads,
+    )
+    report = run_ablation(job, log=(lambda msg: print(msg, file=sys.stderr)) if quiet else print)
+    if quiet:
+        print(json.dumps(summary_json(report)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
@@ -224,6 +301,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_replay)
+
+    def training_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--encoder", default="mfq", help="content encoder behind '_mfq' (mfq, cva+text, vbf++)")
+        p.add_argument("--epochs", type=int, default=1)
+        p.add_argument("--batch-size", type=int, default=512)
+        p.add_argument("--lr", type=float, default=2e-3)
+        p.add_argument("--seed", type=int, default=0, help="training seed")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+        p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+        p.add_argument("--test-days", type=float, default=1.0, help="days held out at the end")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    from mmbee.scorer.gtr import VARIANTS
+
+    p = verbs.add_parser("train", help="train a GTR model on LOGDIR (time split: test = last days)")
+    p.add_argument("logdir", type=Path, metavar="LOGDIR")
+    p.add_argument("--variant", default="sim_mfq_gie", choices=VARIANTS)
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
+    training_args(p)
+    p.set_defaults(handler=_train)
+
+    p = verbs.add_parser("evaluate", help="AUC/UAUC/GAUC/top-K of a checkpoint, popularity, oracle")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p.add_argument("logdir", type=Path, nargs="?", metavar="LOGDIR", help="default: training log")
+    p.add_argument("--test-days", type=float, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=_evaluate)
+
+    p = verbs.add_parser("experiment", help="experiments: the Table 2 ablation grid")
+    sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    a = sub.add_parser("ablation", help="train sim/mmoe x (+MFQ, +GIE) on a simulated log")
+    a.add_argument("--logdir", type=Path, default=None, help="existing log (default: simulate)")
+    a.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    a.add_argument("--preset", default="demo")
+    a.add_argument("--users", type=int, default=4000)
+    a.add_argument("--streamers", type=int, default=200)
+    a.add_argument("--days", type=int, default=4)
+    a.add_argument("--sim-seed", type=int, default=0)
+    a.add_argument("--variants", default=",".join(VARIANTS))
+    a.add_argument("--seeds", type=int, default=1, help="training seeds averaged per variant")
+    a.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
+    training_args(a)
+    a.set_defaults(handler=_experiment_ablation)
 
     return parser
 
