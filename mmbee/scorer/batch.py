@@ -55,6 +55,7 @@ DENSE_FEATURES = (
     "log_author_watches",
     "log_pair_watches",
     "log_pair_gifts",
+    "log_pair_watch_share",
     "hour_sin",
     "hour_cos",
 )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmbee.encoders.base import SegmentBatch
-from mmbee.scorer.batch import EXPANSIONS, GTRBatch, age_buckets, id_row
+from mmbee.scorer.batch import DENSE_FEATURES, EXPANSIONS, GTRBatch, age_buckets, id_row
 from mmbee.scorer.examples import LabeledExample
 from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, MemorySegmentStore, dense_vector
 
@@ -87,7 +87,7 @@ class ExampleTable:
     """Labeled snapshots in columns; `batch(idx, rows, store)` builds a GTRBatch.
 
     Columns (E examples): user, author (E,) vocab indices; ts (E,); hist_author (E, H) author
-    vocab indices (-1 = padding), hist_kind, hist_age (E, H) int8; dense (E, 10); exp_ids
+    vocab indices (-1 = padding), hist_kind, hist_age (E, H) int8; dense (E, len(DENSE_FEATURES)); exp_ids
     (E, 5, N) vocab indices (users for u2a2u, authors otherwise; -1 padding); exp_weight
     (E, 5, N); seg_rows (E, L) segment-store rows (-1 padding, left-padded); labels (E, 3);
     gift_value (E,); event_ids.
@@ -118,7 +118,7 @@ class ExampleTable:
             "hist_author": np.zeros((0, h), np.int32),
             "hist_kind": np.zeros((0, h), np.int8),
             "hist_age": np.zeros((0, h), np.int8),
-            "dense": np.zeros((0, 10), np.float32),
+            "dense": np.zeros((0, len(DENSE_FEATURES)), np.float32),
             "exp_ids": np.zeros((0, p, n), np.int32),
             "exp_weight": np.zeros((0, p, n), np.float32),
             "seg_rows": np.zeros((0, seg), np.int32),

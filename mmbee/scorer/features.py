@@ -276,7 +276,7 @@ class FeatureSnapshot:
     Example:
         >>> s = FeatureSnapshot("w1", 1_700_000_000_000, UserFeatures("u1"), AuthorFeatures("a1"))
         >>> dense_vector(s).shape
-        (10,)
+        (11,)
     """
 
     event_id: str
@@ -361,11 +361,13 @@ def snapshot_features(
 
 
 def dense_vector(s: FeatureSnapshot) -> np.ndarray:
-    """The dense counters of a snapshot, `DENSE_FEATURES` order: (10,) float32.
+    """The dense counters of a snapshot, `DENSE_FEATURES` order: (11,) float32.
 
     Rates rather than raw counts where possible (a smoothed gift rate does not drift as counters
     grow over the days of a log, a count does): user and streamer gift rates per impression,
-    the user's gift count and value per gift, the pair's watch and gift counts, the hour (UTC).
+    the user's gift count and value per gift, the pair's watch and gift counts and the pair's
+    share of the user's watches (a favourite streamer draws most of a fan's visits), the hour
+    (UTC).
     """
     hour = (s.ts_ms // 1000 % 86400) / 3600.0
     rate = (s.author.gifts + 0.1) / (s.author.watches + 10.0)
@@ -379,6 +381,7 @@ def dense_vector(s: FeatureSnapshot) -> np.ndarray:
             math.log1p(s.author.watches),
             math.log1p(s.pair_watches),
             math.log1p(s.pair_gifts),
+            math.log((s.pair_watches + 0.1) / (s.user.watches + 1.0)),
             math.sin(2 * math.pi * hour / 24),
             math.cos(2 * math.pi * hour / 24),
         ],

@@ -273,6 +273,9 @@ class GTRModel(nn.Module):
                 )
             )
 
+        # Added to the logits: log(negative keep rate) after training on subsampled negatives,
+        # so served probabilities stay calibrated (a buffer: saved with the weights).
+        self.register_buffer("logit_offset", torch.zeros(len(self.base.tasks)))
         self.wide: nn.Linear | None = None
         if config.wide:
             self.wide = nn.Linear(len(DENSE_FEATURES) + len(KINDS), len(self.base.tasks))
@@ -328,6 +331,7 @@ class GTRModel(nn.Module):
         if self.wide is not None:
             counts = match_counts(batch.hist_author, batch.hist_kind, batch.hist_mask, batch.author)
             logits = logits + self.wide(torch.cat([batch.dense, counts], dim=-1))  # (B, T)
+        logits = logits + self.logit_offset
         return GTROutput(logits={t: logits[:, i] for i, t in enumerate(self.tasks)}, aux_losses=aux)
 
     @torch.no_grad()

@@ -59,6 +59,9 @@ class TrainConfig:
         task_weights: BCE weight of watch, comment, gift (MMoE uses all three; SIM only gift).
         nce_weight: lambda of GraphCL's L_NCE (GIE variants).
         aux_weight: weight of the content encoder's auxiliary losses.
+        negative_rate: share of negative (no gift) impressions kept per epoch, drawn afresh each
+            epoch; positives are always kept. After training the gift logit is shifted by
+            log(negative_rate), so predicted probabilities stay calibrated. 1.0 keeps all.
         seed: seeds initialisation and the shuffling order.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         max_seconds: stop early after this much training time (None: no limit).
@@ -76,6 +79,7 @@ class TrainConfig:
     task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0)
     nce_weight: float = 0.0
     aux_weight: float = 1.0
+    negative_rate: float = 1.0
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None
@@ -186,8 +190,22 @@ def train_model(
     rng = np.random.default_rng(config.seed)
     rows = rows_for(model)
     train_idx = np.asarray(train_idx)
+    if not 0.0 < config.negative_rate <= 1.0:
+        raise ValueError(f"negative_rate must be in (0, 1], got {config.negative_rate}")
+    positive = table.column("labels")[train_idx, TASKS.index("gift")] > 0
+    if config.negative_rate < 1.0:
+        # Train on subsampled negatives with the model's offset at 0 (see below).
+        model.init_output_bias(
+            {
+                "gift": float(
+                    positive.mean()
+                    / (positive.mean() + (1 - positive.mean()) * config.negative_rate)
+                )
+            }
+        )
     result = TrainResult(model=model, device=str(device))
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    per_epoch = int(positive.sum() + round((~positive).sum() * config.negative_rate))
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
         desc=f"train {model_config.variant}",
@@ -201,8 +219,12 @@ def train_model(
         for epoch in range(config.epochs):
             sums: dict[str, float] = {}
             steps = 0
-            for chunk in _batches(len(train_idx), config.batch_size, rng):
-                batch = table.batch(train_idx[chunk], rows, store).to(device)
+            epoch_idx = train_idx
+            if config.negative_rate < 1.0:
+                keep = positive | (rng.random(len(train_idx)) < config.negative_rate)
+                epoch_idx = train_idx[keep]
+            for chunk in _batches(len(epoch_idx), config.batch_size, rng):
+                batch = table.batch(epoch_idx[chunk], rows, store).to(device)
                 total, parts = gtr_loss(model, batch, config)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -228,7 +250,16 @@ def train_model(
         bar.close()
     result.seconds = time.perf_counter() - t0
     model.eval()
+    _set_offset(model, config.negative_rate)
     return result
+
+
+def _set_offset(model: GTRModel, negative_rate: float) -> None:
+    """Undo negative subsampling: the odds scale by the keep rate, so the served gift logit is
+    the trained one plus log(rate) (0 without subsampling)."""
+    with torch.no_grad():
+        model.logit_offset.zero_()
+        model.logit_offset[model.tasks.index("gift")] = math.log(negative_rate)
 
 
 def _save(
@@ -237,7 +268,11 @@ def _save(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_checkpoint(tmp, model, {"train": config.to_dict(), **dict(extra or {})})
+    _set_offset(model, config.negative_rate)  # checkpoints are calibrated
+    try:
+        save_checkpoint(tmp, model, {"train": config.to_dict(), **dict(extra or {})})
+    finally:
+        _set_offset(model, 1.0)
     tmp.replace(path)  # atomic: a reader never sees a half-written checkpoint
 
 

@@ -113,3 +113,36 @@ def test_time_budget_stops_early() -> None:
     cfg = TrainConfig(epochs=50, batch_size=32, progress=False, max_seconds=0.2, device="cpu")
     res = train_model(small("sim"), table, None, np.arange(len(table)), cfg)
     assert res.samples < 50 * len(table)
+
+
+def test_negative_subsampling_keeps_ranking_and_calibration(tmp_path: Path) -> None:
+    table = planted_table(4000, seed=1)
+    idx = np.arange(len(table))
+    train, test = idx[:3200], idx[3200:]
+    full = train_model(
+        small("sim"),
+        table,
+        None,
+        train,
+        TrainConfig(epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu"),
+    )
+    sub = train_model(
+        small("sim"),
+        table,
+        None,
+        train,
+        TrainConfig(
+            epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu", negative_rate=0.25
+        ),
+        checkpoint=tmp_path / "m.pt",
+    )
+    assert sub.samples < 0.5 * full.samples
+    y = table.column("labels")[test, 2]
+    p_sub = score_table(sub.model, table, None, test)
+    assert auc(y, p_sub) > 0.85
+    # Calibrated: the mean predicted probability is close to the observed rate (without the
+    # log(rate) offset the odds would be 4x too high).
+    assert abs(p_sub.mean() - y.mean()) < 0.3 * y.mean()
+    assert float(sub.model.logit_offset[-1]) == pytest.approx(np.log(0.25))
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert np.allclose(score_table(loaded, table, None, test), p_sub, atol=1e-6)
