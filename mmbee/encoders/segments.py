@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from mmbee.schemas.events import AsrSegment, CommentEvent, FrameEvent, SegmentClosed
-from mmbee.schemas.types import decode_embedding, encode_embedding
+from mmbee.schemas.types import encode_embedding
 
 __all__ = [
     "MODALITIES",
@@ -184,7 +185,7 @@ class ContentItem(NamedTuple):
         if vector is None:
             if wire is None:
                 raise ValueError(f"event {event.event_id} has no embedding and none was given")
-            vector = decode_embedding(wire)
+            vector = np.frombuffer(binascii.a2b_base64(wire), dtype="<f4")  # validated wire form
         return cls(
             modality,
             event.event_id,

@@ -372,30 +372,54 @@ class SegmentRuntime:
                     quiet.add(i)
         return quiet
 
-    def _backpressure(self, partition: int, aligner: Aligner) -> None:
+    async def _fetching(self, tp: TP, on: bool) -> bool:
+        """Pause (on=False) or resume fetching one partition at the Kafka client.
+
+        This goes to aiokafka's own pause/resume, in the consumer's thread: it drops what was
+        buffered for the partition and later fetches again from the consumed position. Faust's
+        `Consumer.pause_partitions` must not be used mid-stream: its `getmany` silently drops the
+        records of a fetch in flight when the partition was paused (faust 0.15.3), and they
+        never come back. False when there is no started Kafka consumer (test_context)."""
+        from aiokafka import TopicPartition
+        from aiokafka.errors import IllegalStateError
+
+        thread = getattr(self.ctx.app.consumer, "_thread", None)
+        if thread is None:
+            return False
+        try:
+            client = thread._ensure_consumer()
+        except ConsumerNotStarted:
+            return False
+        fn = client.resume if on else client.pause
+        try:
+            await thread.call_thread(fn, TopicPartition(tp.topic, tp.partition))
+        except (AssertionError, KeyError, IllegalStateError):  # not assigned (any more)
+            return False
+        return True
+
+    async def _backpressure(self, partition: int, aligner: Aligner) -> None:
         """Pause fetching a source that has run far ahead of the others in event time (its
         items pile up waiting for the frontier); resume it once they drained."""
-        consumer = self.ctx.app.consumer
         for i, name in enumerate(SOURCES):
             tp = TP(self.ctx.topic_name(name), partition)
             held = aligner.held(i)
             if tp not in self._paused and held > self.pause_at:
-                consumer.pause_partitions([tp])
-                self._paused.add(tp)
-                self.ctx.metrics.count(AGENT_SEGMENTS, "source_pauses")
+                if await self._fetching(tp, on=False):
+                    self._paused.add(tp)
+                    self.ctx.metrics.count(AGENT_SEGMENTS, "source_pauses")
             elif tp in self._paused and held <= self.pause_at // 2:
-                consumer.resume_partitions([tp])
                 self._paused.discard(tp)
+                await self._fetching(tp, on=True)
 
     async def _release(self, stream: StreamT, now_s: float, valve: bool) -> None:
         released = 0
         for partition, aligner in list(self.aligners.items()):
             if not len(aligner):
-                self._backpressure(partition, aligner)
+                await self._backpressure(partition, aligner)
                 continue
             quiet = self._quiet_sources(partition, aligner)
             ready = aligner.ready(now_s, quiet, valve)
-            self._backpressure(partition, aligner)
+            await self._backpressure(partition, aligner)
             for ev, item in ready:
                 self.seq += 1
                 released += 1
@@ -406,6 +430,7 @@ class SegmentRuntime:
             metrics.observe(AGENT_SEGMENTS, 0)  # stamps the time of the latest applied event
         metrics.gauge(AGENT_SEGMENTS, "held", self.held)
         metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
+        metrics.gauge(AGENT_SEGMENTS, "paused_sources", len(self._paused))
 
     async def _featurize(
         self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]

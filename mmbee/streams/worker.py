@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 
@@ -39,6 +40,12 @@ def run_worker(settings: Settings, components: Sequence[str | Component] | None 
     if created:
         log.info("created topics: %s", ", ".join(created))
     ctx = build_app(settings, components)
+    # A worker holds tens of thousands of long-lived objects (unacked events, open segments);
+    # with the default thresholds the cyclic collector rescans them constantly (measured:
+    # about 7 % of the segment agent's throughput). Collect young objects less often and move
+    # everything alive after start-up out of the collector's view.
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
     worker = faust.Worker(ctx.app, loglevel=settings.log_level, quiet=True)
     # No terminal spinner: below INFO it hangs a DEBUG-level handler on the root logger, so
     # every debug record of aiokafka and faust gets built (measured: ~7 % of a worker's time).
