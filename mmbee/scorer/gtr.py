@@ -69,9 +69,10 @@ class GTRConfig:
         hidden: SIM head MLP widths.
         dropout: dropout in heads, experts and towers.
         gie_heads, nce_temperature: GIE attention heads and GraphCL InfoNCE temperature.
-        wide: add a linear ("wide", as in Wide & Deep) term over the dense counters and the
-            per-kind match counts to every task logit; with few positives it learns the
-            multiplicative structure of gift rates (log counts add up) much faster than the MLP.
+        wide: add a linear ("wide", as in Wide & Deep) term over the dense counters, the
+            per-kind match counts and h_m / h_g to every task logit; with few positives it
+            learns the multiplicative structure of gift rates (log factors add up in the logit:
+            a hot moment of the stream, a co-gifting neighbourhood) much faster than the MLP.
 
     Example:
         >>> c = config_for_variant("sim_mfq_gie", dim=16)
@@ -278,7 +279,7 @@ class GTRModel(nn.Module):
         self.register_buffer("logit_offset", torch.zeros(len(self.base.tasks)))
         self.wide: nn.Linear | None = None
         if config.wide:
-            self.wide = nn.Linear(len(DENSE_FEATURES) + len(KINDS), len(self.base.tasks))
+            self.wide = nn.Linear(len(DENSE_FEATURES) + len(KINDS) + side, len(self.base.tasks))
             nn.init.zeros_(self.wide.weight)
             nn.init.zeros_(self.wide.bias)
 
@@ -330,7 +331,7 @@ class GTRModel(nn.Module):
         logits = self.base(batch, torch.cat(side, dim=-1) if side else None)  # (B, T)
         if self.wide is not None:
             counts = match_counts(batch.hist_author, batch.hist_kind, batch.hist_mask, batch.author)
-            logits = logits + self.wide(torch.cat([batch.dense, counts], dim=-1))  # (B, T)
+            logits = logits + self.wide(torch.cat([batch.dense, counts, *side], dim=-1))  # (B, T)
         logits = logits + self.logit_offset
         return GTROutput(logits={t: logits[:, i] for i, t in enumerate(self.tasks)}, aux_losses=aux)
 
