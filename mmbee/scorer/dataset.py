@@ -23,9 +23,15 @@ import torch
 from mmbee.encoders.base import SegmentBatch
 from mmbee.scorer.batch import DENSE_FEATURES, EXPANSIONS, GTRBatch, age_buckets, id_row
 from mmbee.scorer.examples import LabeledExample
-from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, MemorySegmentStore, dense_vector
+from mmbee.scorer.features import (
+    FeatureConfig,
+    FeatureSnapshot,
+    MemorySegmentStore,
+    dense_matrix,
+    dense_vector,
+)
 
-__all__ = ["Vocab", "Rows", "ExampleTable", "collate"]
+__all__ = ["Vocab", "Rows", "ExampleTable", "collate", "RowCache", "collate_request"]
 
 
 class Vocab:
@@ -298,4 +304,143 @@ def collate(
         table.add_snapshot(s, [x for x in r if x is not None])
     batch = table.batch(np.arange(len(snapshots)), rows, store)
     batch.labels = None
+    return batch
+
+
+class RowCache:
+    """Hashed table rows of ids, memoised per table size (serving hashes each id once).
+
+    Bounded: when it holds `max_entries` ids it starts afresh (rows are a pure function of
+    the id, so forgetting only costs re-hashing).
+
+    Example:
+        >>> c = RowCache()
+        >>> c.row("a1", 64) == id_row("a1", 64)
+        True
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        self._rows: dict[tuple[str, int], int] = {}
+        self._lists: dict[tuple[int, int], tuple[object, np.ndarray, np.ndarray]] = {}
+
+    def row(self, key: str, n_rows: int) -> int:
+        """`id_row(key, n_rows)`, memoised."""
+        k = (key, n_rows)
+        r = self._rows.get(k)
+        if r is None:
+            if len(self._rows) >= self.max_entries:
+                self._rows.clear()
+            r = self._rows[k] = id_row(key, n_rows) if key else 0
+        return r
+
+    def rows(self, keys: Sequence[str], n_rows: int) -> list[int]:
+        """`row` of each key."""
+        return [self.row(k, n_rows) for k in keys]
+
+    def expansion(
+        self, exp: Sequence[tuple[str, float]], n_rows: int, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (k,), weights (k,)) of the first `n` nodes of an expansion list, memoised by
+        the list object itself (streamer sides are long-lived objects shared by requests)."""
+        key = (id(exp), n_rows)
+        hit = self._lists.get(key)
+        if hit is not None and hit[0] is exp:
+            return hit[1], hit[2]
+        head = exp[:n]
+        out = (
+            np.asarray(self.rows([node for node, _ in head], n_rows), np.int64),
+            np.asarray([w for _, w in head], np.float32),
+        )
+        if len(self._lists) >= self.max_entries // 16:
+            self._lists.clear()
+        self._lists[key] = (exp, *out)
+        return out
+
+
+def collate_request(
+    snapshots: Sequence[FeatureSnapshot],
+    config: FeatureConfig,
+    rows: Rows,
+    store: MemorySegmentStore | None,
+    cache: RowCache,
+) -> GTRBatch:
+    """The same GTRBatch as `collate`, for snapshots that share one user side (a score
+    request): the user's history and expansions are tensorised once and broadcast."""
+    if not snapshots:
+        raise ValueError("no snapshots")
+    user = snapshots[0].user
+    if any(s.user is not user and s.user != user for s in snapshots):
+        raise ValueError("collate_request needs snapshots of one user side")
+    b, h, n = len(snapshots), config.history, config.expansion_n
+    ts = snapshots[0].ts_ms
+    hist = user.history[-h:]
+    ha = np.zeros(h, np.int64)
+    hk = np.zeros(h, np.int64)
+    hg = np.zeros(h, np.int64)
+    hm = np.zeros(h, bool)
+    if hist:
+        t, authors, kinds = zip(*hist, strict=True)
+        k = len(hist)
+        ha[h - k :] = cache.rows(authors, rows.author_rows)
+        hk[h - k :] = kinds
+        hg[h - k :] = age_buckets(ts - np.asarray(t, np.int64))
+        hm[h - k :] = True
+    p = len(EXPANSIONS)
+    ei = np.zeros((b, p, n), np.int64)
+    ew = np.zeros((b, p, n), np.float32)
+    em = np.zeros((b, p, n), bool)
+
+    def fill(i: slice | int, pos: int, name: str, exp: Sequence[tuple[str, float]]) -> None:
+        if exp:
+            size = rows.user_rows if name == "u2a2u" else rows.author_rows
+            r, w = cache.expansion(exp, size, n)
+            ei[i, pos, : len(r)] = r
+            ew[i, pos, : len(r)] = w
+            em[i, pos, : len(r)] = True
+
+    n_user = len(user.expansions)
+    for pos, (name, exp) in enumerate(zip(EXPANSIONS[:n_user], user.expansions, strict=True)):
+        fill(slice(None), pos, name, exp)
+    for i, s in enumerate(snapshots):
+        for pos, (name, exp) in enumerate(
+            zip(EXPANSIONS[n_user:], s.author.expansions, strict=True), start=n_user
+        ):
+            fill(i, pos, name, exp)
+    author_ids = [s.author_id for s in snapshots]
+    batch = GTRBatch(
+        user=torch.full((b,), cache.row(user.user_id, rows.user_rows), dtype=torch.long),
+        author=torch.tensor(cache.rows(author_ids, rows.author_rows), dtype=torch.long),
+        hist_author=torch.from_numpy(ha).expand(b, h),
+        hist_kind=torch.from_numpy(hk).expand(b, h),
+        hist_age=torch.from_numpy(hg).expand(b, h),
+        hist_mask=torch.from_numpy(hm).expand(b, h),
+        dense=torch.from_numpy(dense_matrix(snapshots)),
+        exp_ids=torch.from_numpy(ei),
+        exp_weight=torch.from_numpy(ew),
+        exp_mask=torch.from_numpy(em),
+    )
+    if rows.with_content:
+        if store is None:
+            raise ValueError("a content model needs the segment store")
+        seg = np.full((b, config.segments), -1, np.int64)
+        for i, s in enumerate(snapshots):
+            found = [store.row(s.author_id, t) for t in s.author.segment_starts]
+            r = [x for x in found if x is not None][-config.segments :]
+            if r:
+                seg[i, config.segments - len(r) :] = r
+        visual, speech, comments, present = store.arrays()
+        pres = present[seg]  # (B, L, 3)
+        batch.content = SegmentBatch(
+            visual=torch.from_numpy(visual[seg]).float(),  # (B, L, d_v)
+            speech=torch.from_numpy(speech[seg]).float(),  # (B, L, d_s)
+            comments=torch.from_numpy(comments[seg]).float(),  # (B, L, d_t)
+            segment_mask=torch.from_numpy(seg >= 0),
+            modality_mask=torch.from_numpy(pres.any(axis=1)),
+            author_ids=torch.tensor(
+                cache.rows(author_ids, rows.content_author_rows), dtype=torch.long
+            ),
+            segment_modality_mask=torch.from_numpy(pres),
+        )
+        batch.content_index = torch.arange(b)
     return batch

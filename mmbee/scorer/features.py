@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ __all__ = [
     "MemorySegmentStore",
     "snapshot_features",
     "dense_vector",
+    "dense_matrix",
     "FeatureState",
 ]
 
@@ -369,25 +369,46 @@ def dense_vector(s: FeatureSnapshot) -> np.ndarray:
     share of the user's watches (a favourite streamer draws most of a fan's visits), the hour
     (UTC).
     """
-    hour = (s.ts_ms // 1000 % 86400) / 3600.0
-    rate = (s.author.gifts + 0.1) / (s.author.watches + 10.0)
-    out = np.array(
+    return dense_matrix([s])[0]
+
+
+def dense_matrix(snaps: Sequence[FeatureSnapshot]) -> np.ndarray:
+    """`dense_vector` of many snapshots at once: (N, 11) float32 (the same numbers)."""
+    v = np.array(
         [
-            math.log((s.user.gifts + 0.05) / (s.user.watches + 5.0)),
-            math.log1p(s.user.gifts),
-            math.log1p(s.user.gift_value / max(s.user.gifts, 1)),
-            1.0 if s.user.gifts > 0 else 0.0,
-            math.log(rate),
-            math.log1p(s.author.watches),
-            math.log1p(s.pair_watches),
-            math.log1p(s.pair_gifts),
-            math.log((s.pair_watches + 0.1) / (s.user.watches + 1.0)),
-            math.sin(2 * math.pi * hour / 24),
-            math.cos(2 * math.pi * hour / 24),
+            (
+                x.user.gifts,
+                x.user.watches,
+                x.user.gift_value,
+                x.author.gifts,
+                x.author.watches,
+                x.pair_watches,
+                x.pair_gifts,
+                x.ts_ms // 1000 % 86400,
+            )
+            for x in snaps
         ],
-        dtype=np.float32,
-    )
-    assert out.shape[0] == len(DENSE_FEATURES)
+        dtype=np.float64,
+    ).reshape(len(snaps), 8)
+    ug, uw, uv, ag, aw, pw, pg, sec = v.T
+    angle = 2 * np.pi * (sec / 3600.0) / 24
+    out = np.stack(
+        [
+            np.log((ug + 0.05) / (uw + 5.0)),
+            np.log1p(ug),
+            np.log1p(uv / np.maximum(ug, 1)),
+            (ug > 0).astype(np.float64),
+            np.log((ag + 0.1) / (aw + 10.0)),
+            np.log1p(aw),
+            np.log1p(pw),
+            np.log1p(pg),
+            np.log((pw + 0.1) / (uw + 1.0)),
+            np.sin(angle),
+            np.cos(angle),
+        ],
+        axis=1,
+    ).astype(np.float32)
+    assert out.shape[1] == len(DENSE_FEATURES)
     return out
 
 

@@ -24,7 +24,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mmbee.schemas.events import AuthorScore, ScoreRequest, ScoreResponse
-from mmbee.scorer.dataset import Rows, collate
+from mmbee.scorer.dataset import RowCache, Rows, collate, collate_request
 from mmbee.scorer.features import (
     AuthorFeatures,
     FeatureConfig,
@@ -70,6 +70,7 @@ class LoadedModel:
         features: the feature config the model was trained with.
         rows: the table sizes batches must be cut with.
         config: the whole checkpoint config.
+        cache: memoised id -> table row hashing (thread-safe enough: a race only re-hashes).
     """
 
     version: str
@@ -77,6 +78,7 @@ class LoadedModel:
     features: FeatureConfig
     rows: Rows
     config: dict[str, Any]
+    cache: RowCache = field(default_factory=RowCache)
 
 
 def load_model(
@@ -141,7 +143,11 @@ def predict_snapshots(
     """P(gift within 1 h) of each snapshot: one batch, inference mode. (N,) float64."""
     if not snapshots:
         return np.zeros(0)
-    batch = collate(snapshots, loaded.features, loaded.rows, store)
+    user = snapshots[0].user
+    if all(s.user is user for s in snapshots):  # one score request: user side once
+        batch = collate_request(snapshots, loaded.features, loaded.rows, store, loaded.cache)
+    else:
+        batch = collate(snapshots, loaded.features, loaded.rows, store)
     device = loaded.model.logit_offset.device
     with torch.inference_mode():
         logits = loaded.model(batch.to(device)).logits["gift"]  # model is in eval mode

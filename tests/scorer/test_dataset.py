@@ -12,7 +12,7 @@ from mmbee.schemas import WatchEvent
 from mmbee.scorer.batch import EXPANSIONS, id_row
 from mmbee.scorer.dataset import ExampleTable, Rows, collate
 from mmbee.scorer.examples import LabelConfig, LabelJoiner
-from mmbee.scorer.features import FeatureConfig, FeatureState, MemorySegmentStore
+from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, FeatureState, MemorySegmentStore
 
 CFG = FeatureConfig(history=6, segments=3, expansion_n=4)
 ROWS = Rows(user_rows=128, author_rows=128, content_author_rows=256)
@@ -114,3 +114,27 @@ def test_table_and_store_round_trip_through_files(
         assert torch.equal(getattr(a.content, f), getattr(b.content, f)), f
     t2.add(done[0], s2)  # a loaded table keeps growing
     assert len(t2) == len(table) + 1
+
+
+def test_request_collate_equals_table_collate(
+    stream_factory: Callable[..., list[tuple[int, BaseModel]]],
+) -> None:
+    from mmbee.scorer.dataset import RowCache, collate_request
+
+    st, _, _ = build(stream_factory(8))
+    ts = max(b.ts_ms for u in st.users.values() for b in u.history) + 1
+    user = st.user_side("u2", ts)
+    snaps = [
+        FeatureSnapshot(f"r{i}", ts, user, st.author_side(a, None, ts), *st.users["u2"].pair(a))
+        for i, a in enumerate(["a0", "a1", "a2", "a_unknown"])
+    ]
+    a = collate(snaps, CFG, ROWS, st.store)
+    b = collate_request(snaps, CFG, ROWS, st.store, RowCache())
+    for k, v in vars(a).items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, getattr(b, k).to(v.dtype)) or k == "content_index", k
+    for f in ("visual", "speech", "comments", "segment_mask", "modality_mask", "author_ids"):
+        assert torch.equal(
+            getattr(a.content, f)[a.content_index], getattr(b.content, f)[b.content_index]
+        ), f
+    assert int(a.hist_mask.sum()) > 0 and int(a.exp_mask.sum()) > 0
