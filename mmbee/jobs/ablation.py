@@ -60,7 +60,7 @@ class AblationJob:
     out: Path = Path("runs/ablation")
     logdir: Path | None = None
     preset: str = "demo"
-    n_users: int | None = 4000
+    n_users: int | None = 8000
     n_streamers: int | None = 200
     days: int | None = 4
     sim_seed: int = 0
@@ -68,7 +68,7 @@ class AblationJob:
     content_encoder: str = "mfq"
     build: BuildConfig = field(default_factory=BuildConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seeds: int = 1
+    seeds: int = 3
     test_days: float = 1.0
     threads: int = 1
 

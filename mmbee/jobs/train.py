@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 """Bumped whenever `build_examples` changes what it produces (invalidates caches)."""
 
 

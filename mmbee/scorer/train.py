@@ -56,6 +56,8 @@ class TrainConfig:
         epochs: passes over the training examples.
         batch_size: impressions per step.
         lr, weight_decay: AdamW settings.
+        wide_lr_mult: learning-rate factor of the wide (linear) term: its weights must travel
+            to O(1) values (log-rate coefficients) within one epoch of a few hundred steps.
         task_weights: BCE weight of watch, comment, gift (MMoE uses all three; SIM only gift).
         nce_weight: lambda of GraphCL's L_NCE (GIE variants).
         aux_weight: weight of the content encoder's auxiliary losses.
@@ -76,10 +78,11 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-6
+    wide_lr_mult: float = 10.0
     task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0)
     nce_weight: float = 0.0
     aux_weight: float = 1.0
-    negative_rate: float = 1.0
+    negative_rate: float = 0.25
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None
@@ -186,7 +189,13 @@ def train_model(
     if len(labels):
         model.init_output_bias({t: float(labels[:, i].mean()) for i, t in enumerate(TASKS)})
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
+    opt = torch.optim.AdamW(
+        [{"params": rest}, {"params": wide, "lr": config.lr * config.wide_lr_mult}],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     rng = np.random.default_rng(config.seed)
     rows = rows_for(model)
     train_idx = np.asarray(train_idx)

@@ -67,7 +67,9 @@ def test_learns_a_planted_signal_and_beats_popularity(variant: str, tmp_path: Pa
     table = planted_table()
     idx = np.arange(len(table))
     train, test = idx[:2400], idx[2400:]
-    cfg = TrainConfig(epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu")
+    cfg = TrainConfig(
+        epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu", negative_rate=1.0
+    )
     ckpt = tmp_path / "m.pt"
     res = train_model(
         small(variant),
@@ -124,7 +126,9 @@ def test_negative_subsampling_keeps_ranking_and_calibration(tmp_path: Path) -> N
         table,
         None,
         train,
-        TrainConfig(epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu"),
+        TrainConfig(
+            epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu", negative_rate=1.0
+        ),
     )
     sub = train_model(
         small("sim"),
