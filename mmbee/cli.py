@@ -41,19 +41,26 @@ def _schemas_export(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    from mmbee.streams.topics import ensure_topics
+    from mmbee.streams.deployment import provision
 
-    created = ensure_topics(load_settings(profile=args.profile))
+    created = provision(load_settings(profile=args.profile))  # catalogue + changelogs/internal
     print("\n".join(f"created {name}" for name in created) or "all topics already exist")
     return 0
 
 
 def _topics_check(args: argparse.Namespace) -> int:
-    from mmbee.streams.topics import check_topics
+    from mmbee.streams.deployment import check_deployment
 
-    drift = check_topics(load_settings(profile=args.profile))
+    drift = check_deployment(load_settings(profile=args.profile))
     print("\n".join(drift) or "no drift: every topic matches the plan")
     return 1 if drift else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mmbee.streams.status import show_status
+
+    overrides = {} if args.port is None else {"web_port": args.port}
+    return show_status(load_settings(**overrides), url=args.url, as_json=args.json)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -66,7 +73,14 @@ def _worker(args: argparse.Namespace) -> int:
         overrides["web_port"] = args.web_port
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    run_worker(load_settings(**overrides))
+    from mmbee.streams.deployment import MissingTopicsError
+    from mmbee.streams.topics import CoPartitioningError
+
+    try:
+        run_worker(load_settings(**overrides))
+    except (CoPartitioningError, MissingTopicsError) as exc:
+        print(f"mmbee worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -160,6 +174,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         device=args.device,
         max_seconds=args.max_seconds,
+        negative_rate=args.negative_rate,
         progress=not args.no_progress,
     )
 
@@ -260,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="table state directory")
     p.set_defaults(handler=_worker)
 
+    p = verbs.add_parser("status", help="one-screen summary of a running worker (over HTTP)")
+    p.add_argument("--port", type=int, default=None, help="the worker's web port (default: settings)")
+    p.add_argument("--url", default=None, help="base URL instead (e.g. a port-forward)")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.set_defaults(handler=_status)
+
     p = verbs.add_parser("graph", help="gift graph: GraphCL training, GraphML export, stats")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     g = sub.add_parser("train", help="train GraphCL node embeddings on LOGDIR's gifts")
@@ -307,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--epochs", type=int, default=1)
         p.add_argument("--batch-size", type=int, default=512)
         p.add_argument("--lr", type=float, default=2e-3)
+        p.add_argument(
+            "--negative-rate", type=float, default=0.25, help="share of negatives kept per epoch"
+        )
         p.add_argument("--seed", type=int, default=0, help="training seed")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
         p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
@@ -337,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--logdir", type=Path, default=None, help="existing log (default: simulate)")
     a.add_argument("--out", type=Path, default=Path("runs/ablation"))
     a.add_argument("--preset", default="demo")
-    a.add_argument("--users", type=int, default=4000)
+    a.add_argument("--users", type=int, default=8000)
     a.add_argument("--streamers", type=int, default=200)
     a.add_argument("--days", type=int, default=4)
     a.add_argument("--sim-seed", type=int, default=0)
     a.add_argument("--variants", default=",".join(VARIANTS))
-    a.add_argument("--seeds", type=int, default=1, help="training seeds averaged per variant")
+    a.add_argument("--seeds", type=int, default=3, help="training seeds averaged per variant")
     a.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
     training_args(a)
     a.set_defaults(handler=_experiment_ablation)
