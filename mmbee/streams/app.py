@@ -26,11 +26,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.streams import _current_event  # faust 0.15: the contextvar behind current_event()
-from faust.types import TP, EventT
+from faust.types import TP, EventT, TableT
 
 from mmbee.schemas.topics import TOPICS
 from mmbee.settings import Settings
@@ -250,7 +250,7 @@ class StreamContext:
             )
         return topic
 
-    def table(self, name: str, *, help: str = "") -> faust.Table:
+    def table(self, name: str, *, help: str = "") -> TableT:
         """A changelogged table of raw bytes keyed by raw bytes, with the configured store and
         RocksDB options, partitioned like the source topics."""
         options = (
@@ -286,12 +286,10 @@ class StreamContext:
     def on_partitions_revoked(self, handler: Callable[[set[TP]], Awaitable[None] | None]) -> None:
         """Call `handler(revoked_tps)` when partitions are taken away from this worker."""
 
-        async def receiver(_sender: Any, revoked: set[TP], **_: Any) -> None:
-            result = handler(set(revoked))
-            if result is not None:
-                await result
+        def receiver(_sender: Any, /, *args: Any, signal: Any, **_: Any) -> Awaitable[None] | None:
+            return handler(set(args[0]))  # args[0]: the revoked TPs
 
-        self.app.on_partitions_revoked.connect(receiver)
+        self.app.on_partitions_revoked.connect(cast(Any, receiver))  # mode types it loosely
         # keep a strong reference: the signal may hold receivers weakly
         self.runtimes.setdefault("_receivers", []).append(receiver)
 

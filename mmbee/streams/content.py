@@ -36,12 +36,12 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 import numpy as np
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, EventT, StreamT, TableT
 
 from mmbee.encoders.segments import (
     ClosedRef,
@@ -217,8 +217,8 @@ class SegmentRuntime:
     def __init__(
         self,
         ctx: StreamContext,
-        table: faust.Table,
-        segments: faust.Table,
+        table: TableT,
+        segments: TableT,
         config: SegmentConfig,
         checkpoint_events: int,
         featurizers: Featurizers | None = None,
@@ -775,7 +775,8 @@ def register_segments(ctx: StreamContext) -> None:
     batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
 
     async def segments(stream: StreamT) -> None:
-        async for events in stream.noack_take(batch, within=within):
+        batches = cast(faust.Stream, stream).noack_take(batch, within=within)
+        async for events in batches:
             await runtime.process(stream, events)
 
     ctx.app.agent(ctx.topic(*SOURCES), name="mmbee.segments")(segments)
@@ -799,7 +800,8 @@ def register_asr(ctx: StreamContext) -> None:
     batch, within = ctx.settings.asr_batch_max, ctx.settings.stream_batch_wait_ms / 1000
 
     async def asr(stream: StreamT) -> None:
-        async for events in stream.noack_take(batch, within=within):
+        batches = cast(faust.Stream, stream).noack_take(batch, within=within)
+        async for events in batches:
             await runtime.process(stream, events)
 
     ctx.app.agent(ctx.topic("live.audio"), name="mmbee.asr")(asr)

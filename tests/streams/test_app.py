@@ -79,8 +79,8 @@ def test_custom_component_gets_topics_tables_and_the_dlq(tmp_path: Path) -> None
 
 def test_settings_choose_the_components(tmp_path: Path) -> None:
     ctx = build_app(Settings(store="memory://", data_dir=tmp_path, components=("asr",)))
-    assert list(ctx.app.agents) == ["mmbee.asr"]
-    assert set(ctx.runtimes) == {"asr"}
+    assert "mmbee.asr" in ctx.app.agents and "mmbee.segments" not in ctx.app.agents
+    assert "asr" in ctx.runtimes and "segments" not in ctx.runtimes
 
 
 def test_rocksdb_tables_get_the_configured_options(tmp_path: Path) -> None:
