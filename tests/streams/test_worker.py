@@ -171,7 +171,8 @@ def test_sigkill_mid_stream_then_restart_recovers_from_the_changelog(
 def test_bad_input_lands_in_the_dlq_while_the_worker_keeps_going(
     broker_settings: Settings, workers: Start
 ) -> None:
-    settings = stream_settings(broker_settings)
+    # trickled input: a short alignment valve keeps each step quick
+    settings = stream_settings(broker_settings, segment_align_wait_ms=1_000)
     ensure_topics(settings)
     good = [frame("f0", 0), frame("f1", 500), comment("c0", 600), frame("f2", 2_500)]
     worker = workers(settings)
