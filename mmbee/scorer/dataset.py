@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,15 +261,14 @@ class ExampleTable:
 
     def save(self, path: Path | str) -> None:
         """Write the table (columns, vocabularies, event ids) to one `.npz` file."""
-        arrays = {"col_" + k: self.column(k) for k in self._cols}
-        np.savez(
-            path,
+        arrays: dict[str, Any] = {"col_" + k: self.column(k) for k in self._cols}
+        arrays.update(
             users=np.array(self.users.ids, dtype=str),
             authors=np.array(self.authors.ids, dtype=str),
             event_ids=np.array(self.event_ids, dtype=str),
             config=np.array(json.dumps(asdict(self.config))),
-            **arrays,
         )
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Path | str) -> ExampleTable:

@@ -254,41 +254,42 @@ def to_message(ex: LabeledExample) -> TrainingExample:
     s = ex.snapshot
     exps = s.expansions()
     names = USER_EXPANSIONS + AUTHOR_EXPANSIONS
-    return TrainingExample(
-        event_id=s.event_id,
-        ts_ms=s.ts_ms,
-        user_id=s.user_id,
-        author_id=s.author_id,
-        live_id=s.author.live_id,
-        history=[(b.ts_ms, b.author_id, b.kind) for b in s.user.history],
-        user_watches=s.user.watches,
-        user_gifts=s.user.gifts,
-        user_gift_value=s.user.gift_value,
-        author_watches=s.author.watches,
-        author_gifts=s.author.gifts,
-        pair_watches=s.pair_watches,
-        pair_gifts=s.pair_gifts,
-        segment_starts=list(s.author.segment_starts),
-        expansions={n: [(k, w) for k, w in e] for n, e in zip(names, exps, strict=True)},
-        label_watch=int(ex.labels[0]),
-        label_comment=int(ex.labels[1]),
-        label_gift=int(ex.labels[2]),
-        gift_value=ex.gift_value,
-        emitted_at_ms=ex.emitted_at_ms,
+    return TrainingExample.model_validate(
+        {
+            "event_id": s.event_id,
+            "ts_ms": s.ts_ms,
+            "user_id": s.user_id,
+            "author_id": s.author_id,
+            "live_id": s.author.live_id,
+            "history": [(b.ts_ms, b.author_id, b.kind) for b in s.user.history],
+            "user_watches": s.user.watches,
+            "user_gifts": s.user.gifts,
+            "user_gift_value": s.user.gift_value,
+            "author_watches": s.author.watches,
+            "author_gifts": s.author.gifts,
+            "pair_watches": s.pair_watches,
+            "pair_gifts": s.pair_gifts,
+            "segment_starts": list(s.author.segment_starts),
+            "expansions": {n: [(k, w) for k, w in e] for n, e in zip(names, exps, strict=True)},
+            "label_watch": int(ex.labels[0]),
+            "label_comment": int(ex.labels[1]),
+            "label_gift": int(ex.labels[2]),
+            "gift_value": ex.gift_value,
+            "emitted_at_ms": ex.emitted_at_ms,
+        }
     )
 
 
 def from_message(m: TrainingExample) -> LabeledExample:
     """Inverse of `to_message`."""
+    exps: dict[str, list[tuple[str, float]]] = {str(k): v for k, v in m.expansions.items()}
     user = UserFeatures(
         user_id=m.user_id,
         history=tuple(Behaviour(t, a, k) for t, a, k in m.history),
         watches=m.user_watches,
         gifts=m.user_gifts,
         gift_value=m.user_gift_value,
-        expansions=tuple(
-            tuple((k, w) for k, w in m.expansions.get(n, [])) for n in USER_EXPANSIONS
-        ),
+        expansions=tuple(tuple((k, w) for k, w in exps.get(n, [])) for n in USER_EXPANSIONS),
     )
     author = AuthorFeatures(
         author_id=m.author_id,
@@ -296,9 +297,7 @@ def from_message(m: TrainingExample) -> LabeledExample:
         watches=m.author_watches,
         gifts=m.author_gifts,
         segment_starts=tuple(m.segment_starts),
-        expansions=tuple(
-            tuple((k, w) for k, w in m.expansions.get(n, [])) for n in AUTHOR_EXPANSIONS
-        ),
+        expansions=tuple(tuple((k, w) for k, w in exps.get(n, [])) for n in AUTHOR_EXPANSIONS),
     )
     snap = FeatureSnapshot(m.event_id, m.ts_ms, user, author, m.pair_watches, m.pair_gifts)
     labels = (float(m.label_watch), float(m.label_comment), float(m.label_gift))

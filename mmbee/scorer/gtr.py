@@ -118,12 +118,12 @@ class GTRConfig:
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         if "content_config" in fixed:
             fixed["content_config"] = dict(fixed["content_config"] or {})
-        return cls(**fixed)
+        return cls(**fixed)  # type: ignore[arg-type]
 
     @property
     def variant(self) -> str:
         """The Table 2 name of this configuration (content encoders other than MFQ by name)."""
-        name = self.base
+        name: str = self.base
         if self.content_encoder is not None:
             enc = self.content_encoder
             name += "_" + ("mfq" if enc == "mfq" else enc.replace("+", "").replace("-", ""))
@@ -221,6 +221,8 @@ class GTRModel(nn.Module):
         >>> sorted(out.logits), tuple(out.logits["gift"].shape)
         (['comment', 'gift', 'watch'], (2,))
     """
+
+    logit_offset: Tensor
 
     def __init__(self, config: GTRConfig) -> None:
         super().__init__()

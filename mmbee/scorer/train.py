@@ -191,8 +191,12 @@ def train_model(
     model.to(device).train()
     wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
+    groups: list[dict[str, Any]] = [
+        {"params": rest},
+        {"params": wide, "lr": config.lr * config.wide_lr_mult},
+    ]
     opt = torch.optim.AdamW(
-        [{"params": rest}, {"params": wide, "lr": config.lr * config.wide_lr_mult}],
+        groups,
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
