@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     group_instance_id: str | None = Field(
         default=None, description="static member id; None: '<app_id>@<host name>:<web_port>'"
     )
+    member_watchdog: bool | None = Field(
+        default=None,
+        description="workers remove group members whose web port refuses connections for "
+        "session_timeout_s (the embedded broker never expires dead members; Kafka does). "
+        "dev true, production false (mmbee/streams/watchdog.py)",
+    )
     rebalance_timeout_s: float = Field(
         default=15.0,
         ge=1.0,
@@ -84,7 +90,23 @@ class Settings(BaseSettings):
     rocksdb_block_cache_mib: int = Field(default=16, ge=1, description="per table partition")
     rocksdb_write_buffer_mib: int = Field(default=8, ge=1, description="per table partition")
     rocksdb_max_write_buffers: int = Field(default=2, ge=1)
+    rocksdb_memory_budget_mib: int | None = Field(
+        default=None,
+        ge=8,
+        description="RocksDB memory of one worker (block caches + write buffers), divided evenly "
+        "over every table partition it may hold (all of them after a failover); overrides the "
+        "per-partition sizes. dev: None (per-partition sizes), production 1024 (docs/operations.md)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] | None = Field(
+        default=None, description="worker log lines: dev text, production one JSON object per line"
+    )
+    metrics_lag_interval_s: float = Field(
+        default=5.0, gt=0, description="how often a worker samples its consumer lag (/metrics)"
+    )
+    metrics_rate_window_s: float = Field(
+        default=30.0, gt=0, description="window of the events/s figures (/metrics, mmbee status)"
+    )
     components: tuple[str, ...] | None = Field(
         default=None, description="stream components a worker runs; None: all (docs/streams.md)"
     )
@@ -170,6 +192,9 @@ class Settings(BaseSettings):
             "min_insync_replicas": 2 if prod else 1,
             "producer_acks": "all" if prod else "1",
             "standby_replicas": 1 if prod else 0,
+            "log_format": "json" if prod else "text",
+            "member_watchdog": not prod,
+            "rocksdb_memory_budget_mib": 1024 if prod else None,
         }
         for key, value in defaults.items():
             if values.get(key) is None:

@@ -343,6 +343,12 @@ def build_app(
     for name, register in resolve_components(chosen):
         log.info("registering stream component %s", name)
         register(ctx)
+    # operations (deploy issue): health/metrics/status pages, the worker's RocksDB budget over
+    # every table the components declared, the dead-member watchdog (embedded broker)
+    from mmbee.streams import deployment, web
+
+    web.install(ctx)
+    deployment.install(ctx)
     return ctx
 
 

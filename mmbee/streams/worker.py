@@ -18,6 +18,8 @@ import faust
 
 from mmbee.settings import Settings
 from mmbee.streams.app import Component, build_app
+from mmbee.streams.deployment import verify_worker_topics
+from mmbee.streams.observability import logging_config, observability
 from mmbee.streams.topics import ensure_topics, verify_copartitioning
 
 __all__ = ["prepare_topics", "run_worker"]
@@ -40,13 +42,20 @@ def run_worker(settings: Settings, components: Sequence[str | Component] | None 
     if created:
         log.info("created topics: %s", ", ".join(created))
     ctx = build_app(settings, components)
+    verify_worker_topics(ctx)  # changelog/internal partition counts; production: all topics exist
     # A worker holds tens of thousands of long-lived objects (unacked events, open segments);
     # with the default thresholds the cyclic collector rescans them constantly (measured:
     # about 7 % of the segment agent's throughput). Collect young objects less often and move
     # everything alive after start-up out of the collector's view.
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
-    worker = faust.Worker(ctx.app, loglevel=settings.log_level, quiet=True)
+    worker = faust.Worker(
+        ctx.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        logging_config=logging_config(settings),  # JSON lines when log_format == "json"
+    )
+    worker.loghandlers.append(observability(ctx).log_counter)  # WARNING+ records in /metrics
     # No terminal spinner: below INFO it hangs a DEBUG-level handler on the root logger, so
     # every debug record of aiokafka and faust gets built (measured: ~7 % of a worker's time).
     worker.spinner = None

@@ -1,0 +1,316 @@
+"""Running mmbee on a cluster: every topic a deployment needs, start-up checks, RocksDB budget.
+
+The catalogue (`mmbee.schemas.topics`) names the topics clients write and read. A worker also
+needs Faust's *internal* topics: one compacted changelog per table (`<app_id>-<table>-changelog`)
+and the internal topics agents declare (`graph.gifts`). They are found by building the app for
+the settings (no broker needed) and reading its tables and agents, so a table added by a new
+component is provisioned without touching this module.
+
+* `plan_all_topics(settings)`: catalogue + internal topics, with partitions, replication and
+  configs (changelogs: `cleanup.policy=compact`, `min.insync.replicas`, 4 MiB messages).
+* `provision(settings)`: create what is missing (`mmbee topics create`; idempotent).
+* `check_deployment(settings)`: drift of every planned topic (`mmbee topics check`).
+* `verify_worker_topics(ctx)`: at worker start, after the catalogue co-partitioning check:
+  refuse when a changelog or internal topic has a partition count other than its table's or
+  agent's (a table is co-partitioned with the topics its agent reads), and, in production,
+  when any planned topic is missing (run `mmbee topics create --profile production`).
+* `apply_rocksdb_budget(ctx)`: with `rocksdb_memory_budget_mib` set, size every table
+  partition's block cache and write buffers so a worker holding *all* table partitions (the
+  survivor of a failover) stays within the budget.
+
+Example:
+    >>> from mmbee.settings import Settings
+    >>> plans = plan_all_topics(Settings(store="memory://"))  # doctest: +SKIP
+    >>> [p.name for p in plans if p.name.endswith("-changelog")]  # doctest: +SKIP
+    ['mmbee-segment_buffers-changelog', 'mmbee-segments-changelog', 'mmbee-graph_users-changelog']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mmbee.settings import Settings
+from mmbee.streams.topics import (
+    CoPartitioningError,
+    TopicPlan,
+    diff_topics,
+    ensure_topics,
+    observe_topics,
+    plan_topics,
+)
+
+if TYPE_CHECKING:
+    from mmbee.streams.app import Component, StreamContext
+
+__all__ = [
+    "CHANGELOG_MAX_MESSAGE_BYTES",
+    "INTERNAL_RETENTION_MS",
+    "MissingTopicsError",
+    "RocksDBShare",
+    "internal_topic_plans",
+    "plan_all_topics",
+    "provision",
+    "check_deployment",
+    "internal_partition_problems",
+    "verify_worker_topics",
+    "rocksdb_share",
+    "apply_rocksdb_budget",
+    "install",
+]
+
+log = logging.getLogger("mmbee.streams.deployment")
+
+_MIB = 1024 * 1024
+CHANGELOG_MAX_MESSAGE_BYTES = 4 * _MIB
+"""Largest changelog record (equal to the worker producer's max request size)."""
+INTERNAL_RETENTION_MS = 7 * 24 * 3600 * 1000
+"""Retention of internal non-compacted topics (the catalogue's default for delete topics)."""
+
+
+class MissingTopicsError(RuntimeError):
+    """A production worker found planned topics missing on the cluster."""
+
+
+def _internal_topics(settings: Settings, components: Sequence[str | Component] | None) -> Any:
+    """(changelog topics of tables, internal agent topics) of the app these settings build."""
+    from mmbee.streams.app import build_app  # the app layer sits above this helper's callers
+
+    ctx = build_app(settings.model_copy(update={"store": "memory://"}), components)
+    try:
+        changelogs = [t.changelog_topic for t in ctx.app.tables.values()]
+        internal = [
+            a.channel
+            for a in ctx.app.agents.values()
+            if getattr(a.channel, "internal", False) and hasattr(a.channel, "topics")
+        ]
+        return changelogs, internal
+    finally:
+        ctx.shutdown()
+
+
+def internal_topic_plans(
+    settings: Settings, components: Sequence[str | Component] | None = None
+) -> list[TopicPlan]:
+    """Plans of the changelog topics (compacted) and internal agent topics (delete policy) of
+    the app built for `settings` with `components` (None: `settings.components`, else all)."""
+    changelogs, internal = _internal_topics(settings, components)
+    replication = int(settings.replication_factor or 1)
+    min_isr = str(settings.min_insync_replicas)
+    plans: dict[str, TopicPlan] = {}
+    for topic in changelogs:
+        name = topic.get_topic_name()
+        plans[name] = TopicPlan(
+            name=name,
+            partitions=int(topic.partitions or settings.partitions),
+            replication=replication,
+            configs={
+                "cleanup.policy": "compact",
+                "max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES),
+                "min.insync.replicas": min_isr,
+            },
+        )
+    for topic in internal:
+        for name in topic.topics:
+            plans.setdefault(
+                name,
+                TopicPlan(
+                    name=name,
+                    partitions=int(topic.partitions or settings.partitions),
+                    replication=replication,
+                    configs={
+                        "cleanup.policy": "delete",
+                        "retention.ms": str(INTERNAL_RETENTION_MS),
+                        "max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES),
+                        "min.insync.replicas": min_isr,
+                    },
+                ),
+            )
+    return list(plans.values())
+
+
+def plan_all_topics(
+    settings: Settings, components: Sequence[str | Component] | None = None
+) -> list[TopicPlan]:
+    """Every topic a deployment of `settings` needs: the catalogue, then the internal ones."""
+    return plan_topics(settings) + internal_topic_plans(settings, components)
+
+
+def provision(settings: Settings, components: Sequence[str | Component] | None = None) -> list[str]:
+    """Create every planned topic that is missing (`mmbee topics create`); returns the names
+    created. Idempotent: existing topics are left as they are (`check_deployment` reports
+    their drift)."""
+    return ensure_topics(settings, plan_all_topics(settings, components))
+
+
+def check_deployment(
+    settings: Settings, components: Sequence[str | Component] | None = None
+) -> list[str]:
+    """Drift between the plan and the cluster for every topic (`mmbee topics check`)."""
+    plans = plan_all_topics(settings, components)
+    return diff_topics(plans, observe_topics(settings, [p.name for p in plans]))
+
+
+def internal_partition_problems(plans: Sequence[TopicPlan], observed: dict[str, int]) -> list[str]:
+    """Internal topics whose existing partition count is not the planned one.
+
+    Args:
+        plans: internal topic plans (`internal_topic_plans`).
+        observed: topic name -> partition count, for the topics that exist.
+    """
+    problems = []
+    for plan in plans:
+        have = observed.get(plan.name)
+        if have is not None and have != plan.partitions:
+            what = "table changelog" if plan.name.endswith("-changelog") else "internal topic"
+            problems.append(
+                f"{what} {plan.name} has {have} partitions but its table/agent uses "
+                f"{plan.partitions} (a table is co-partitioned with the topics its agent reads)"
+            )
+    return problems
+
+
+def verify_worker_topics(ctx: StreamContext) -> None:
+    """Start-up check of a worker's internal topics (see the module docstring); raises
+    CoPartitioningError or MissingTopicsError with what to do."""
+    settings = ctx.settings
+    changelogs = [t.changelog_topic for t in ctx.app.tables.values()]
+    internal = [
+        a.channel
+        for a in ctx.app.agents.values()
+        if getattr(a.channel, "internal", False) and hasattr(a.channel, "topics")
+    ]
+    plans = [
+        TopicPlan(t.get_topic_name(), int(t.partitions or settings.partitions), 1, {})
+        for t in changelogs
+    ] + [
+        TopicPlan(name, int(t.partitions or settings.partitions), 1, {})
+        for t in internal
+        for name in t.topics
+    ]
+    names = [p.name for p in plans]
+    if settings.profile == "production":
+        names += [p.name for p in plan_topics(settings)]
+    observed = observe_topics(settings, names)
+    problems = internal_partition_problems(plans, {n: o.partitions for n, o in observed.items()})
+    if problems:
+        raise CoPartitioningError(
+            "refusing to start: "
+            + "; ".join(problems)
+            + ". Recreate the topic with the right count (its table is rebuilt from the source "
+            "topics only by a replay) or run with the matching MMBEE_PARTITIONS."
+        )
+    if settings.profile == "production":
+        missing = sorted(set(names) - set(observed))
+        if missing:
+            raise MissingTopicsError(
+                "refusing to start: missing topics "
+                + ", ".join(missing)
+                + ". Provision them first: `mmbee topics create --profile production`."
+            )
+
+
+# --- RocksDB memory budget -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RocksDBShare:
+    """Memory of one RocksDB table partition under a worker budget.
+
+    Attributes:
+        table_partitions: table partitions the budget is divided over.
+        block_cache_bytes: LRU block cache of the partition.
+        write_buffer_bytes: size of one memtable.
+        max_write_buffers: memtables kept (the share holds all of them).
+
+    Example:
+        >>> s = rocksdb_share(budget_mib=1024, table_partitions=17, max_write_buffers=2,
+        ...                   write_buffer_mib=8)
+        >>> s.block_cache_bytes // 2**20, s.write_buffer_bytes // 2**20
+        (44, 8)
+    """
+
+    table_partitions: int
+    block_cache_bytes: int
+    write_buffer_bytes: int
+    max_write_buffers: int
+
+    @property
+    def per_partition_bytes(self) -> int:
+        """Block cache plus all memtables of one partition."""
+        return self.block_cache_bytes + self.write_buffer_bytes * self.max_write_buffers
+
+
+def rocksdb_share(
+    *, budget_mib: int, table_partitions: int, max_write_buffers: int, write_buffer_mib: int
+) -> RocksDBShare:
+    """Split a worker's RocksDB budget evenly over `table_partitions`: memtables get at most
+    half of a share (and no more than `write_buffer_mib` each), the block cache the rest.
+    Raises ValueError when a share would be under 2 MiB (1 MiB cache + 2 x 512 KiB memtables)."""
+    if table_partitions < 1:
+        raise ValueError("table_partitions must be >= 1")
+    share = budget_mib * _MIB // table_partitions
+    if share < 2 * _MIB:
+        raise ValueError(
+            f"MMBEE_ROCKSDB_MEMORY_BUDGET_MIB={budget_mib} gives {share / _MIB:.2f} MiB to each of "
+            f"{table_partitions} table partitions; at least 2 MiB each is needed "
+            f"(raise the budget to >= {2 * table_partitions} MiB or use fewer partitions)"
+        )
+    per_buffer = min(write_buffer_mib * _MIB, share // 2 // max_write_buffers)
+    per_buffer = max(per_buffer, _MIB // 2)
+    return RocksDBShare(
+        table_partitions=table_partitions,
+        block_cache_bytes=share - per_buffer * max_write_buffers,
+        write_buffer_bytes=per_buffer,
+        max_write_buffers=max_write_buffers,
+    )
+
+
+def apply_rocksdb_budget(ctx: StreamContext) -> RocksDBShare | None:
+    """Resize every RocksDB table's options to the worker budget (None when no budget is set
+    or the store is not RocksDB). Runs after all components registered their tables, before
+    any store is opened; tables keep their other options."""
+    settings = ctx.settings
+    budget = settings.rocksdb_memory_budget_mib
+    if budget is None or not settings.store.startswith("rocksdb"):
+        return None
+    tables = list(ctx.app.tables.values())
+    if not tables:
+        return None
+    share = rocksdb_share(
+        budget_mib=budget,
+        table_partitions=sum(int(t.partitions or settings.partitions) for t in tables),
+        max_write_buffers=settings.rocksdb_max_write_buffers,
+        write_buffer_mib=settings.rocksdb_write_buffer_mib,
+    )
+    for table in tables:
+        options = dict(table.options or {})
+        options.update(
+            block_cache_size=share.block_cache_bytes,
+            # rocksdict ignores the compressed cache; python-rocksdb would allocate it too
+            block_cache_compressed_size=0,
+            write_buffer_size=share.write_buffer_bytes,
+            max_write_buffer_number=share.max_write_buffers,
+        )
+        table.options = options
+    log.info(
+        "rocksdb budget %d MiB over %d table partitions: %.1f MiB block cache + %d x %.1f MiB "
+        "memtables each",
+        budget,
+        share.table_partitions,
+        share.block_cache_bytes / _MIB,
+        share.max_write_buffers,
+        share.write_buffer_bytes / _MIB,
+    )
+    return share
+
+
+def install(ctx: StreamContext) -> None:
+    """Deployment concerns of every app: the RocksDB budget, and the dead-member watchdog
+    (`mmbee.streams.watchdog`) where the settings ask for it."""
+    from mmbee.streams import watchdog
+
+    apply_rocksdb_budget(ctx)
+    watchdog.install(ctx)
