@@ -150,7 +150,21 @@ def check_deployment(
 ) -> list[str]:
     """Drift between the plan and the cluster for every topic (`mmbee topics check`)."""
     plans = plan_all_topics(settings, components)
-    return diff_topics(plans, observe_topics(settings, [p.name for p in plans]))
+    observed = observe_topics(settings, [p.name for p in plans])
+    problems = diff_topics(plans, observed)
+    for plan in plans:
+        seen = observed.get(plan.name)
+        # a broker that reports only overridden configs (the embedded one) omits a default
+        # cleanup.policy: a topic that must be compacted and does not say so is not
+        if (
+            seen is not None
+            and plan.configs.get("cleanup.policy") == "compact"
+            and "cleanup.policy" not in seen.configs
+        ):
+            problems.append(
+                f"{plan.name}: cleanup.policy not set (broker default), expected compact"
+            )
+    return problems
 
 
 def internal_partition_problems(plans: Sequence[TopicPlan], observed: dict[str, int]) -> list[str]:

@@ -174,12 +174,18 @@ class RateTracker:
         while len(self._samples) > 2 and now_s - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
 
-    def rates(self) -> dict[str, float]:
-        """Per second over the window (0.0 with fewer than two samples). A total that went
-        down (a restart of the counter) counts from zero."""
-        if len(self._samples) < 2:
-            return {k: 0.0 for k in (self._samples[-1][1] if self._samples else {})}
-        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+    def rates(
+        self, now_s: float | None = None, current: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
+        """Per second over the window: from the oldest kept sample to the newest one, or to
+        `current` totals read at `now_s` when given. 0.0 without two points in time. A total
+        that went down (a restart of the counter) counts from zero."""
+        points = list(self._samples)
+        if now_s is not None and current is not None:
+            points.append((now_s, dict(current)))
+        if len(points) < 2:
+            return {k: 0.0 for k in (points[-1][1] if points else {})}
+        (t0, first), (t1, last) = points[0], points[-1]
         dt = t1 - t0
         out = {}
         for key, value in last.items():
@@ -259,6 +265,7 @@ class Observability:
         self.started_s = self.clock()
         self.scoring_latency = Histogram(self.latency_buckets_s)
         self.rates = RateTracker(self.rate_window_s)
+        self.rates.sample(self.started_s, {})  # every total is 0 at the start
 
     # --- API for serving -----------------------------------------------------------------
     def observe_scoring_latency(self, seconds: float, n: int = 1) -> None:
@@ -286,18 +293,21 @@ class Observability:
         return sum(x.lag or 0 for x in self.lag)
 
     def sample_rates(self, metrics: StreamMetrics) -> None:
-        """Record every agent's `processed` total now (for `events/s`)."""
-        agents = metrics.snapshot()["agents"]
-        totals = {a: float(m["counters"].get("processed", 0)) for a, m in agents.items()}
-        self.rates.sample(self.clock(), totals)
+        """Record every agent's `processed` total now (a timer calls this every second)."""
+        self.rates.sample(self.clock(), _processed(metrics))
+
+    def agent_rates(self, metrics: StreamMetrics) -> dict[str, float]:
+        """Processed messages per second per agent over the window, up to now."""
+        return self.rates.rates(self.clock(), _processed(metrics))
 
     # --- export ---------------------------------------------------------------------------
     def samples(self, metrics: StreamMetrics) -> Iterator[Sample]:
         """Every exported sample except the per-component gauges (see `web.collect`). The
         agents' own counters come from `StreamMetrics.samples()` (`mmbee_agent_<name>_total`,
         `mmbee_agent_<gauge>`, `mmbee_dead_letters_total{agent,reason}`)."""
-        rates = self.rates.rates()
-        for agent, a in sorted(metrics.snapshot()["agents"].items()):
+        agents = metrics.snapshot()["agents"]
+        rates = self.agent_rates(metrics)
+        for agent, a in sorted(agents.items()):
             labels = {"agent": agent}
             yield "mmbee_agent_events_per_second", labels, rates.get(agent, 0.0)
             yield "mmbee_agent_errors_total", labels, float(sum(a["dlq"].values()))
@@ -323,6 +333,11 @@ class Observability:
         for (level, logger), n in sorted(self.log_counter.counts.items()):
             yield "mmbee_log_records_total", {"level": level, "logger": logger}, float(n)
         yield "mmbee_worker_uptime_seconds", {}, self.clock() - self.started_s
+
+
+def _processed(metrics: StreamMetrics) -> dict[str, float]:
+    agents = metrics.snapshot()["agents"]
+    return {a: float(m["counters"].get("processed", 0)) for a, m in agents.items()}
 
 
 def observability(ctx: StreamContext) -> Observability:

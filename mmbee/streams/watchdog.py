@@ -123,7 +123,9 @@ class _GroupAdmin:
     def members(self) -> list[str]:
         """group.instance.ids of the group's static members."""
         group = self._client().describe_groups([self.settings.app_id]).get(self.settings.app_id, {})
-        return [m["group_instance_id"] for m in group.get("members", []) if m.get("group_instance_id")]
+        return [
+            m["group_instance_id"] for m in group.get("members", []) if m.get("group_instance_id")
+        ]
 
     def remove(self, instance_ids: list[str]) -> None:
         from kafka.admin import MemberToRemove

@@ -153,7 +153,8 @@ async def sample_lag(ctx: StreamContext, obs: Observability, timeout_s: float) -
         end = await asyncio.wait_for(consumer.highwaters(*tps), timeout_s)
         # faust keeps the committed offsets it fetched at assignment and those it committed
         committed: dict[TP, int | None] = {
-            tp: consumer._committed_offset.get(tp) for tp in tps  # noqa: SLF001
+            tp: consumer._committed_offset.get(tp)
+            for tp in tps  # noqa: SLF001
         }
         missing = [tp for tp, off in committed.items() if off is None]
         if missing:
@@ -175,8 +176,10 @@ def _component_samples(ctx: StreamContext) -> Iterator[Sample]:
     if isinstance(seg, SegmentRuntime):
         entries = list(seg.entries.values())
         yield "mmbee_segment_buffer_streams", {}, float(len(entries))
-        yield "mmbee_segment_buffer_open_segments", {}, float(
-            sum(len(e.buffer.open) for e in entries)
+        yield (
+            "mmbee_segment_buffer_open_segments",
+            {},
+            float(sum(len(e.buffer.open) for e in entries)),
         )
         yield "mmbee_segment_buffer_closed_segments", {}, float(sum(len(e.refs) for e in entries))
         yield "mmbee_segment_buffer_held_events", {}, float(seg.held)
@@ -214,7 +217,7 @@ def status(ctx: StreamContext) -> dict[str, Any]:
     settings = ctx.settings
     ready, why = _ready(ctx)
     alive, _ = WorkerHealth.liveness(ctx.app.state)
-    rates = obs.rates.rates()
+    rates = obs.agent_rates(ctx.metrics)
     agents = {}
     for name, a in sorted(ctx.metrics.snapshot()["agents"].items()):
         agents[name] = {
@@ -230,9 +233,7 @@ def status(ctx: StreamContext) -> dict[str, Any]:
     # offset of the last message this worker read, per assigned partition (faust's monitor)
     read_offsets = ctx.app.monitor.tp_read_offsets
     read = {f"{tp.topic}:{tp.partition}": read_offsets[tp] for tp in assigned if tp in read_offsets}
-    components = dict(
-        (name, value) for name, _, value in _component_samples(ctx)
-    )  # flat gauges
+    components = dict((name, value) for name, _, value in _component_samples(ctx))  # flat gauges
     latency = obs.scoring_latency
     now = obs.clock()
     return {
@@ -266,7 +267,9 @@ def status(ctx: StreamContext) -> dict[str, Any]:
             "p99_ms": None if latency.count == 0 else round(1000 * latency.quantile(0.99), 2),  # type: ignore[operator]
         },
         "model": {"version": obs.model_version, "loaded_at_ms": obs.model_loaded_at_ms},
-        "log_records": {f"{lvl}:{logger}": n for (lvl, logger), n in obs.log_counter.counts.items()},
+        "log_records": {
+            f"{lvl}:{logger}": n for (lvl, logger), n in obs.log_counter.counts.items()
+        },
     }
 
 
