@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 """Bumped whenever `build_examples` changes what it produces (invalidates caches)."""
 
 
@@ -147,6 +147,23 @@ class _TextVectors:
         return v
 
 
+def live_categories(bundle: Any) -> dict[str, str]:
+    """live id -> `live_content_category` from room.csv (empty when the log has no room.csv).
+
+    A live's category is announced when it starts and every impression of it comes after
+    that, so using it at the impression is point-in-time safe.
+    """
+    from mmbee.simulator.reader import live_key
+
+    if not bundle.has("room.csv"):
+        return {}
+    room = bundle.table("room.csv")
+    return {
+        live_key(int(lv)): str(cat)
+        for lv, cat in zip(room["live_id"].tolist(), room["live_content_category"], strict=True)
+    }
+
+
 def build_examples(logdir: Path | str, config: BuildConfig, progress: bool = True) -> BuiltExamples:
     """Replay `logdir` in event-time order into point-in-time labeled examples (see module doc)."""
     from tqdm.auto import tqdm
@@ -166,7 +183,7 @@ def build_examples(logdir: Path | str, config: BuildConfig, progress: bool = Tru
         text_dim=text_dim,
     )
     store = MemorySegmentStore(seg_cfg.frame_dim, text_dim, config.store_dtype)
-    state = FeatureState(config.features, store=store)
+    state = FeatureState(config.features, store=store, live_categories=live_categories(bundle))
     joiner = LabelJoiner(config.labels)
     table = ExampleTable(config.features)
     texts = _TextVectors()
@@ -332,10 +349,16 @@ class TrainJob:
 def model_config(job: TrainJob, built: BuiltExamples) -> Any:
     """The GTRConfig of a job, with content widths taken from the data."""
     overrides = dict(job.model_overrides)
-    if "mfq" in job.variant.split("_") and "content_config" not in overrides:
-        overrides["content_config"] = default_content_config(
-            job.content_encoder, built.store.frame_dim, built.store.text_dim
-        )
+    if "mfq" in job.variant.split("_"):
+        categories = tuple(sorted(built.table.categories.ids))
+        overrides.setdefault("categories", categories)
+        if "content_config" not in overrides:
+            overrides["content_config"] = default_content_config(
+                job.content_encoder,
+                built.store.frame_dim,
+                built.store.text_dim,
+                len(overrides["categories"]),
+            )
     return config_for_variant(job.variant, content_encoder=job.content_encoder, **overrides)
 
 

@@ -32,7 +32,15 @@ from mmbee.scorer.features import (
     dense_vector,
 )
 
-__all__ = ["Vocab", "Rows", "ExampleTable", "collate", "RowCache", "collate_request"]
+__all__ = [
+    "Vocab",
+    "Rows",
+    "ExampleTable",
+    "collate",
+    "RowCache",
+    "collate_request",
+    "category_onehot",
+]
 
 
 class Vocab:
@@ -82,12 +90,32 @@ class Rows:
         user_rows, author_rows: the GTR model's hashed id tables.
         content_author_rows: the content encoder's author table (`GTRModel.content_author_rows`).
         with_content: whether to build the SegmentBatch (only models with a content encoder).
+        categories: the model's content-category vocabulary (`GTRConfig.categories`); when
+            non-empty, `SegmentBatch.context` is the (U, len(categories)) one-hot of each
+            buffer's live category (all zeros for an unknown or missing category).
     """
 
     user_rows: int
     author_rows: int
     content_author_rows: int = 1 << 16
     with_content: bool = True
+    categories: tuple[str, ...] = ()
+
+
+def category_onehot(names: Sequence[str | None], categories: Sequence[str]) -> torch.Tensor:
+    """(len(names), len(categories)) float32 one-hot; None / unknown names give a zero row.
+
+    Example:
+        >>> category_onehot(["b", None, "z"], ("a", "b")).tolist()
+        [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    """
+    pos = {c: i for i, c in enumerate(categories)}
+    out = torch.zeros(len(names), len(categories))
+    for i, n in enumerate(names):
+        j = pos.get(n) if n is not None else None
+        if j is not None:
+            out[i, j] = 1.0
+    return out
 
 
 class ExampleTable:
@@ -97,7 +125,8 @@ class ExampleTable:
     vocab indices (-1 = padding), hist_kind, hist_age (E, H) int8; dense (E, len(DENSE_FEATURES)); exp_ids
     (E, 5, N) vocab indices (users for u2a2u, authors otherwise; -1 padding); exp_weight
     (E, 5, N); seg_rows (E, L) segment-store rows (-1 padding, left-padded); labels (E, 3);
-    gift_value (E,); event_ids.
+    gift_value (E,); category (E,) index into `categories` (the live's content category, -1
+    unknown); event_ids.
 
     Example:
         >>> from mmbee.scorer.features import AuthorFeatures, UserFeatures
@@ -113,6 +142,7 @@ class ExampleTable:
         self.config = config
         self.users = Vocab()
         self.authors = Vocab()
+        self.categories = Vocab()
         self.event_ids: list[str] = []
         self._n = 0
         self._cap = 0
@@ -131,6 +161,7 @@ class ExampleTable:
             "seg_rows": np.zeros((0, seg), np.int32),
             "labels": np.zeros((0, 3), np.float32),
             "gift_value": np.zeros(0, np.float32),
+            "category": np.zeros(0, np.int32),
         }
 
     def __len__(self) -> int:
@@ -204,6 +235,8 @@ class ExampleTable:
             sr[cfg.segments - len(rows) :] = rows
         c["labels"][i] = labels
         c["gift_value"][i] = gift_value
+        cat = s.author.category
+        c["category"][i] = -1 if cat is None else self.categories.index(cat)
         self.event_ids.append(s.event_id)
         self._n += 1
 
@@ -238,12 +271,19 @@ class ExampleTable:
             batch.content, batch.content_index = self._content(c, rows, store)
         return batch
 
+    def category_names(self, idx: np.ndarray) -> list[str | None]:
+        """The live category of examples `idx` (None where unknown)."""
+        ids = self.categories.ids
+        return [ids[i] if i >= 0 else None for i in self.column("category")[np.asarray(idx)]]
+
     def _content(
         self, c: dict[str, np.ndarray], rows: Rows, store: MemorySegmentStore
     ) -> tuple[SegmentBatch, torch.Tensor]:
-        key = np.concatenate([c["author"][:, None], c["seg_rows"]], axis=1)  # (B, 1 + L)
+        key = np.concatenate(  # (B, 2 + L)
+            [c["author"][:, None], c["category"][:, None], c["seg_rows"]], axis=1
+        )
         uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-        seg = uniq[:, 1:]  # (U, L); -1 gathers the store's trailing all-zero row
+        seg = uniq[:, 2:]  # (U, L); -1 gathers the store's trailing all-zero row
         valid = seg >= 0
         visual, speech, comments, present = store.arrays()
         pres = present[seg]  # (U, L, 3)
@@ -257,6 +297,10 @@ class ExampleTable:
             author_ids=torch.from_numpy(clut[uniq[:, 0]]),
             segment_modality_mask=torch.from_numpy(pres),
         )
+        if rows.categories:
+            ids = self.categories.ids
+            names = [ids[i] if i >= 0 else None for i in uniq[:, 1]]
+            content.context = category_onehot(names, rows.categories)  # (U, C)
         return content, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
 
     def save(self, path: Path | str) -> None:
@@ -265,6 +309,7 @@ class ExampleTable:
         arrays.update(
             users=np.array(self.users.ids, dtype=str),
             authors=np.array(self.authors.ids, dtype=str),
+            categories=np.array(self.categories.ids, dtype=str),
             event_ids=np.array(self.event_ids, dtype=str),
             config=np.array(json.dumps(asdict(self.config))),
         )
@@ -275,7 +320,11 @@ class ExampleTable:
         """Read a table written by `save`."""
         with np.load(path) as z:
             table = cls(FeatureConfig(**json.loads(str(z["config"]))))
-            for ids, vocab in ((z["users"], table.users), (z["authors"], table.authors)):
+            for ids, vocab in (
+                (z["users"], table.users),
+                (z["authors"], table.authors),
+                (z["categories"], table.categories),
+            ):
                 for k in ids.tolist():
                     vocab.index(k)
             table.event_ids = z["event_ids"].tolist()
@@ -442,5 +491,9 @@ def collate_request(
             ),
             segment_modality_mask=torch.from_numpy(pres),
         )
+        if rows.categories:
+            batch.content.context = category_onehot(
+                [s.author.category for s in snapshots], rows.categories
+            )  # (B, C)
         batch.content_index = torch.arange(b)
     return batch

@@ -259,6 +259,10 @@ class AuthorFeatures:
         segment_starts: keys (start_ms) of its closed segments in the segment store, oldest
             first, at most L: references, never copies of the features.
         expansions: a2a, a2u2a as (id, weight) tuples.
+        category: the live session's content category (KuaiLive room.csv
+            `live_content_category`, announced when the live starts, so point-in-time safe);
+            None when unknown. It becomes `SegmentBatch.context` (a one-hot) for encoders with a
+            context-aware prior (VBF++).
     """
 
     author_id: str
@@ -267,6 +271,7 @@ class AuthorFeatures:
     gifts: int = 0
     segment_starts: tuple[int, ...] = ()
     expansions: tuple[tuple[tuple[str, float], ...], ...] = ((), ())
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -331,13 +336,17 @@ def author_features(
     state: AuthorState | None,
     expansions: Expansions | None,
     config: FeatureConfig,
+    category: str | None = None,
 ) -> AuthorFeatures:
-    """The streamer side from its state and cached expansions (state may be None: unknown)."""
+    """The streamer side from its state and cached expansions (state may be None: unknown).
+
+    `category` is the live session's content category when known (see `AuthorFeatures`).
+    """
     exp = _freeze_expansions(
         expansions or empty_expansions("author"), AUTHOR_EXPANSIONS, config.expansion_n
     )
     if state is None:
-        return AuthorFeatures(author_id, live_id, expansions=exp)
+        return AuthorFeatures(author_id, live_id, expansions=exp, category=category)
     return AuthorFeatures(
         author_id=author_id,
         live_id=live_id,
@@ -345,6 +354,7 @@ def author_features(
         gifts=state.gifts,
         segment_starts=state.segment_starts(live_id, ts_ms, config.segments),
         expansions=exp,
+        category=category,
     )
 
 
@@ -546,8 +556,11 @@ class FeatureState:
         config: FeatureConfig,
         store: MemorySegmentStore | None = None,
         cache: WalkCache | None = None,
+        live_categories: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.live_categories: dict[str, str] = dict(live_categories or {})
+        """live id -> content category (room.csv; a live's category is announced at its start)."""
         self.store = store if store is not None else MemorySegmentStore()
         self.cache = cache or WalkCache(
             GiftGraph(GraphConfig(half_life_ms=config.graph_half_life_ms)),
@@ -658,9 +671,12 @@ class FeatureState:
         self.advance(ts_ms)
         known = author_id in self.cache.graph.author_in
         exp = self.cache.author_expansions(author_id, ts_ms) if known else None
-        return author_features(
-            author_id, live_id, ts_ms, self.authors.get(author_id), exp, self.config
-        )
+        state = self.authors.get(author_id)
+        live = live_id
+        if live is None and state is not None and state.segments:
+            live = state.segments[-1][0]  # a score request: the streamer's latest live
+        category = self.live_categories.get(live) if live is not None else None
+        return author_features(author_id, live_id, ts_ms, state, exp, self.config, category)
 
     def snapshot(
         self, event_id: str, user_id: str, author_id: str, live_id: str | None, ts_ms: int

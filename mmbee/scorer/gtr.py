@@ -63,6 +63,10 @@ class GTRConfig:
         user_rows, author_rows: hashed id table sizes of the base and of GIE's Theta.
         content_encoder: registry name of the content encoder, or None (no h_m).
         content_config: that encoder's config overrides (e.g. feature widths, out_dim).
+        categories: content-category vocabulary; when non-empty, every content batch carries
+            `SegmentBatch.context` = the one-hot of the live's category in this order (VBF++'s
+            context-aware prior reads it: set its `d_context` to len(categories), as
+            `default_content_config` does).
         gie: whether h_g (GIE) is used.
         sim_top_k, sim_heads, sim_hard_bonus: SIM's GSU top-K, ESU heads, hard-search bonus.
         mmoe_experts, mmoe_expert_hidden, mmoe_tower_hidden: MMoE's experts and towers.
@@ -86,6 +90,7 @@ class GTRConfig:
     author_rows: int = 1 << 12
     content_encoder: str | None = None
     content_config: dict[str, Any] = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
     gie: bool = False
     sim_top_k: int = 16
     sim_heads: int = 2
@@ -173,10 +178,14 @@ _WIDTH_KEYS = (
 )
 
 
-def default_content_config(name: str, frame_dim: int, text_dim: int) -> dict[str, Any]:
+def default_content_config(
+    name: str, frame_dim: int, text_dim: int, n_categories: int = 0
+) -> dict[str, Any]:
     """Config overrides for encoder `name`: the data's feature widths plus CPU-sized defaults.
 
-    Only keys the encoder's config has are set, so any registered encoder works.
+    Only keys the encoder's config has are set, so any registered encoder works;
+    `n_categories` becomes `d_context` (the width of `SegmentBatch.context`) where the encoder
+    has one (VBF++).
     """
     from mmbee.encoders.registry import ENCODERS
 
@@ -189,6 +198,8 @@ def default_content_config(name: str, frame_dim: int, text_dim: int) -> dict[str
         for key, width in zip(keys, (frame_dim, text_dim, text_dim), strict=True):
             if key in valid:
                 out[key] = width
+    if "d_context" in valid:
+        out["d_context"] = n_categories
     return out
 
 
@@ -307,25 +318,40 @@ class GTRModel(nn.Module):
             return DEFAULT_AUTHOR_BUCKETS
         return int(getattr(self.content.config, "author_buckets", DEFAULT_AUTHOR_BUCKETS))
 
-    def forward(self, batch: GTRBatch) -> GTROutput:
+    def forward(self, batch: GTRBatch, content_embedding: Tensor | None = None) -> GTROutput:
         """Task logits and auxiliary losses.
+
+        `content_embedding` replaces the content encoder's output: the scorer then runs no
+        encoder and adds none of its auxiliary losses (VBF++'s trainer computes the embedding
+        itself, with its own sampling, and needs the recommendation loss given it; see
+        `mmbee.scorer.train.ContentRecLoss`).
 
         Shapes:
             batch: see `GTRBatch` (content: U buffers, content_index (B,)).
+            content_embedding: (U, content.out_dim), row u = buffer u of `batch.content`.
             Returns logits (B,) per task.
         """
         side: list[Tensor] = []
         aux: dict[str, Tensor] = {}
         if self.content is not None:
-            if batch.content is None or batch.content_index is None:
+            if batch.content_index is None or (batch.content is None and content_embedding is None):
                 raise ValueError(
                     f"model {self.config.variant!r} needs content segments; the batch has none"
                 )
-            enc = self.content(batch.content)
-            h_m = self.content_proj(enc.embedding)  # type: ignore[misc]  # (U, D)
+            if content_embedding is None:
+                enc = self.content(batch.content)
+                content_embedding = enc.embedding  # (U, out_dim)
+                for name, loss in enc.aux_losses.items():
+                    aux[f"content/{name}"] = loss
+            elif content_embedding.shape[-1] != self.content.out_dim:
+                raise ValueError(
+                    f"content_embedding has width {content_embedding.shape[-1]}, the encoder "
+                    f"{self.config.content_encoder!r} outputs {self.content.out_dim}"
+                )
+            h_m = self.content_proj(content_embedding)  # type: ignore[misc]  # (U, D)
             side.append(h_m[batch.content_index])  # (B, D)
-            for name, loss in enc.aux_losses.items():
-                aux[f"content/{name}"] = loss
+        elif content_embedding is not None:
+            raise ValueError(f"model {self.config.variant!r} has no content slot")
         if self.gie is not None:
             side.append(self.gie(batch))  # (B, D)
             if self.training:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmbee.scorer.batch import TASKS, GTRBatch
 from mmbee.scorer.dataset import ExampleTable, Rows
@@ -41,6 +41,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "gtr_loss",
+    "impression_losses",
+    "ContentRecLoss",
     "rows_for",
     "resolve_device",
     "train_model",
@@ -67,6 +69,9 @@ class TrainConfig:
         seed: seeds initialisation and the shuffling order.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         max_seconds: stop early after this much training time (None: no limit).
+        prior_init_examples: for a content encoder with a k-means-initialised prior (VBF++'s
+            context-aware mixture prior), how many training impressions' buffers feed the
+            k-means before training (0: keep the encoder's own initialisation).
         progress: show a tqdm progress bar.
 
     Example:
@@ -86,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None
+    prior_init_examples: int = 4096
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +138,79 @@ def rows_for(model: GTRModel) -> Rows:
         author_rows=c.author_rows,
         content_author_rows=model.content_author_rows,
         with_content=model.content is not None,
+        categories=tuple(c.categories),
     )
+
+
+def impression_losses(
+    model: GTRModel,
+    batch: GTRBatch,
+    task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0),
+    content_embedding: Tensor | None = None,
+) -> Tensor:
+    """Per-impression recommendation loss: sum over the model's tasks of weight x BCE, (B,).
+
+    `content_embedding` (U, content.out_dim) replaces the content encoder's output (see
+    `GTRModel.forward`). No auxiliary losses are included.
+    """
+    if batch.labels is None:
+        raise ValueError("training needs labels")
+    out = model(batch, content_embedding=content_embedding)
+    weights = dict(zip(TASKS, task_weights, strict=True))
+    total = torch.zeros(batch.batch_size, device=batch.labels.device)
+    for task, logit in out.logits.items():
+        y = batch.labels[:, TASKS.index(task)]
+        total = total + weights[task] * F.binary_cross_entropy_with_logits(
+            logit, y, reduction="none"
+        )
+    return total
+
+
+class ContentRecLoss:
+    """The GTR scorer as VBF++'s recommendation loss: `rec_loss_fn(embedding, batch) -> (U,)`.
+
+    `VBFTrainer(encoder, rec_loss_fn)` computes the content embedding of a `SegmentBatch`
+    itself and asks for a per-item loss. Here an item is one content buffer of a `GTRBatch`
+    (`batch.content`, U buffers); its loss is the mean `impression_losses` over the impressions
+    that see that buffer (`batch.content_index`). `parameters()` are the scorer's weights
+    without its content encoder (the trainer owns those), for `rec_parameters=`.
+
+    Example:
+        >>> # model = GTRModel(config_for_variant("sim_mfq", content_encoder="vbf++", ...))
+        >>> # loss = ContentRecLoss(model)
+        >>> # trainer = VBFTrainer(model.content, loss, rec_parameters=loss.parameters())
+        >>> # trainer.train_step(gtr_batch.content, gtr_batch)
+    """
+
+    def __init__(
+        self, model: GTRModel, task_weights: tuple[float, float, float] = (0.2, 0.2, 1.0)
+    ) -> None:
+        if model.content is None:
+            raise ValueError(f"model {model.config.variant!r} has no content encoder")
+        self.model = model
+        self.task_weights = task_weights
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The scorer's parameters except its content encoder's."""
+        return [p for n, p in self.model.named_parameters() if not n.startswith("content.")]
+
+    def impression_losses(self, embedding: Tensor, batch: GTRBatch) -> Tensor:
+        """Per-impression losses (B,) given the buffers' embeddings (U, out_dim)."""
+        return impression_losses(self.model, batch, self.task_weights, embedding)
+
+    def __call__(self, embedding: Tensor, batch: GTRBatch) -> Tensor:
+        """Per-buffer losses (U,): the mean over each buffer's impressions (0 for none)."""
+        if batch.content_index is None:
+            raise ValueError("the batch carries no content_index")
+        per = self.impression_losses(embedding, batch)  # (B,)
+        u = embedding.shape[0]
+        total = torch.zeros(u, dtype=per.dtype, device=per.device).index_add(
+            0, batch.content_index, per
+        )
+        count = torch.zeros(u, dtype=per.dtype, device=per.device).index_add(
+            0, batch.content_index, torch.ones_like(per)
+        )
+        return total / count.clamp_min(1.0)  # (U,)
 
 
 def gtr_loss(
@@ -216,6 +294,7 @@ def train_model(
                 )
             }
         )
+    _init_content_prior(model, table, store, train_idx, rows, config, device)
     result = TrainResult(model=model, device=str(device))
     per_epoch = int(positive.sum() + round((~positive).sum() * config.negative_rate))
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
@@ -265,6 +344,36 @@ def train_model(
     model.eval()
     _set_offset(model, config.negative_rate)
     return result
+
+
+@torch.no_grad()
+def _init_content_prior(
+    model: GTRModel,
+    table: ExampleTable,
+    store: MemorySegmentStore | None,
+    train_idx: np.ndarray,
+    rows: Rows,
+    config: TrainConfig,
+    device: torch.device,
+) -> None:
+    """k-means initialisation of a content encoder's prior (VBF++: `init_prior_from_features`)
+    from the buffers of a seeded sample of training impressions; a no-op for other encoders."""
+    enc = model.content
+    init = getattr(enc, "init_prior_from_features", None)
+    feats_of = getattr(enc, "prior_features", None)
+    if enc is None or init is None or feats_of is None or config.prior_init_examples <= 0:
+        return
+    if getattr(getattr(enc, "config", None), "prior", "mixture") != "mixture" or not len(train_idx):
+        return
+    rng = np.random.default_rng([config.seed, 1])
+    n = min(config.prior_init_examples, len(train_idx))
+    sample = np.sort(rng.choice(train_idx, n, replace=False))
+    feats = []
+    for chunk in _batches(n, config.batch_size, None):
+        b = table.batch(sample[chunk], rows, store).to(device)
+        feats.append(feats_of(b.content))  # (U, P)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    init(torch.cat(feats), generator=gen)
 
 
 def _set_offset(model: GTRModel, negative_rate: float) -> None:
