@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from mmbee.schemas.events import AsrSegment, CommentEvent, FrameEvent, SegmentClosed
-from mmbee.schemas.types import encode_embedding
+from mmbee.schemas.types import decode_embedding, encode_embedding
 
 __all__ = [
     "MODALITIES",
@@ -59,6 +58,10 @@ __all__ = [
     "closed_until",
     "is_replay",
     "update",
+    "apply_batch",
+    "LiveBuffer",
+    "quantize_vectors",
+    "Outcome",
     "advance",
     "close_all",
     "append_closed",
@@ -78,9 +81,9 @@ MODALITIES: tuple[Modality, ...] = ("frame", "comment", "asr")
 _MOD_INDEX: dict[str, int] = {m: i for i, m in enumerate(MODALITIES)}
 
 RejectReason = Literal["late", "duplicate", "validation_error", "oversized"]
+"""Why an item was not applied (a subset of `DeadLetterReason`)."""
 ClosedRef = tuple[int, str]
 """A closed segment referred to by (start_ms, live_id)."""
-"""Why an item was not applied (a subset of `DeadLetterReason`)."""
 
 FIXED_POINT_SCALE = float(2**24)
 """Embedding values are summed as int64 multiples of 2**-24 (exact, order-independent)."""
@@ -185,16 +188,11 @@ class ContentItem(NamedTuple):
         if vector is None:
             if wire is None:
                 raise ValueError(f"event {event.event_id} has no embedding and none was given")
-            vector = np.frombuffer(binascii.a2b_base64(wire), dtype="<f4")  # validated wire form
+            vector = decode_embedding(wire)  # a validated field carries it: no second decode
+        if type(vector) is not np.ndarray or vector.dtype != np.float32 or vector.ndim != 1:
+            vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         return cls(
-            modality,
-            event.event_id,
-            event.author_id,
-            event.live_id,
-            ts,
-            np.asarray(vector, dtype=np.float32).reshape(-1),
-            source,
-            offset,
+            modality, event.event_id, event.author_id, event.live_id, ts, vector, source, offset
         )
 
 
@@ -204,6 +202,10 @@ class Reject(NamedTuple):
     event_id: str
     reason: RejectReason
     detail: str
+
+
+Outcome = Reject | Literal["applied", "replayed"]
+"""What applying one item did: applied, recognised as a replay (`is_replay`), or rejected."""
 
 
 class IdSet(NamedTuple):
@@ -224,8 +226,25 @@ class IdSet(NamedTuple):
             return IdSet((*chunks[:-1], chunks[-1] | {event_id}))
         return IdSet((*chunks, frozenset((event_id,))))
 
+    def extend(self, event_ids: Sequence[str]) -> IdSet:
+        """A new set with `event_ids` (new, distinct ids) added: the same chunks as adding them
+        one by one."""
+        if not event_ids:
+            return self
+        chunks = list(self.chunks)
+        pos = 0
+        if chunks and len(chunks[-1]) < _ID_CHUNK:
+            pos = _ID_CHUNK - len(chunks[-1])
+            chunks[-1] = chunks[-1] | frozenset(event_ids[:pos])
+        for at in range(pos, len(event_ids), _ID_CHUNK):
+            chunks.append(frozenset(event_ids[at : at + _ID_CHUNK]))
+        return IdSet(tuple(chunks))
+
     def __contains__(self, event_id: object) -> bool:
-        return any(event_id in c for c in self.chunks)
+        for chunk in self.chunks:
+            if event_id in chunk:
+                return True
+        return False
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.chunks)
@@ -345,42 +364,240 @@ def _check_vector(item: ContentItem, config: SegmentConfig) -> Reject | None:
 _SCALE32 = np.float32(FIXED_POINT_SCALE)
 
 
-def _quantize(vec: np.ndarray) -> np.ndarray:
+def _quantize(vecs: np.ndarray) -> np.ndarray:
     # x * 2**24 is exact in float32 (a power-of-two scale, |x| <= 2**20), so rounding it there
     # equals rounding the exact product.
-    return np.rint(vec.astype(np.float32, copy=False) * _SCALE32).astype(np.int64)  # (d,)
+    return np.rint(vecs.astype(np.float32, copy=False) * _SCALE32).astype(np.int64)  # (k, d)
 
 
-def _add_to_segment(seg: OpenSegment | None, start: int, item: ContentItem) -> OpenSegment:
-    m = _MOD_INDEX[item.modality]
-    q = _quantize(item.vector)
-    key = (item.ts_ms, item.event_id)
-    if seg is None:
-        sums: list[np.ndarray | None] = [None, None, None]
-        counts = [0, 0, 0]
-        sums[m], counts[m] = q, 1
+def quantize_vectors(
+    items: Sequence[ContentItem], config: SegmentConfig
+) -> list[np.ndarray | Reject]:
+    """Per item, its vector in fixed point (int64, (d,)) or the Reject of a bad vector (wrong
+    width, non-finite, |value| > MAX_ABS_VALUE). A few numpy calls per modality for the whole
+    batch; the rows are views of one matrix per modality (`LiveBuffer.apply` copies what it
+    keeps).
+    """
+    if len(items) == 1:  # `update`'s case: no stacking
+        why = _check_vector(items[0], config)
+        return [why if why is not None else _quantize(items[0].vector)]
+    out: list[np.ndarray | Reject] = [None] * len(items)  # type: ignore[list-item]
+    by_mod: tuple[list[int], list[int], list[int]] = ([], [], [])
+    dims = (config.frame_dim, config.text_dim, config.text_dim)
+    for i, item in enumerate(items):
+        m = _MOD_INDEX[item.modality]
+        vec = item.vector
+        if vec.ndim == 1 and vec.shape[0] == dims[m]:
+            by_mod[m].append(i)
+        else:
+            out[i] = _check_vector(item, config)  # type: ignore[assignment]
+    for idx in by_mod:
+        if not idx:
+            continue
+        if len(idx) == 1:
+            vecs = items[idx[0]].vector.reshape(1, -1)  # (1, d)
+        else:
+            vecs = np.stack([items[i].vector for i in idx])  # (k, d)
+        ok = np.abs(vecs).max(axis=1) <= MAX_ABS_VALUE  # (k,); NaN compares False
+        if not ok.all():
+            vecs = vecs.astype(np.float32)  # a copy whose bad rows are zeroed
+            for j in np.flatnonzero(~ok).tolist():
+                out[idx[j]] = _check_vector(items[idx[j]], config)  # type: ignore[assignment]
+                vecs[j] = 0.0
+            q = _quantize(vecs)  # (k, d)
+            for j, i in enumerate(idx):
+                if ok[j]:
+                    out[i] = q[j]
+        else:
+            q = _quantize(vecs)  # (k, d)
+            for j, i in enumerate(idx):
+                out[i] = q[j]
+    return out
+
+
+def _empty_segment(start: int, live_id: str, live_key: tuple[int, str]) -> OpenSegment:
+    return OpenSegment(start, live_id, live_key, (None, None, None), (0, 0, 0), IdSet())
+
+
+class _Open:
+    """A segment still open, as mutable accumulators (inside a `LiveBuffer`).
+
+    Sums are copy-on-write: an array taken from an immutable `OpenSegment` (or handed out by a
+    snapshot) is replaced, not modified, on the next add.
+    """
+
+    __slots__ = ("start", "live_id", "live_key", "sums", "owned", "counts", "ids", "new_ids",
+                 "new_set")  # fmt: skip
+
+    def __init__(self, seg: OpenSegment) -> None:
+        self.start = seg.start_ms
+        self.live_id = seg.live_id
+        self.live_key = seg.live_key
+        self.sums: list[np.ndarray | None] = list(seg.sums)
+        self.owned = [False, False, False]
+        self.counts = list(seg.counts)
+        self.ids = seg.ids
+        self.new_ids: list[str] = []  # added since `ids`, in order
+        self.new_set: set[str] = set()
+
+    def add(self, m: int, q: np.ndarray) -> None:
+        prev = self.sums[m]
+        if prev is None:
+            self.sums[m] = q.copy()
+            self.owned[m] = True
+        elif self.owned[m]:
+            np.add(prev, q, out=prev)
+        else:
+            self.sums[m] = prev + q
+            self.owned[m] = True
+
+    def freeze(self) -> OpenSegment:
+        """The immutable form; it shares the sums, which become copy-on-write here."""
+        if self.new_ids:
+            self.ids = self.ids.extend(self.new_ids)
+            self.new_ids = []
+            self.new_set = set()
+        self.owned = [False, False, False]
+        s, c = self.sums, self.counts
         return OpenSegment(
-            start,
-            item.live_id,
-            key,
-            (sums[0], sums[1], sums[2]),
-            (counts[0], counts[1], counts[2]),
-            IdSet((frozenset((item.event_id,)),)),
+            self.start,
+            self.live_id,
+            self.live_key,
+            (s[0], s[1], s[2]),
+            (c[0], c[1], c[2]),
+            self.ids,
         )
-    sums = list(seg.sums)
-    counts = list(seg.counts)
-    prev = sums[m]
-    sums[m] = q if prev is None else prev + q
-    counts[m] += 1
-    live_id, live_key = (item.live_id, key) if key > seg.live_key else (seg.live_id, seg.live_key)
-    return OpenSegment(
-        start,
-        live_id,
-        live_key,
-        (sums[0], sums[1], sums[2]),
-        (counts[0], counts[1], counts[2]),
-        seg.ids.add(item.event_id),
-    )
+
+
+class LiveBuffer:
+    """One stream's segment buffer as mutable working state: what an agent keeps in memory.
+
+    `apply` has exactly the semantics of `update` (which is built on it), without rebuilding
+    the immutable buffer per item; `snapshot()` gives the equivalent `SegmentBuffer`. Closed
+    segments are returned by `apply`, not kept (a store keeps them).
+
+    Example:
+        >>> cfg = SegmentConfig(segment_ms=1_000, allowed_lateness_ms=0, frame_dim=2, text_dim=2)
+        >>> live = LiveBuffer(SegmentBuffer.empty("a1"))
+        >>> t0 = 1_700_000_000_000
+        >>> items = [ContentItem("frame", f"e{i}", "a1", "l1", t0 + 600 * i,
+        ...                      np.full(2, i, np.float32)) for i in range(3)]
+        >>> [live.apply(it, q, cfg)[0] for it, q in zip(items, quantize_vectors(items, cfg))]
+        ['applied', 'applied', 'applied']
+        >>> live.snapshot().open[0].counts, live.watermark_ms - t0
+        ((1, 0, 0), 1200)
+    """
+
+    __slots__ = ("author_id", "opens", "first", "watermark_ms", "recent", "applied")
+
+    def __init__(self, buffer: SegmentBuffer) -> None:
+        self.author_id = buffer.author_id
+        self.opens: dict[int, _Open] = {s.start_ms: _Open(s) for s in buffer.open}
+        self.first = min(self.opens) if self.opens else None  # earliest open start
+        self.watermark_ms = buffer.watermark_ms
+        self.recent = buffer.recent_closed_ids
+        self.applied: dict[str, int] = dict(buffer.applied)
+
+    @property
+    def open_counts(self) -> list[tuple[int, str, tuple[int, int, int]]]:
+        """(start_ms, live_id, counts) of the open segments, by start."""
+        return [
+            (o.start, o.live_id, (o.counts[0], o.counts[1], o.counts[2]))
+            for o in sorted(self.opens.values(), key=lambda o: o.start)
+        ]
+
+    def is_open(self) -> bool:
+        """True while some segment is open."""
+        return bool(self.opens)
+
+    def apply(
+        self, item: ContentItem, q: np.ndarray | Reject, config: SegmentConfig
+    ) -> tuple[Outcome, list[SegmentClosed]]:
+        """Apply one item (`q`: its `quantize_vectors` entry). Returns its outcome ("applied",
+        "replayed" or the Reject) and the segments it closed, oldest first."""
+        if item.author_id != self.author_id:
+            raise ValueError(
+                f"item of author {item.author_id!r} given to {self.author_id!r}'s buffer"
+            )
+        src, off = item.source, item.offset
+        if src is not None and off is not None:
+            done = self.applied.get(src)
+            if done is not None and off <= done:
+                return "replayed", []
+        if isinstance(q, Reject):
+            return q, []
+        eid, ts = item.event_id, item.ts_ms
+        opens = self.opens
+        dup = eid in self.recent
+        if not dup:
+            for o in opens.values():
+                if eid in o.new_set or eid in o.ids:
+                    dup = True
+                    break
+        if dup:
+            return Reject(eid, "duplicate", "event_id already applied"), []
+        seg_ms, lateness, wm = config.segment_ms, config.allowed_lateness_ms, self.watermark_ms
+        if wm is not None and ts < ((wm - lateness) // seg_ms) * seg_ms:
+            return (
+                Reject(
+                    eid,
+                    "late",
+                    f"ts_ms {ts} falls in segment {(ts // seg_ms) * seg_ms}, closed at watermark "
+                    f"{wm} (allowed lateness {lateness} ms)",
+                ),
+                [],
+            )
+        start = (ts // seg_ms) * seg_ms
+        m = _MOD_INDEX[item.modality]
+        key = (ts, eid)
+        got = opens.get(start)
+        if got is None:
+            o = opens[start] = _Open(_empty_segment(start, item.live_id, key))
+            if self.first is None or start < self.first:
+                self.first = start
+        elif got.counts[m] >= MAX_ITEMS_PER_SEGMENT:
+            return (
+                Reject(
+                    eid,
+                    "oversized",
+                    f"segment {start} already holds {MAX_ITEMS_PER_SEGMENT} {item.modality} items",
+                ),
+                [],
+            )
+        else:
+            o = got
+            if key > o.live_key:
+                o.live_id, o.live_key = item.live_id, key
+        o.add(m, q)
+        o.counts[m] += 1
+        o.new_ids.append(eid)
+        o.new_set.add(eid)
+        if src is not None and off is not None:
+            self.applied[src] = off
+        if wm is None or ts > wm:
+            self.watermark_ms = wm = ts
+        horizon = ((wm - lateness) // seg_ms) * seg_ms
+        if self.first < horizon:  # type: ignore[operator]
+            return "applied", self._close_before(horizon, config)
+        return "applied", []
+
+    def _close_before(self, horizon: int, config: SegmentConfig) -> list[SegmentClosed]:
+        opens = self.opens
+        segs = [opens.pop(st).freeze() for st in sorted(st for st in opens if st < horizon)]
+        self.recent = IdSet(tuple(c for seg in segs for c in seg.ids.chunks))
+        self.first = min(opens) if opens else None
+        return [_close(seg, self.author_id, config) for seg in segs]
+
+    def snapshot(self, closed: tuple[SegmentClosed, ...] = ()) -> SegmentBuffer:
+        """The immutable buffer equal to this state, holding `closed` as its closed segments."""
+        return SegmentBuffer(
+            self.author_id,
+            closed,
+            tuple(self.opens[st].freeze() for st in sorted(self.opens)),
+            self.watermark_ms,
+            self.recent,
+            dict(self.applied),
+        )
 
 
 def _mean(total: np.ndarray | None, count: int) -> str | None:
@@ -490,72 +707,55 @@ def update(
     refused: "duplicate" (its event id is already in an open or just-closed segment), "late"
     (its segment has closed), "validation_error" (wrong width, non-finite or huge values) or
     "oversized" (the segment already holds MAX_ITEMS_PER_SEGMENT items of that modality).
-    A replayed item (`is_replay`) changes nothing and is neither applied nor rejected.
+    A replayed item (`is_replay`) changes nothing and is neither applied nor rejected; a buffer
+    nothing was applied to is returned itself. (`LiveBuffer` is the same logic as mutable
+    state, `apply_batch` the same over a batch of items.)
     """
-    if item.author_id != buffer.author_id:
-        raise ValueError(
-            f"item of author {item.author_id!r} given to {buffer.author_id!r}'s buffer"
+    live = LiveBuffer(buffer)
+    (q,) = quantize_vectors((item,), config)
+    outcome, closed = live.apply(item, q, config)
+    if outcome != "applied":
+        return buffer, [], [] if isinstance(outcome, str) else [outcome]
+    kept = append_closed(buffer.closed, closed, config) if closed else buffer.closed
+    return live.snapshot(kept), closed, []
+
+
+def apply_batch(
+    buffers: Mapping[str, SegmentBuffer], items: Sequence[ContentItem], config: SegmentConfig
+) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Outcome]]:
+    """Apply a batch of items (of any streams) in order: the same result as `update` item by
+    item, with the vector checks and fixed-point conversion done once for the batch.
+
+    Args:
+        buffers: the current buffers by author; an author missing here starts empty.
+        items: content items in the order they are applied.
+
+    Returns `(new, closed, outcomes)`: the buffers of the authors of `items` (the inputs are
+    not modified), every segment closed in closing order, and per item "applied", "replayed"
+    or its Reject.
+    """
+    lives: dict[str, LiveBuffer] = {}
+    closed_by: dict[str, list[SegmentClosed]] = {}
+    closed_all: list[SegmentClosed] = []
+    outcomes: list[Outcome] = []
+    for item, q in zip(items, quantize_vectors(items, config), strict=True):
+        live = lives.get(item.author_id)
+        if live is None:
+            base = buffers.get(item.author_id) or SegmentBuffer.empty(item.author_id)
+            live = lives[item.author_id] = LiveBuffer(base)
+        outcome, closed = live.apply(item, q, config)
+        outcomes.append(outcome)
+        if closed:
+            closed_by.setdefault(item.author_id, []).extend(closed)
+            closed_all.extend(closed)
+    new = {}
+    for author, live in lives.items():
+        base = buffers.get(author) or SegmentBuffer.empty(author)
+        mine = closed_by.get(author)
+        new[author] = live.snapshot(
+            append_closed(base.closed, mine, config) if mine else base.closed
         )
-    applied = buffer.applied
-    src, off = item.source, item.offset
-    if src is not None and off is not None:
-        done = applied.get(src)
-        if done is not None and off <= done:
-            return buffer, [], []
-    bad = _check_vector(item, config)
-    if bad is not None:
-        return buffer, [], [bad]
-    eid = item.event_id
-    if eid in buffer.recent_closed_ids or any(eid in s.ids for s in buffer.open):
-        return buffer, [], [Reject(eid, "duplicate", "event_id already applied")]
-    seg_ms, lateness, ts = config.segment_ms, config.allowed_lateness_ms, item.ts_ms
-    wm = buffer.watermark_ms
-    if wm is not None and ts < ((wm - lateness) // seg_ms) * seg_ms:
-        return (
-            buffer,
-            [],
-            [
-                Reject(
-                    eid,
-                    "late",
-                    f"ts_ms {ts} falls in segment {(ts // seg_ms) * seg_ms}, closed at watermark "
-                    f"{wm} (allowed lateness {lateness} ms)",
-                )
-            ],
-        )
-    start = (ts // seg_ms) * seg_ms
-    opened = list(buffer.open)
-    for idx, seg in enumerate(opened):
-        if seg.start_ms == start:
-            if seg.counts[_MOD_INDEX[item.modality]] >= MAX_ITEMS_PER_SEGMENT:
-                return (
-                    buffer,
-                    [],
-                    [
-                        Reject(
-                            eid,
-                            "oversized",
-                            f"segment {start} already holds {MAX_ITEMS_PER_SEGMENT} "
-                            f"{item.modality} items",
-                        )
-                    ],
-                )
-            opened[idx] = _add_to_segment(seg, start, item)
-            break
-    else:
-        opened.append(_add_to_segment(None, start, item))
-        opened.sort(key=lambda s: s.start_ms)
-    if src is not None and off is not None:
-        applied = {**applied, src: off}
-    new_wm = ts if wm is None or ts > wm else wm
-    new = SegmentBuffer(
-        buffer.author_id, buffer.closed, tuple(opened), new_wm, buffer.recent_closed_ids, applied
-    )
-    horizon = ((new_wm - lateness) // seg_ms) * seg_ms
-    if opened[0].start_ms < horizon:
-        new, closed_now = _close_due(new, new_wm, horizon, config)
-        return new, closed_now, []
-    return new, [], []
+    return new, closed_all, outcomes
 
 
 def close_all(
@@ -586,15 +786,10 @@ def fold(
     Returns the buffers by author, every segment closed (in closing order) and every reject.
     """
     out = dict(buffers or {})
-    closed: list[SegmentClosed] = []
-    rejects: list[Reject] = []
-    for item in items:
-        buf = out.get(item.author_id) or SegmentBuffer.empty(item.author_id)
-        buf, c, r = update(buf, item, config)
-        out[item.author_id] = buf
-        closed.extend(c)
-        rejects.extend(r)
-    return out, closed, rejects
+    items = list(items)
+    new, closed, outcomes = apply_batch(out, items, config)
+    out.update(new)
+    return out, closed, [o for o in outcomes if not isinstance(o, str)]
 
 
 # --- serialisation (what the streams tables store) ------------------------------------------

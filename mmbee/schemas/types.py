@@ -1,12 +1,26 @@
-"""Field types shared by every topic model: ids, event times, embeddings on the wire."""
+"""Field types shared by every topic model: ids, event times, embeddings on the wire.
+
+Embeddings travel as base64 of little-endian float32. Validating one decodes it (to check its
+width and finiteness), so the validators hand the decoded vector on: a validated embedding field
+holds a `WireEmbedding`, a `str` (the wire text, unchanged) that also carries `.vector`, and
+`decode_embedding` returns that vector without decoding the text a second time.
+
+Example:
+    >>> wire = encode_embedding([0.5, -1.0])
+    >>> wire, decode_embedding(wire).tolist()
+    ('AAAAPwAAgL8=', [0.5, -1.0])
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import math
 from typing import Annotated, Any
 
 import numpy as np
+import pybase64
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
 __all__ = [
@@ -21,6 +35,7 @@ __all__ = [
     "TsMs",
     "FrameEmbedding",
     "TextEmbedding",
+    "WireEmbedding",
     "decode_embedding",
     "encode_embedding",
 ]
@@ -48,15 +63,82 @@ TsMs = Annotated[int, Field(ge=TS_MIN_MS, lt=TS_MAX_MS, strict=False)]
 """Event time in milliseconds since the Unix epoch (UTC), within 2000..2100."""
 
 
-def encode_embedding(vec: np.ndarray | list[float]) -> str:
-    """Encode a 1-d vector as base64 of little-endian float32 (the wire format of embeddings)."""
-    arr = np.ascontiguousarray(np.asarray(vec, dtype="<f4").reshape(-1))
-    return base64.b64encode(arr.tobytes()).decode("ascii")
+class WireEmbedding(str):
+    """An embedding's wire text (base64 of little-endian float32) carrying its decoded vector.
+
+    Made only by `encode_embedding` and by the schema validators, so `vector` always equals the
+    decoded text; it is read-only. Everything that takes a `str` takes it (JSON output is the
+    plain text); it is what a validated embedding field of a model holds.
+
+    Example:
+        >>> w = encode_embedding([1.0, 2.0])
+        >>> isinstance(w, str), w.vector.dtype, w.vector.flags.writeable
+        (True, dtype('float32'), False)
+    """
+
+    vector: np.ndarray
+    """(d,) float32, read-only."""
+
+    def __new__(cls, wire: str, vector: np.ndarray) -> WireEmbedding:
+        obj = super().__new__(cls, wire)
+        obj.vector = vector
+        return obj
+
+    def __reduce__(self) -> tuple[Any, tuple[str, np.ndarray]]:
+        return WireEmbedding, (str(self), self.vector)
+
+
+_WIRE_DTYPE = np.dtype("<f4")  # little-endian float32 (numpy's float32 on x86 and ARM)
+
+
+def _vector(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype=_WIRE_DTYPE)  # (d,) read-only
+
+
+def encode_embedding(vec: np.ndarray | list[float]) -> WireEmbedding:
+    """Encode a 1-d vector as base64 of little-endian float32 (the wire format of embeddings).
+
+    The result is the wire text; it also carries the float32 vector (`WireEmbedding.vector`).
+    """
+    raw = np.ascontiguousarray(np.asarray(vec, dtype="<f4").reshape(-1)).tobytes()  # a copy
+    return WireEmbedding(pybase64.b64encode(raw).decode("ascii"), _vector(raw))
 
 
 def decode_embedding(b64: str) -> np.ndarray:
-    """Decode an embedding wire string to a float32 numpy vector of shape (d,)."""
-    return np.frombuffer(base64.b64decode(b64), dtype="<f4").astype(np.float32, copy=False)
+    """Decode an embedding wire string to a float32 numpy vector of shape (d,) (read-only).
+
+    A validated field (a `WireEmbedding`) is not decoded again: its vector is returned."""
+    if isinstance(b64, WireEmbedding):
+        return b64.vector
+    return _vector(pybase64.b64decode(b64))
+
+
+def _strict_b64decode(value: str) -> bytes:
+    """Standard-alphabet base64 with padding, nothing else allowed (ValueError otherwise)."""
+    try:
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        why = str(exc)
+    # the standard library words most errors better ("Incorrect padding", ...)
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as std:
+        why = str(std)
+    raise ValueError(f"embedding is not valid base64: {why}")
+
+
+@functools.lru_cache(maxsize=16)
+def _tiny_weights(dim: int) -> np.ndarray:
+    out = np.full(dim, 2.0**-64, dtype=np.float32)  # (d,)
+    out.flags.writeable = False
+    return out
+
+
+def _check_finite(arr: np.ndarray) -> None:
+    # One BLAS pass instead of isfinite + all: the sum of the values scaled by 2**-64 cannot
+    # overflow (|x| * 2**-64 < 2**65, d terms), so it is finite exactly when every value is.
+    if not math.isfinite(float(arr.dot(_tiny_weights(arr.shape[0])))):
+        raise ValueError("embedding has non-finite values (NaN or inf)")
 
 
 def _to_b64(value: Any) -> Any:
@@ -75,20 +157,23 @@ def _embedding_type(ctx_key: str, default_dim: int) -> Any:
     """An embedding field whose expected width is `default_dim`, or `context[ctx_key]` when the
     validation context sets it (the codec passes the configured featurizer widths)."""
 
-    def check(value: str, info: ValidationInfo) -> str:
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"embedding is not valid base64: {exc}") from None
-        if len(raw) % 4:
-            raise ValueError(f"embedding byte length {len(raw)} is not a multiple of 4 (float32)")
-        arr = np.frombuffer(raw, dtype="<f4")
-        want = int((info.context or {}).get(ctx_key, default_dim))
+    def check(value: str, info: ValidationInfo) -> WireEmbedding:
+        if isinstance(value, WireEmbedding):  # made by encode_embedding or validated before
+            wire = value
+        else:
+            raw = _strict_b64decode(value)
+            if len(raw) % 4:
+                raise ValueError(
+                    f"embedding byte length {len(raw)} is not a multiple of 4 (float32)"
+                )
+            wire = WireEmbedding(value, _vector(raw))
+        arr = wire.vector
+        context = info.context
+        want = default_dim if context is None else int(context.get(ctx_key, default_dim))
         if arr.shape[0] != want:
             raise ValueError(f"embedding has length {arr.shape[0]}, expected {want}")
-        if not np.isfinite(arr).all():
-            raise ValueError("embedding has non-finite values (NaN or inf)")
-        return value
+        _check_finite(arr)
+        return wire
 
     return Annotated[
         str,

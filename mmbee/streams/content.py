@@ -46,14 +46,14 @@ from faust.types import TP, EventT, StreamT, TableT
 from mmbee.encoders.segments import (
     ClosedRef,
     ContentItem,
+    LiveBuffer,
     SegmentBuffer,
     SegmentConfig,
     append_refs,
     decode_head,
     encode_head,
-    is_replay,
+    quantize_vectors,
     segment_key,
-    update,
 )
 from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
 from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
@@ -192,14 +192,21 @@ class Featurizers:
 @dataclass
 class _Entry:
     """In-memory working state of one stream on this worker (its closed segments stay in the
-    table). `pending`: applied events not yet covered by a table write (not acked)."""
+    table, referred to by `refs`). `pending`: applied events not yet covered by a table write
+    (not acked); `persisted`: the applied offsets the stored head holds."""
 
-    buffer: SegmentBuffer
+    live: LiveBuffer
     partition: int
     persisted: Mapping[str, int]
     refs: tuple[ClosedRef, ...] = ()
     pending: list[EventT] = field(default_factory=list)
     first_seq: int = 0
+
+    @property
+    def buffer(self) -> SegmentBuffer:
+        """The stream's buffer as an immutable `SegmentBuffer` (closed segments left out: see
+        `refs`); built on each access, so prefer `live` (e.g. `len(live.opens)`)."""
+        return self.live.snapshot()
 
 
 class SegmentRuntime:
@@ -279,16 +286,22 @@ class SegmentRuntime:
         metrics.observe(AGENT_SEGMENTS, len(events))
         async with self._lock:
             generation = self.ctx.app.consumer_generation_id
+            decode = self.ctx.codec.decode_topic
+            sources = self._sources
+            track = self._acks.track
             work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
+            unembedded = False  # some event needs the featurizers
             for ev in events:
-                if _stale(ev, generation):
-                    continue
-                self._acks.track(ev.message.tp, ev)
-                name = self._sources.get(ev.message.topic)
+                msg = ev.message
+                gen = msg.generation_id
+                if gen is not None and gen != generation:
+                    continue  # fetched before the latest rebalance: it will be redelivered
+                track(msg.tp, ev)
+                name = sources.get(msg.topic)
                 if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
-                    raise RuntimeError(f"segment agent got a message from {ev.message.topic}")
-                decoded = self.ctx.codec.decode_topic(name, ev.value)
-                if isinstance(decoded, Rejected):
+                    raise RuntimeError(f"segment agent got a message from {msg.topic}")
+                decoded = decode(name, ev.value)
+                if type(decoded) is Rejected:
                     await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
                     continue
                 assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
@@ -302,34 +315,45 @@ class SegmentRuntime:
                         decoded.event_id,
                     )
                     continue
+                if not unembedded:
+                    unembedded = (
+                        decoded.embedding is None
+                        if type(decoded) is FrameEvent
+                        else decoded.text_embedding is None  # type: ignore[union-attr]
+                    )
                 work.append((ev, name, decoded))
-            vectors = await self._featurize(work)
-            if self.ctx.app.consumer_generation_id != generation:
-                metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
-                return  # partitions moved while we waited: the events will be redelivered
+            vectors: Sequence[np.ndarray | str | _EmptySpeech | None]
+            if unembedded:
+                vectors = await self._featurize(work)
+                if self.ctx.app.consumer_generation_id != generation:
+                    metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
+                    return  # partitions moved while we waited: the events will be redelivered
+            else:
+                vectors = [None] * len(work)  # every event carries its embedding
             now = self.ctx.monotonic()
+            aligners = self.aligners
+            source_index = self._source_index
+            from_event = ContentItem.from_event
             for (ev, name, model), vec in zip(work, vectors, strict=True):
-                if isinstance(vec, str):
-                    await self._reject(stream, ev, "decode_error", vec, model.event_id)
-                elif vec is _EMPTY_SPEECH:
-                    metrics.count(AGENT_SEGMENTS, "asr_empty")
-                    await self._ack(stream, ev)
-                else:
-                    assert vec is None or isinstance(vec, np.ndarray)
+                if vec is None or type(vec) is np.ndarray:
                     msg = ev.message
-                    item = ContentItem.from_event(model, vec, source=name, offset=msg.offset)
-                    aligner = self.aligners.get(msg.partition)
+                    item = from_event(model, vec, source=name, offset=msg.offset)
+                    aligner = aligners.get(msg.partition)
                     if aligner is None:
-                        aligner = self.aligners[msg.partition] = Aligner(
-                            self.align_wait_s, len(SOURCES)
-                        )
+                        aligner = aligners[msg.partition] = Aligner(self.align_wait_s, len(SOURCES))
                     aligner.push(
                         ts=item.ts_ms,
-                        source=self._source_index[name],
+                        source=source_index[name],
                         offset=msg.offset,
                         item=(ev, item),
                         now_s=now,
                     )
+                elif vec is _EMPTY_SPEECH:
+                    metrics.count(AGENT_SEGMENTS, "asr_empty")
+                    await self._ack(stream, ev)
+                else:
+                    assert isinstance(vec, str)
+                    await self._reject(stream, ev, "decode_error", vec, model.event_id)
             await self._release(stream, now, valve=self.align_wait_s == 0)  # 0: no alignment
             self._last_batch_s = now
             metrics.count(AGENT_SEGMENTS, "processed", len(events))
@@ -412,21 +436,19 @@ class SegmentRuntime:
                 await self._fetching(tp, on=True)
 
     async def _release(self, stream: StreamT, now_s: float, valve: bool) -> None:
-        released = 0
+        ready: list[tuple[EventT, ContentItem]] = []
         for partition, aligner in list(self.aligners.items()):
             if not len(aligner):
                 await self._backpressure(partition, aligner)
                 continue
             quiet = self._quiet_sources(partition, aligner)
-            ready = aligner.ready(now_s, quiet, valve)
+            ready += aligner.ready(now_s, quiet, valve)
             await self._backpressure(partition, aligner)
-            for ev, item in ready:
-                self.seq += 1
-                released += 1
-                await self._apply(stream, ev, item)
+        if ready:
+            await self._apply(stream, ready)
         await self._checkpoint_old(stream)
         metrics = self.ctx.metrics
-        if released:
+        if ready:
             metrics.observe(AGENT_SEGMENTS, 0)  # stamps the time of the latest applied event
         metrics.gauge(AGENT_SEGMENTS, "held", self.held)
         metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
@@ -464,35 +486,55 @@ class SegmentRuntime:
         self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_frames", len(jpegs))
         return out
 
-    async def _apply(self, stream: StreamT, ev: EventT, item: ContentItem) -> None:
-        in_event_context(ev)
-        author = item.author_id
-        entry = self.entries.get(author)
-        if entry is None:
-            entry = self._load(author, ev)
-        if is_replay(entry.buffer, item):
-            self.ctx.metrics.count(AGENT_SEGMENTS, "replayed")
-            assert item.source is not None and item.offset is not None
-            if item.offset <= entry.persisted.get(item.source, -1):
-                await self._ack(stream, ev)
-            else:
+    async def _apply(self, stream: StreamT, ready: Sequence[tuple[EventT, ContentItem]]) -> None:
+        """Apply aligned items in order: each stream's state is updated in memory; the streams
+        that closed a segment are stored once for the whole batch (after its last item), which
+        covers every event of theirs applied so far."""
+        config = self.config
+        entries = self.entries
+        closing: dict[str, tuple[_Entry, EventT, list[SegmentClosed]]] = {}
+        applied = replayed = 0
+        vectors = quantize_vectors([item for _, item in ready], config)
+        for (ev, item), q in zip(ready, vectors, strict=True):
+            self.seq += 1
+            author = item.author_id
+            entry = entries.get(author)
+            if entry is None:
+                entry = self._load(author, ev)
+            outcome, closed = entry.live.apply(item, q, config)
+            if outcome == "applied":
+                applied += 1
                 self._hold(author, entry, ev)
-            return
-        new, closed, rejects = update(entry.buffer, item, self.config)
-        if rejects:
-            r = rejects[0]
-            await self._reject(stream, ev, r.reason, r.detail, r.event_id)
-            return
-        entry.buffer = new
-        self._hold(author, entry, ev)
-        self.ctx.metrics.count(AGENT_SEGMENTS, "applied")
-        if closed:
-            await self._persist(stream, author, entry, ev, closed)
+                if closed:
+                    got = closing.get(author)
+                    if got is None:
+                        closing[author] = (entry, ev, list(closed))
+                    else:
+                        closing[author] = (entry, ev, got[2] + closed)
+                elif author in closing:
+                    closing[author] = (entry, ev, closing[author][2])
+            elif outcome == "replayed":
+                replayed += 1
+                assert item.source is not None and item.offset is not None
+                if item.offset <= entry.persisted.get(item.source, -1):
+                    await self._ack(stream, ev)
+                else:
+                    self._hold(author, entry, ev)
+            else:
+                await self._reject(stream, ev, outcome.reason, outcome.detail, outcome.event_id)
+        metrics = self.ctx.metrics
+        if applied:
+            metrics.count(AGENT_SEGMENTS, "applied", applied)
+        if replayed:
+            metrics.count(AGENT_SEGMENTS, "replayed", replayed)
+        for author, (entry, last, closed_now) in closing.items():
+            await self._persist(stream, author, entry, last, closed_now)
 
     def _load(self, author: str, ev: EventT) -> _Entry:
+        in_event_context(ev)  # reads go to the event's partition of the store
         raw = self.table.get(author.encode())
         buf, refs = decode_head(raw) if raw else (SegmentBuffer.empty(author), ())
-        entry = _Entry(buf, ev.message.partition, dict(buf.applied), refs)
+        entry = _Entry(LiveBuffer(buf), ev.message.partition, dict(buf.applied), refs)
         self.entries[author] = entry
         return entry
 
@@ -522,7 +564,7 @@ class SegmentRuntime:
             for seg in closed_now:
                 self.segments[segment_key(author, seg.start_ms).encode()] = codec.encode(seg)
             entry.refs, evicted = append_refs(entry.refs, closed_now, self.config)
-        self.table[key] = encode_head(entry.buffer, entry.refs)
+        self.table[key] = encode_head(entry.live.snapshot(), entry.refs)
         for start, _ in evicted:
             # already gone only if a crash between these steps made us replay them
             with contextlib.suppress(KeyError):
@@ -545,9 +587,9 @@ class SegmentRuntime:
             await self._ack(stream, pending)
         self.pending -= len(entry.pending)
         entry.pending = []
-        entry.persisted = entry.buffer.applied
+        entry.persisted = dict(entry.live.applied)
         self.dirty.pop(author, None)
-        if not entry.buffer.open:
+        if not entry.live.is_open():
             self.entries.pop(author, None)
 
     async def _checkpoint_old(self, stream: StreamT) -> None:
@@ -596,7 +638,7 @@ class SegmentRuntime:
         buf, refs = decode_head(stored) if stored else (SegmentBuffer.empty(author_id), ())
         entry = self.entries.get(author_id)
         if entry is not None:
-            buf, refs = entry.buffer, entry.refs
+            buf, refs = entry.live.snapshot(), entry.refs
         closed = []
         for start, _ in refs:
             row = self.segments.get(segment_key(author_id, start).encode())
@@ -672,7 +714,12 @@ class AsrRuntime:
             from mmbee.encoders.featurizers import build_recognizer
 
             s = self.ctx.settings
-            self._recognizer = build_recognizer(s.asr_backend, s.asr_model)
+            self._recognizer = build_recognizer(
+                s.asr_backend,
+                s.asr_model,
+                threads=s.featurizer_threads,
+                cache_dir=s.model_cache_dir,
+            )
         return self._recognizer
 
     def _transcribe(self, pcms: list[np.ndarray]) -> list[Transcript]:
