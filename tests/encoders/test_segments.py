@@ -8,13 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmbee.encoders.segments import (
+    MAX_ABS_VALUE,
+    MAX_ITEMS_PER_SEGMENT,
     ContentItem,
     IdSet,
+    LiveBuffer,
+    OpenSegment,
+    Reject,
     SegmentBuffer,
     SegmentConfig,
     advance,
     append_closed,
     append_refs,
+    apply_batch,
     close_all,
     closed_until,
     decode_head,
@@ -23,11 +29,19 @@ from mmbee.encoders.segments import (
     encode_state,
     fold,
     is_replay,
+    quantize_vectors,
     segment_key,
     segment_start,
     update,
 )
-from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, decode_embedding, encode_embedding
+from mmbee.schemas import (
+    AsrSegment,
+    CommentEvent,
+    FrameEvent,
+    SegmentClosed,
+    decode_embedding,
+    encode_embedding,
+)
 
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)  # a multiple of every segment length used
 CFG = SegmentConfig(
@@ -315,3 +329,237 @@ def test_duplicates_anywhere_change_nothing(
     assert {a: state(b) for a, b in got.items()} == {a: state(b) for a, b in ref.items()}
     assert got_closed == ref_closed
     assert len(rejects) == len(dup_at) and {r.reason for r in rejects} <= {"duplicate"}
+
+
+# --- the batch paths against an independent per-item reference ------------------------------
+#
+# `reference_update` is the straightforward per-item implementation `update` had before the
+# mutable `LiveBuffer` took over (immutable rebuild per item, one numpy conversion per vector).
+# The fast paths must give exactly its buffers, closed segments and rejects.
+
+
+def _ref_vector_reject(it: ContentItem, cfg: SegmentConfig) -> Reject | None:
+    vec, want = it.vector, cfg.dim(it.modality)
+    if vec.ndim != 1 or vec.shape[0] != want:
+        return Reject(
+            it.event_id,
+            "validation_error",
+            f"{it.modality} embedding has shape {tuple(vec.shape)}, expected ({want},)",
+        )
+    peak = float(np.abs(vec).max())
+    if not peak <= MAX_ABS_VALUE:
+        if not np.isfinite(vec).all():
+            return Reject(it.event_id, "validation_error", "embedding has non-finite values")
+        return Reject(
+            it.event_id,
+            "validation_error",
+            f"embedding value {peak:.3g} exceeds the supported magnitude {MAX_ABS_VALUE:.0f}",
+        )
+    return None
+
+
+def _ref_close(seg: OpenSegment, author: str, cfg: SegmentConfig) -> SegmentClosed:
+    def mean(total: np.ndarray | None, n: int) -> str | None:
+        if total is None or n == 0:
+            return None
+        return encode_embedding((total.astype(np.float64) / (n * 2.0**24)).astype(np.float32))
+
+    return SegmentClosed.model_validate(
+        {
+            "author_id": author, "live_id": seg.live_id, "start_ms": seg.start_ms,
+            "end_ms": seg.start_ms + cfg.segment_ms, "n_frames": seg.counts[0],
+            "n_comments": seg.counts[1], "n_asr": seg.counts[2],
+            "frame_mean": mean(seg.sums[0], seg.counts[0]),
+            "comment_mean": mean(seg.sums[1], seg.counts[1]),
+            "asr_mean": mean(seg.sums[2], seg.counts[2]),
+        },
+        context=cfg.validation_context(),
+    )  # fmt: skip
+
+
+def reference_update(
+    buf: SegmentBuffer, it: ContentItem, cfg: SegmentConfig
+) -> tuple[SegmentBuffer, list[SegmentClosed], list[Reject]]:
+    if it.source is not None and it.offset is not None:
+        done = buf.applied.get(it.source)
+        if done is not None and it.offset <= done:
+            return buf, [], []
+    bad = _ref_vector_reject(it, cfg)
+    if bad is not None:
+        return buf, [], [bad]
+    eid, ts, seg_ms, late = it.event_id, it.ts_ms, cfg.segment_ms, cfg.allowed_lateness_ms
+    if eid in buf.recent_closed_ids or any(eid in s.ids for s in buf.open):
+        return buf, [], [Reject(eid, "duplicate", "event_id already applied")]
+    wm = buf.watermark_ms
+    if wm is not None and ts < ((wm - late) // seg_ms) * seg_ms:
+        return buf, [], [Reject(eid, "late", "")]
+    start, m = (ts // seg_ms) * seg_ms, ["frame", "comment", "asr"].index(it.modality)
+    q = np.rint(it.vector.astype(np.float32) * np.float32(2**24)).astype(np.int64)
+    opened = {s.start_ms: s for s in buf.open}
+    seg = opened.get(start)
+    if seg is None:
+        sums: list[np.ndarray | None] = [None, None, None]
+        sums[m] = q
+        counts = [0, 0, 0]
+        counts[m] = 1
+        seg = OpenSegment(start, it.live_id, (ts, eid), tuple(sums), tuple(counts),  # type: ignore[arg-type]
+                          IdSet().add(eid))  # fmt: skip
+    else:
+        if seg.counts[m] >= MAX_ITEMS_PER_SEGMENT:
+            return buf, [], [Reject(eid, "oversized", "")]
+        sums = list(seg.sums)
+        sums[m] = q if sums[m] is None else sums[m] + q
+        counts = list(seg.counts)
+        counts[m] += 1
+        live = (it.live_id, (ts, eid)) if (ts, eid) > seg.live_key else (seg.live_id, seg.live_key)
+        seg = OpenSegment(start, *live, tuple(sums), tuple(counts), seg.ids.add(eid))  # type: ignore[arg-type]
+    opened[start] = seg
+    applied = dict(buf.applied)
+    if it.source is not None and it.offset is not None:
+        applied[it.source] = it.offset
+    new_wm = ts if wm is None else max(wm, ts)
+    horizon = ((new_wm - late) // seg_ms) * seg_ms
+    due = [opened.pop(s) for s in sorted(opened) if s < horizon]
+    closed = [_ref_close(s, buf.author_id, cfg) for s in due]
+    recent = IdSet(tuple(c for s in due for c in s.ids.chunks)) if due else buf.recent_closed_ids
+    return (
+        SegmentBuffer(buf.author_id, append_closed(buf.closed, closed, cfg),
+                      tuple(opened[s] for s in sorted(opened)), new_wm, recent, applied),
+        closed,
+        [],
+    )  # fmt: skip
+
+
+@st.composite
+def messy_batches(draw: st.DrawFn) -> tuple[list[ContentItem], list[int]]:
+    """Items of three authors with late arrivals, re-sent ids, redelivered offsets, bad vectors
+    and live changes, plus a random cut of them into batches."""
+    n = draw(st.integers(min_value=1, max_value=60))
+    items: list[ContentItem] = []
+    offsets: dict[str, int] = {}
+    for i in range(n):
+        author = draw(st.sampled_from(["a1", "a2", "a3"]))
+        kind = draw(st.sampled_from(["new"] * 6 + ["resend", "redeliver", "nan", "huge", "width"]))
+        if kind in ("resend", "redeliver") and items:
+            old = draw(st.sampled_from(items))
+            items.append(old if kind == "redeliver" else old._replace(offset=None))
+            continue
+        mod = draw(st.sampled_from(["frame", "comment", "asr"]))
+        ts = draw(st.integers(min_value=0, max_value=8_000))
+        value = draw(st.floats(min_value=-4, max_value=4, allow_nan=False, width=32))
+        live = "l2" if ts > 6_000 and author == "a1" else "l1"
+        src = f"live.{mod}"
+        off = offsets[src] = offsets.get(src, -1) + 1
+        it = item(f"e{i}", ts, mod, value, author=author, live=live)._replace(
+            source=src, offset=off
+        )
+        if kind == "nan":
+            it = it._replace(vector=np.full(CFG.dim(mod), np.nan, np.float32))  # type: ignore[arg-type]
+        elif kind == "huge":
+            it = it._replace(vector=np.full(CFG.dim(mod), 3e6, np.float32))  # type: ignore[arg-type]
+        elif kind == "width":
+            it = it._replace(vector=np.ones(CFG.dim(mod) + 1, np.float32))  # type: ignore[arg-type]
+        items.append(it)
+    cuts = sorted(draw(st.lists(st.integers(0, len(items)), max_size=6)))
+    return items, cuts
+
+
+def _reference_fold(
+    items: list[ContentItem],
+) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Reject]]:
+    bufs: dict[str, SegmentBuffer] = {}
+    closed: list[SegmentClosed] = []
+    rejects: list[Reject] = []
+    for it in items:
+        b, c, r = reference_update(
+            bufs.get(it.author_id) or SegmentBuffer.empty(it.author_id), it, CFG
+        )
+        bufs[it.author_id] = b
+        closed += c
+        rejects += r
+    return bufs, closed, rejects
+
+
+def _chunks(items: list[ContentItem], cuts: list[int]) -> list[list[ContentItem]]:
+    edges = [0, *cuts, len(items)]
+    return [items[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def _same_rejects(got: list[Reject], want: list[Reject]) -> None:
+    assert [(r.event_id, r.reason) for r in got] == [(r.event_id, r.reason) for r in want]
+
+
+@settings(max_examples=80, deadline=None)
+@given(messy_batches())
+def test_update_and_batches_equal_the_per_item_reference(
+    case: tuple[list[ContentItem], list[int]],
+) -> None:
+    items, cuts = case
+    ref, ref_closed, ref_rejects = _reference_fold(items)
+    # update, item by item
+    got, got_closed, got_rejects = {}, [], []
+    for it in items:
+        b, c, r = update(got.get(it.author_id) or SegmentBuffer.empty(it.author_id), it, CFG)
+        got[it.author_id], got_closed, got_rejects = b, got_closed + c, got_rejects + r
+    assert {a: state(b) for a, b in got.items()} == {a: state(b) for a, b in ref.items()}
+    assert got_closed == ref_closed
+    _same_rejects(got_rejects, ref_rejects)
+    # apply_batch over random batches
+    bufs: dict[str, SegmentBuffer] = {}
+    batch_closed: list[SegmentClosed] = []
+    batch_rejects: list[Reject] = []
+    for chunk in _chunks(items, cuts):
+        new, c, outcomes = apply_batch(bufs, chunk, CFG)
+        bufs.update(new)
+        batch_closed += c
+        batch_rejects += [o for o in outcomes if isinstance(o, Reject)]
+    assert {a: state(b) for a, b in bufs.items()} == {a: state(b) for a, b in ref.items()}
+    assert batch_closed == ref_closed
+    _same_rejects(batch_rejects, ref_rejects)
+    # the agent's way: one LiveBuffer per stream, vectors quantized per batch, snapshots between
+    lives: dict[str, LiveBuffer] = {}
+    live_closed: list[SegmentClosed] = []
+    live_rejects: list[Reject] = []
+    snaps: list[tuple[SegmentBuffer, bytes]] = []
+    for chunk in _chunks(items, cuts):
+        for it, q in zip(chunk, quantize_vectors(chunk, CFG), strict=True):
+            live = lives.setdefault(it.author_id, LiveBuffer(SegmentBuffer.empty(it.author_id)))
+            outcome, c = live.apply(it, q, CFG)
+            live_closed += c
+            if isinstance(outcome, Reject):
+                live_rejects.append(outcome)
+        for live in lives.values():
+            snap = live.snapshot()  # shares the sums: later adds must copy, not write through
+            snaps.append((snap, encode_state(snap)))
+    assert live_closed == ref_closed
+    _same_rejects(live_rejects, ref_rejects)
+    assert all(encode_state(snap) == data for snap, data in snaps)
+    for author, live in lives.items():
+        want = ref[author]
+        refs = [(s.start_ms, s.live_id) for s in want.closed]
+        assert encode_head(live.snapshot(), refs) == encode_head(want)
+
+
+def test_snapshots_are_not_changed_by_later_items() -> None:
+    live = LiveBuffer(SegmentBuffer.empty("a1"))
+    first = [item("e0", 0), item("e1", 100, "comment")]
+    for it, q in zip(first, quantize_vectors(first, CFG), strict=True):
+        live.apply(it, q, CFG)
+    snap = live.snapshot()
+    before = encode_state(snap)
+    more = [item("e2", 200, value=5.0), item("e3", 300, "comment", value=-2.0)]
+    for it, q in zip(more, quantize_vectors(more, CFG), strict=True):
+        assert live.apply(it, q, CFG)[0] == "applied"
+    assert encode_state(snap) == before
+    assert live.snapshot().open[0].counts == (2, 2, 0)
+
+
+def test_id_set_extend_is_adding_one_by_one() -> None:
+    ids = [f"e{i}" for i in range(150)]
+    one_by_one = IdSet()
+    for i in ids[:30]:
+        one_by_one = one_by_one.add(i)
+    bulk = one_by_one.extend(ids[30:])
+    for i in ids[30:]:
+        one_by_one = one_by_one.add(i)
+    assert bulk == one_by_one and len(bulk.chunks) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from mmbee.schemas import (
     encode_embedding,
 )
 from mmbee.schemas.topics import export_json_schemas
+from mmbee.schemas.types import WireEmbedding
 
 TS = 1_700_000_000_000
 IDS = {"live_id": "l1", "author_id": "a1"}
@@ -159,3 +161,58 @@ def test_topic_catalogue_is_consistent(tmp_path: Path) -> None:
     schema = json.loads((tmp_path / "live.gifts.schema.json").read_text())
     assert schema["additionalProperties"] is False
     assert schema["properties"]["gift_value"]["exclusiveMinimum"] == 0
+
+
+def test_validated_embeddings_carry_their_decoded_vector() -> None:
+    vec = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    raw = json.dumps({"event_id": "f", "ts_ms": TS, "embedding": encode_embedding(vec), **IDS})
+    f = FrameEvent.model_validate_json(raw, context={"frame_dim": 8})
+    assert isinstance(f.embedding, WireEmbedding)
+    assert np.array_equal(f.embedding.vector, vec) and not f.embedding.vector.flags.writeable
+    assert decode_embedding(f.embedding) is f.embedding.vector  # not decoded a second time
+    assert decode_embedding(str(f.embedding)).tolist() == vec.tolist()
+    # the wire form is unchanged: plain base64 text in JSON, equal models, pickles
+    assert json.loads(f.model_dump_json())["embedding"] == encode_embedding(vec)
+    assert FrameEvent.model_validate_json(f.model_dump_json(), context={"frame_dim": 8}) == f
+    assert pickle.loads(pickle.dumps(f)) == f
+    # a WireEmbedding given in Python is still checked against the configured width
+    with pytest.raises(ValidationError, match="expected 4"):
+        FrameEvent.model_validate(
+            {**f.model_dump(), "embedding": f.embedding}, context={"frame_dim": 4}
+        )
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        ("AAA", "Incorrect padding"),
+        ("AAAA AAAA", "not valid base64"),
+        ("AAAA====", "not valid base64"),
+        ("AAAAAAA=", "multiple of 4"),
+        ("ÄAAAAAAA", "not valid base64"),
+    ],
+)
+def test_malformed_embedding_text_is_rejected(wire: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        FrameEvent.model_validate_json(
+            json.dumps({"event_id": "f", "ts_ms": TS, "embedding": wire, **IDS}),
+            context={"frame_dim": 1},
+        )
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_one_non_finite_value_anywhere_is_rejected(bad: float) -> None:
+    for at in (0, 383, 1279):
+        vec = np.zeros(1280, np.float32)
+        vec[at] = bad
+        with pytest.raises(ValidationError, match="non-finite"):
+            FrameEvent(event_id="f", ts_ms=TS, embedding=encode_embedding(vec), **IDS)
+    huge = np.full(1280, np.finfo(np.float32).max, np.float32)  # finite: allowed by the contract
+    assert FrameEvent(event_id="f", ts_ms=TS, embedding=encode_embedding(huge), **IDS).embedding
+
+
+def test_embedding_json_schema_is_base64_text(tmp_path: Path) -> None:
+    export_json_schemas(tmp_path)
+    schema = json.loads((tmp_path / "live.frames.schema.json").read_text())
+    field = schema["properties"]["embedding"]["anyOf"][0]
+    assert field["type"] == "string" and field["contentEncoding"] == "base64"
