@@ -147,13 +147,25 @@ def targets(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
         }
         if oracle is not None and oracle["auc"] > b["auc"]:
             entry["oracle_gap_ratio"] = (full["auc"] - b["auc"]) / (oracle["auc"] - b["auc"])
+        observable = metrics.get("observable_oracle")
+        if observable is not None:
+            entry["observable_gap_ratio"] = {
+                m: (full[m] - b[m]) / (observable[m] - b[m])
+                for m in METRICS
+                if observable[m] > b[m]
+            }
+        pop = metrics.get("popularity")
+        if pop is not None:
+            entry["beats_popularity"] = {
+                n: all(metrics[n][m] > pop[m] for m in METRICS) for n in names
+            }
         out[base] = entry
     return out
 
 
 def summary_json(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The one-object summary `--json` prints: each variant's and the oracle's auc, uauc, gauc."""
-    rows = [*report["variants"], "oracle"]
+    rows = [*report["variants"], "popularity", "oracle", "observable_oracle"]
     return {
         name: {m: round(report["metrics"][name][m], 6) for m in METRICS}
         for name in rows
@@ -170,7 +182,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         + " | samples/s |",
         "|---|" + "---|" * (len(cols) + 1),
     ]
-    for name in [*report["variants"], "popularity", "oracle"]:
+    for name in [*report["variants"], "popularity", "observable_oracle", "oracle"]:
         m = report["metrics"].get(name)
         if m is None:
             continue
@@ -189,6 +201,18 @@ def markdown_table(report: dict[str, Any]) -> str:
                 for m, c in t["margins"].items()
             )
             + (f"; oracle-gap ratio {ratio:.3f} (target >= 0.5)" if ratio is not None else "")
+            + "".join(
+                f"; observable-oracle-gap ratio ({m}) {v:.3f}"
+                for m, v in t.get("observable_gap_ratio", {}).items()
+            )
+            + (
+                "; beats popularity on AUC, UAUC and GAUC: "
+                + ", ".join(
+                    f"{n} {'yes' if ok else 'NO'}" for n, ok in t["beats_popularity"].items()
+                )
+                if "beats_popularity" in t
+                else ""
+            )
         )
     return "\n".join(lines) + "\n"
 

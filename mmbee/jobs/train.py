@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 """Bumped whenever `build_examples` changes what it produces (invalidates caches)."""
 
 
@@ -100,6 +100,8 @@ class BuiltExamples:
         table: labeled snapshots (rows in event-time order of their emission).
         store: the closed segments the table refers to.
         truth: per example the simulator's true gift probability (NaN when unknown), or None.
+        observable: per example the observable oracle's probability (the truth without the
+            user's hidden propensity, `mmbee.simulator.oracle`), or None.
         start_ms, end_ms: the span of the log (manifest, or first/last event).
         stats: counts and timings of the build.
     """
@@ -110,6 +112,7 @@ class BuiltExamples:
     start_ms: int
     end_ms: int
     stats: dict[str, Any] = field(default_factory=dict)
+    observable: np.ndarray | None = None
 
 
 def _log_identity(logdir: Path) -> str:
@@ -168,7 +171,8 @@ def build_examples(logdir: Path | str, config: BuildConfig, progress: bool = Tru
     """Replay `logdir` in event-time order into point-in-time labeled examples (see module doc)."""
     from tqdm.auto import tqdm
 
-    from mmbee.simulator.reader import count_events, iter_events, read_log, read_truth
+    from mmbee.simulator.oracle import observable_truth
+    from mmbee.simulator.reader import LogError, count_events, iter_events, read_log, read_truth
 
     t0 = time.perf_counter()
     root = Path(logdir)
@@ -247,14 +251,20 @@ def build_examples(logdir: Path | str, config: BuildConfig, progress: bool = Tru
         duplicates=state.duplicates + joiner.duplicates,
         seconds=round(time.perf_counter() - t0, 2),
     )
-    truth = None
+    truth = observable = None
     if (root / "truth" / "impressions.csv").exists():
         p = read_truth(bundle)
         truth = np.array([p.get(e, np.nan) for e in table.event_ids], dtype=np.float64)
+        try:
+            q = observable_truth(bundle)
+        except LogError as exc:  # a log from before the unit rate was written
+            stats["observable_oracle"] = str(exc)
+        else:
+            observable = np.array([q.get(e, np.nan) for e in table.event_ids], np.float64)
     manifest = bundle.manifest or {}
     start = int(manifest.get("start_ms", first_ts or 0))
     end = int(manifest.get("end_ms", last_ts + 1))
-    return BuiltExamples(table, store, truth, start, end, stats)
+    return BuiltExamples(table, store, truth, start, end, stats, observable)
 
 
 def load_or_build(
@@ -277,14 +287,20 @@ def load_or_build(
         store = MemorySegmentStore.load(cache / f"examples-{key}.store.npz")
         truth_path = cache / f"examples-{key}.truth.npy"
         truth = np.load(truth_path) if truth_path.exists() else None
+        obs_path = cache / f"examples-{key}.observable.npy"
+        observable = np.load(obs_path) if obs_path.exists() else None
         log(f"examples: cached {meta_path}")
-        return BuiltExamples(table, store, truth, meta["start_ms"], meta["end_ms"], meta["stats"])
+        return BuiltExamples(
+            table, store, truth, meta["start_ms"], meta["end_ms"], meta["stats"], observable
+        )
     built = build_examples(root, config, progress)
     cache.mkdir(parents=True, exist_ok=True)
     built.table.save(cache / f"examples-{key}.table.npz")
     built.store.save(cache / f"examples-{key}.store.npz")
     if built.truth is not None:
         np.save(cache / f"examples-{key}.truth.npy", built.truth)
+    if built.observable is not None:
+        np.save(cache / f"examples-{key}.observable.npy", built.observable)
     meta = {"start_ms": built.start_ms, "end_ms": built.end_ms, "stats": built.stats}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return built
@@ -305,7 +321,8 @@ def split_by_time(built: BuiltExamples, test_days: float = 1.0) -> tuple[np.ndar
 def test_report(
     built: BuiltExamples, test_idx: np.ndarray, scores: np.ndarray | None, k: int = 10
 ) -> dict[str, dict[str, float]]:
-    """Metrics on `test_idx`: the model (`scores`), the popularity baseline and the oracle."""
+    """Metrics on `test_idx`: the model (`scores`), the popularity baseline, the oracle and the
+    observable oracle (simulated logs)."""
     t = built.table
     users, items = t.column("user")[test_idx], t.column("author")[test_idx]
     y = t.column("labels")[test_idx, 2]
@@ -313,10 +330,11 @@ def test_report(
     if scores is not None:
         out["test"] = evaluate_scores(users, items, y, scores, k)
     out["popularity"] = evaluate_scores(users, items, y, popularity_scores(t, test_idx), k)
-    if built.truth is not None:
-        truth = built.truth[test_idx]
-        known = ~np.isnan(truth)
-        out["oracle"] = evaluate_scores(users[known], items[known], y[known], truth[known], k)
+    for name, ref in (("oracle", built.truth), ("observable_oracle", built.observable)):
+        if ref is not None:
+            r = ref[test_idx]
+            known = ~np.isnan(r)
+            out[name] = evaluate_scores(users[known], items[known], y[known], r[known], k)
     return out
 
 

@@ -57,6 +57,16 @@ class TrainingExample(BaseModel):
     pair_watches: int = Field(default=0, ge=0)
     pair_gifts: int = Field(default=0, ge=0)
     segment_starts: list[int] = Field(default_factory=list, max_length=MAX_SEGMENTS)
+    user_day_watches: int | None = Field(default=None, ge=0)
+    user_day_gifts: int | None = Field(default=None, ge=0)
+    user_day_gift_value: float | None = Field(default=None, ge=0.0)
+    author_recent_gifts: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=8
+    )
+    author_recent_watches: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=8
+    )
+    live_category: str | None = Field(default=None, max_length=128)
     expansions: dict[
         ExpansionName, Annotated[list[tuple[Id, float]], Field(max_length=MAX_EXPANSION)]
     ] = Field(default_factory=dict)

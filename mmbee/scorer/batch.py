@@ -56,6 +56,10 @@ DENSE_FEATURES = (
     "log_pair_watches",
     "log_pair_gifts",
     "log_pair_watch_share",
+    "log_room_gifts_5m",
+    "log_room_gifts_15m",
+    "log_room_entries_5m",
+    "log_room_gift_rate_15m",
     "hour_sin",
     "hour_cos",
 )

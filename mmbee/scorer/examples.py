@@ -35,7 +35,13 @@ from pydantic import BaseModel
 from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
 from mmbee.schemas.scoring import TrainingExample
 from mmbee.scorer.batch import AUTHOR_EXPANSIONS, USER_EXPANSIONS
-from mmbee.scorer.features import AuthorFeatures, Behaviour, FeatureSnapshot, UserFeatures
+from mmbee.scorer.features import (
+    RECENT_WINDOWS_MS,
+    AuthorFeatures,
+    Behaviour,
+    FeatureSnapshot,
+    UserFeatures,
+)
 
 __all__ = [
     "LabelConfig",
@@ -270,6 +276,12 @@ def to_message(ex: LabeledExample) -> TrainingExample:
             "pair_watches": s.pair_watches,
             "pair_gifts": s.pair_gifts,
             "segment_starts": list(s.author.segment_starts),
+            "user_day_watches": s.user.day_watches,
+            "user_day_gifts": s.user.day_gifts,
+            "user_day_gift_value": s.user.day_gift_value,
+            "author_recent_gifts": list(s.author.recent_gifts),
+            "author_recent_watches": list(s.author.recent_watches),
+            "live_category": s.author.category,
             "expansions": {n: [(k, w) for k, w in e] for n, e in zip(names, exps, strict=True)},
             "label_watch": int(ex.labels[0]),
             "label_comment": int(ex.labels[1]),
@@ -290,6 +302,9 @@ def from_message(m: TrainingExample) -> LabeledExample:
         gifts=m.user_gifts,
         gift_value=m.user_gift_value,
         expansions=tuple(tuple((k, w) for k, w in exps.get(n, [])) for n in USER_EXPANSIONS),
+        day_watches=m.user_day_watches,
+        day_gifts=m.user_day_gifts,
+        day_gift_value=m.user_day_gift_value,
     )
     author = AuthorFeatures(
         author_id=m.author_id,
@@ -298,6 +313,9 @@ def from_message(m: TrainingExample) -> LabeledExample:
         gifts=m.author_gifts,
         segment_starts=tuple(m.segment_starts),
         expansions=tuple(tuple((k, w) for k, w in exps.get(n, [])) for n in AUTHOR_EXPANSIONS),
+        category=m.live_category,
+        recent_gifts=tuple(m.author_recent_gifts) or (0,) * len(RECENT_WINDOWS_MS),
+        recent_watches=tuple(m.author_recent_watches) or (0,) * len(RECENT_WINDOWS_MS),
     )
     snap = FeatureSnapshot(m.event_id, m.ts_ms, user, author, m.pair_watches, m.pair_gifts)
     labels = (float(m.label_watch), float(m.label_comment), float(m.label_gift))

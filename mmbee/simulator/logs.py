@@ -260,11 +260,12 @@ def write_log(
     moments = np.array(MOMENTS)
     _write_rows(
         outdir / "truth" / "impressions.csv",
-        ["click_row", "p_gift_1h", "moment"],
+        ["click_row", "p_gift_1h", "moment", "unit_rate"],
         [
             np.arange(world.click_ts.size),
             [repr(float(x)) for x in world.click_p.tolist()],
             moments[world.click_moment].tolist(),
+            [repr(float(x)) for x in world.click_unit_rate.tolist()],
         ],
     )
     _write_rows(

@@ -130,6 +130,8 @@ _SPECS: dict[str, list[tuple[str, Kind]]] = {
     "truth/streamers.csv": [("streamer_id", "id"), ("community", "id")],
 }
 _OPTIONAL_COLUMNS: dict[str, list[tuple[str, Kind]]] = {
+    # the gift rate at unit propensity (> 0, checked like a price): `mmbee.simulator.oracle`
+    "truth/impressions.csv": [("unit_rate", "price")],
     "mmbee_speech.csv": [("audio_offset", "nonneg"), ("audio_bytes", "nonneg")],
     "mmbee_frames.csv": [("jpeg_offset", "nonneg"), ("jpeg_bytes", "nonneg")],
 }

@@ -64,6 +64,9 @@ class World:
     Ids are array indices: user u, streamer s, session (live room) r. Event arrays are sorted by
     time. `click_p` is the exact P(gift by that user to that streamer within 1 h of the click);
     `click_moment` / `segment_moment` index `content.MOMENTS` and are hidden from models.
+    `click_unit_rate` is lambda_i with the user's hidden propensity gamma_u set to 1 (so
+    p = 1 - exp(-gamma_u * unit_rate)): what an evaluator needs to build an oracle that does not
+    know gamma_u.
     """
 
     config: WorldConfig
@@ -97,6 +100,7 @@ class World:
     click_ts: np.ndarray
     click_watch_ms: np.ndarray
     click_p: np.ndarray  # float64
+    click_unit_rate: np.ndarray  # float64: lambda_i / gamma_u, the rate at unit propensity
     click_moment: np.ndarray
     # gifts (K,)
     gift_user: np.ndarray
@@ -445,6 +449,14 @@ def generate_world(config: WorldConfig, seed: int) -> World:
         * np.exp(cal.style_beta * np.einsum("ij,ij->i", u_style[v_user], style[v_str]))
         * GIFT_MULTIPLIER[v_moment]
     )
+    unit_rate = (  # the same rate at gamma_u = 1 (for oracles that do not know gamma_u)
+        cal.base_gift_rate
+        * appeal[v_str]
+        * (1.0 + cal.community_gift_boost * w_comm)
+        * np.where(at_idol, cal.idol_gift_boost, 1.0)
+        * np.exp(cal.style_beta * np.einsum("ij,ij->i", u_style[v_user], style[v_str]))
+        * GIFT_MULTIPLIER[v_moment]
+    )
     p = -np.expm1(-lam)
     gifts_now = r_gift.random(N1) < p
     room_left = session_end[v_ses] - v_ts  # >= 1 min by construction
@@ -588,6 +600,7 @@ def generate_world(config: WorldConfig, seed: int) -> World:
         click_ts=c_ts.astype(np.int64),
         click_watch_ms=c_watch.astype(np.int64),
         click_p=p[sel],
+        click_unit_rate=unit_rate[sel],
         click_moment=v_moment[sel].astype(np.int64),
         gift_user=c_user[g_click].astype(np.int64),
         gift_session=c_ses[g_click].astype(np.int64),

@@ -95,7 +95,15 @@ def test_ablation_json_and_files(
             ]
         )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {"sim", "sim_mfq", "sim_gie", "sim_mfq_gie", "oracle"}
+    assert set(summary) == {
+        "sim",
+        "sim_mfq",
+        "sim_gie",
+        "sim_mfq_gie",
+        "popularity",
+        "oracle",
+        "observable_oracle",
+    }
     assert all(set(v) == {"auc", "uauc", "gauc"} for v in summary.values())
     assert (out / "ablation.png").stat().st_size > 1000
     md = (out / "ablation.md").read_text()
@@ -103,6 +111,8 @@ def test_ablation_json_and_files(
     report = json.loads((out / "ablation.json").read_text())
     assert summary_json(report) == summary
     assert "sim" in report["targets"] and "oracle_gap_ratio" in report["targets"]["sim"]
+    assert "observable-oracle-gap ratio" in md and "beats popularity" in md
+    assert summary["observable_oracle"]["auc"] < summary["oracle"]["auc"]
 
 
 def test_targets_logic() -> None:
@@ -113,3 +123,13 @@ def test_targets_logic() -> None:
     t = targets(m)
     assert t["sim"]["all_hold"] and not t["mmoe"]["all_hold"]
     assert t["sim"]["oracle_gap_ratio"] == pytest.approx(0.5)
+    m["observable_oracle"] = {"auc": 0.95, "uauc": 0.9, "gauc": 0.9}
+    m["popularity"] = {"auc": 0.85, "uauc": 0.805, "gauc": 0.79}
+    t = targets(m)
+    assert t["sim"]["observable_gap_ratio"]["auc"] == pytest.approx(1.0)
+    assert t["sim"]["beats_popularity"] == {
+        "sim": False,
+        "sim_mfq": True,
+        "sim_gie": True,
+        "sim_mfq_gie": True,
+    }

@@ -14,7 +14,7 @@ from mmbee.scorer.dataset import ExampleTable, Rows, collate
 from mmbee.scorer.examples import LabelConfig, LabelJoiner
 from mmbee.scorer.features import FeatureConfig, FeatureSnapshot, FeatureState, MemorySegmentStore
 
-CFG = FeatureConfig(history=6, segments=3, expansion_n=4)
+CFG = FeatureConfig(history=6, segments=3, expansion_n=4, freeze_user_day=False)
 ROWS = Rows(user_rows=128, author_rows=128, content_author_rows=256)
 
 

@@ -24,7 +24,7 @@ from mmbee.scorer.features import (
     UserState,
 )
 
-CFG = FeatureConfig(history=8, segments=4, expansion_n=5)
+CFG = FeatureConfig(history=8, segments=4, expansion_n=5, freeze_user_day=False)
 ROWS = Rows(user_rows=64, author_rows=64, content_author_rows=64)
 Stream = list[tuple[int, BaseModel]]
 
@@ -178,8 +178,17 @@ def test_states_round_trip_through_plain_dicts() -> None:
     u = UserState()
     for i in range(25):
         u.add(Behaviour(i, f"a{i % 4}", WATCH if i % 3 else GIFT), 1.5, keep=10, max_pairs=3)
-    assert 10 <= len(u.history) <= 20 and len(u.pairs) == 3
+    assert 10 <= len(u.history) <= 30 and len(u.pairs) == 3
     assert UserState.from_dict(u.to_dict()).to_dict() == u.to_dict()
+    # trimming keeps `keep` behaviours of the days before, however busy the current day
+    from mmbee.scorer.features import DAY_MS
+
+    d = UserState()
+    for i in range(100):
+        d.add(Behaviour(DAY_MS - 50 + i, "a", WATCH), 0.0, keep=10, max_pairs=3)
+    assert len(d.history) <= 30
+    assert sum(b.ts_ms < DAY_MS for b in d.history) == 10
+    assert d.day_start(DAY_MS + 60) == (50, 0, 0.0)
     a = AuthorState()
     for s in range(0, 300_000, 30_000):
         a.add_segment("l1" if s < 150_000 else "l2", s, s + 30_000, keep=4)
@@ -206,3 +215,49 @@ def test_store_rejects_wrong_width_and_keeps_first_copy(
         MemorySegmentStore(frame_dim=16, text_dim=4).put(
             segment_factory("a", "l", 1_700_000_010_000, np.random.default_rng(1))
         )
+
+
+def test_day_start_and_recent_room_counters_by_brute_force(
+    stream_factory: Callable[..., Stream],
+) -> None:
+    from mmbee.scorer.features import DAY_MS, RECENT_WINDOWS_MS
+
+    stream = stream_factory(3, minutes=120)
+    t0 = min(t for t, _ in stream)
+    offset = -(t0 + 3_600_000) % DAY_MS  # local midnight one hour into the stream
+    cfg = FeatureConfig(history=8, segments=4, expansion_n=5, day_offset_ms=offset)
+    st = FeatureState(cfg, store=MemorySegmentStore(frame_dim=8, text_dim=4))
+    events = [ev for _, ev in stream if not isinstance(ev, SegmentClosed)]
+    seen_before = seen_after = 0
+    for t, ev in stream:
+        if isinstance(ev, WatchEvent) and ev.action == "enter":
+            s = st.snapshot(ev.event_id, ev.user_id, ev.author_id, ev.live_id, ev.ts_ms)
+            ts = ev.ts_ms
+            day_start = (ts + offset) // DAY_MS * DAY_MS - offset
+            mine = [e for e in events if getattr(e, "user_id", None) == ev.user_id]
+            early = [e for e in mine if e.ts_ms < min(ts, day_start)]
+            enters = [e for e in early if isinstance(e, WatchEvent) and e.action == "enter"]
+            gifts = [e for e in early if isinstance(e, GiftEvent)]
+            assert s.user.day_watches == len(enters)
+            assert s.user.day_gifts == len(gifts)
+            assert s.user.day_gift_value == pytest.approx(sum(g.gift_value for g in gifts))
+            behaviours = [
+                e
+                for e in early
+                if isinstance(e, CommentEvent | GiftEvent)
+                or (isinstance(e, WatchEvent) and e.action == "enter")
+            ]
+            assert [b.ts_ms for b in s.user.history] == sorted(e.ts_ms for e in behaviours)[
+                -cfg.history :
+            ]  # the behaviour sequence stops at the day start
+            seen_before += ts < day_start + DAY_MS and ts >= day_start and day_start > t0
+            seen_after += s.user.day_watches < s.user.watches
+            room = [e for e in events if e.author_id == ev.author_id and e.ts_ms < ts]
+            for i, w in enumerate(RECENT_WINDOWS_MS):
+                recent = [e for e in room if e.ts_ms >= ts - w]
+                assert s.author.recent_gifts[i] == sum(isinstance(e, GiftEvent) for e in recent)
+                assert s.author.recent_watches[i] == sum(
+                    isinstance(e, WatchEvent) and e.action == "enter" for e in recent
+                )
+        st.apply(ev, at_ms=t)
+    assert seen_before > 10 and seen_after > 10  # both days and a within-day change occur
