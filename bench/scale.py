@@ -153,8 +153,7 @@ class Worker:
         return round(fields["VmRSS"], 1), round(fields["VmHWM"], 1)
 
     def cpu_s(self) -> float:
-        parts = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.alive():
@@ -166,6 +165,19 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait(30)
         self._log.close()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def box_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def wait_for(
@@ -197,6 +209,16 @@ def stable(workers: list[Worker], partitions: int) -> bool:
     )
 
 
+def settled_status(w: Worker, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The worker's status, retried while a loaded machine makes it time out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        s = w.status()
+        if s or time.monotonic() > deadline:
+            return s
+        time.sleep(0.2)
+
+
 def consumed(workers: list[Worker]) -> tuple[int, int]:
     """(messages the consuming agents finished, events held for alignment) over all workers."""
     done = held = 0
@@ -220,7 +242,13 @@ def run_settings(base: Settings, name: str, workdir: Path, **extra: Any) -> Sett
 
 
 def throughput_run(
-    base: Settings, name: str, n_workers: int, messages: list[Any], n_consumed: int, workdir: Path
+    base: Settings,
+    name: str,
+    n_workers: int,
+    messages: list[Any],
+    n_consumed: int,
+    workdir: Path,
+    broker_pid: int,
 ) -> dict[str, Any]:
     """One deployment of `n_workers` reading the whole log as a backlog (see the docstring)."""
     settings = run_settings(base, name, workdir, session_timeout_s=60.0)
@@ -236,6 +264,7 @@ def throughput_run(
             w.signal(signal.SIGSTOP)
         stats = publish(messages, settings)
         cpu0 = [w.cpu_s() for w in workers]
+        broker0, box0 = proc_cpu_s(broker_pid), box_jiffies()
         for w in workers:
             w.signal(signal.SIGCONT)
         t0 = time.monotonic()
@@ -246,6 +275,9 @@ def throughput_run(
 
         wait_for(done, f"{n_workers} worker(s) to read the log", workers, 900)
         wall = time.monotonic() - t0
+        broker_cpu = proc_cpu_s(broker_pid) - broker0
+        box1 = box_jiffies()
+        box_cores = (box1[0] - box0[0]) / max(1, box1[1] - box0[1]) * (os.cpu_count() or 1)
         spans = [w.metrics() for w in workers]
         first = min(
             a[g]["first_s"] for a in spans for g in ("segments",) if a.get(g, {}).get("first_s")
@@ -266,6 +298,10 @@ def throughput_run(
             "per_worker_messages": per_worker,
             "worker_cpu_s": [round(c, 2) for c in cpu],
             "events_per_worker_cpu_s": round(n_consumed / sum(cpu), 1),
+            # where the machine's cores went while the workers read the backlog
+            "cores_used_by_workers": round(sum(cpu) / wall, 2),
+            "cores_used_by_broker": round(broker_cpu / wall, 2),
+            "cores_busy_on_machine": round(box_cores, 2),
             "rss_mib": [r[0] for r in rss],
             "peak_rss_mib": [r[1] for r in rss],
             "replay_per_s": round(stats.per_s),
@@ -302,11 +338,9 @@ def failover_run(
             lambda: consumed(workers)[0] >= n_consumed // 5, "a fifth of the log", workers, 600, 0.1
         )
         graph = f"{settings.topic_prefix}graph.gifts:0"
-        victim = next(
-            (w for w in workers if graph in w.status()["partitions"]["assigned"]), workers[0]
-        )
-        survivor = workers[1] if victim is workers[0] else workers[0]
-        lost = set(victim.status()["partitions"]["assigned"])
+        assigned = [set(settled_status(w)["partitions"]["assigned"]) for w in workers]
+        v = 0 if graph in assigned[0] else 1
+        victim, survivor, lost = workers[v], workers[1 - v], assigned[v]
         content = {settings.topic(t) for t in CONTENT}
 
         def committed() -> dict[str, int]:
@@ -405,7 +439,9 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         for r in range(args.runs):
             for n in (1, 2):
-                got = throughput_run(base, f"r{r}w{n}", n, messages, n_consumed, workdir)
+                got = throughput_run(
+                    base, f"r{r}w{n}", n, messages, n_consumed, workdir, broker._proc.pid
+                )
                 runs.append(got)
                 print(json.dumps({"run": r, **got}), file=sys.stderr)
         one = [x["rate"] for x in runs if x["workers"] == 1]
@@ -423,6 +459,11 @@ def main() -> None:
             "one": statistics.median(x["events_per_worker_cpu_s"] for x in runs if x["workers"] == 1),
             "two": statistics.median(x["events_per_worker_cpu_s"] for x in runs if x["workers"] == 2),
         }  # fmt: skip
+        for key in ("cores_used_by_workers", "cores_used_by_broker", "cores_busy_on_machine"):
+            result[key] = {
+                k: statistics.median(x[key] for x in runs if x["workers"] == n)
+                for k, n in (("one", 1), ("two", 2))
+            }
         result["worker_rss_mib"] = {
             "one": max(max(x["rss_mib"]) for x in runs if x["workers"] == 1),
             "two": max(max(x["rss_mib"]) for x in runs if x["workers"] == 2),

@@ -28,9 +28,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -152,10 +152,9 @@ async def sample_lag(ctx: StreamContext, obs: Observability, timeout_s: float) -
     try:
         end = await asyncio.wait_for(consumer.highwaters(*tps), timeout_s)
         # faust keeps the committed offsets it fetched at assignment and those it committed
-        committed: dict[TP, int | None] = {
-            tp: consumer._committed_offset.get(tp)
-            for tp in tps  # noqa: SLF001
-        }
+        # (faust 0.15: `Consumer._committed_offset`, no public accessor)
+        known = cast(Mapping[TP, int | None], getattr(consumer, "_committed_offset", {}))
+        committed: dict[TP, int | None] = {tp: known.get(tp) for tp in tps}
         missing = [tp for tp, off in committed.items() if off is None]
         if missing:
             earliest = await asyncio.wait_for(consumer.earliest_offsets(*missing), timeout_s)
@@ -284,7 +283,7 @@ def install(ctx: StreamContext) -> None:
         health.assigned_once = True
         health.assignments += 1
 
-    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it loosely
     ctx.runtimes.setdefault("_receivers", []).append(on_assigned)  # signals may hold weakly
 
     @app.page(ROUTES["live"], name="mmbee_health_live")

@@ -183,8 +183,10 @@ def test_two_workers_one_killed_end_like_one(
     graph_topic = f"{two.topic_prefix}graph.gifts:0"
     victim, survivor = (w1, w2) if graph_topic in status(w1)["partitions"]["assigned"] else (w2, w1)
     lost = status(victim)["partitions"]["assigned"]
+    through = processed(w1) + processed(w2)
     victim.kill()
     killed_at = time.monotonic()
+    assert through < n_content, "the log was through before the kill: nothing left to take over"
 
     def took_over() -> bool:
         s = status(survivor)
@@ -207,4 +209,7 @@ def test_two_workers_one_killed_end_like_one(
     gift_ids = {g.event_id for g in gifts}
     assert all(a == "graph" and r == "duplicate" and e in gift_ids for a, r, e in extra), extra
     survivor.stop()
-    print(f"takeover {takeover_s:.1f} s after SIGKILL; {len(extra)} redelivered gifts absorbed")
+    print(
+        f"killed at {through}/{n_content} content events; takeover {takeover_s:.1f} s after "
+        f"SIGKILL; {len(extra)} redelivered gifts absorbed as duplicates"
+    )

@@ -198,6 +198,17 @@ def test_status_fits_one_screen() -> None:
     assert "graph     not on this worker" in text and "model gtr-7" in text
 
 
+def test_status_of_an_unreachable_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmbee.streams.broker import free_port
+    from mmbee.streams.status import show_status, status_url
+
+    port = free_port()  # nothing listens there
+    assert status_url(Settings(web_port=port)) == f"http://127.0.0.1:{port}/mmbee/status/"
+    assert status_url(Settings(web_host="0.0.0.0", web_port=port)).startswith("http://127.0.0.1:")
+    assert show_status(Settings(web_port=port)) == 2
+    assert "no status from" in capsys.readouterr().err
+
+
 # --- a real worker -----------------------------------------------------------------------------
 
 
