@@ -181,6 +181,50 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="quiet wall time after which a changed graph is rebuilt"
     )
 
+    # --- joiner, serving, online refresh (docs/serving.md) ----------------------------------
+    joiner_history: int = Field(default=50, ge=1, description="H: behaviours per snapshot")
+    label_window_ms: int = Field(default=3_600_000, gt=0, description="gift label window")
+    label_watch_threshold_ms: int = Field(default=60_000, ge=0, description="short stay")
+    joiner_settle_s: float = Field(
+        default=1.0, ge=0, description="wall seconds a decided example waits for the author side"
+    )
+    joiner_align_wait_ms: int = Field(
+        default=5_000, ge=0, description="safety valve of the joiner's event-time alignment"
+    )
+    joiner_mark_interval_s: float = Field(
+        default=0.05, gt=0, description="how often forwarders publish their progress marks"
+    )
+    author_horizon_ms: int = Field(
+        default=3 * 3_600_000,
+        gt=0,
+        description="event time the author timelines, segment references and expansion "
+        "versions reach back (point-in-time reads of the joiner; >= label window + settle)",
+    )
+    views_retain_ms: int = Field(
+        default=2 * 3_600_000, ge=0, description="segment features kept for the online refresh"
+    )
+    serving_model_name: str = Field(default="gtr", description="key on model.versions")
+    serving_model_path: Path | None = Field(
+        default=None, description="a checkpoint to serve and watch for changes (besides topic)"
+    )
+    serving_poll_s: float = Field(default=0.5, gt=0, description="model version / path check")
+    serving_max_candidates: int = Field(default=300, ge=1, le=500)
+    serving_reject_unknown_users: bool = True
+    serving_reject_unknown_authors: bool = True
+    serving_threads: int = Field(default=1, ge=1, description="inference threads (executor)")
+    model_dir: Path = Field(default=Path(".mmbee/models"), description="refresh checkpoints")
+    refresh_interval_s: float | None = Field(
+        default=None, gt=0, description="online fine-tune period; None: off (one worker only)"
+    )
+    refresh_min_examples: int = Field(default=500, ge=1)
+    refresh_max_examples: int = Field(default=50_000, ge=1)
+    refresh_epochs: int = Field(default=1, ge=1)
+    refresh_lr: float = Field(default=5e-4, gt=0)
+    refresh_batch_size: int = Field(default=512, ge=1)
+    refresh_bootstrap_variant: str | None = Field(
+        default=None, description="train this variant from scratch when nothing is served yet"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _profile_defaults(cls, values: Any) -> Any:

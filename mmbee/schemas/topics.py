@@ -28,6 +28,7 @@ from mmbee.schemas.events import (
 )
 from mmbee.schemas.graph import AuthorExpansions, UserExpansions
 from mmbee.schemas.scoring import TrainingExample
+from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, ModelVersion, UserActivity
 
 __all__ = [
     "TopicSpec",
@@ -37,7 +38,7 @@ __all__ = [
     "export_json_schemas",
 ]
 
-KeyField = Literal["author_id", "user_id", "none"]
+KeyField = Literal["author_id", "user_id", "model_name", "none"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,12 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("train.examples", TrainingExample, "user_id"),
         TopicSpec("graph.user_expansions", UserExpansions, "user_id", compacted=True),
         TopicSpec("graph.author_expansions", AuthorExpansions, "author_id", compacted=True),
+        TopicSpec("user.activity", UserActivity, "user_id"),
+        TopicSpec("author.activity", AuthorActivity, "author_id"),
+        TopicSpec(
+            "author.state", AuthorTimeline, "author_id", compacted=True, max_message_bytes=4 << 20
+        ),
+        TopicSpec("model.versions", ModelVersion, "model_name", compacted=True),
         TopicSpec(
             "dlq",
             DeadLetter,

@@ -12,6 +12,13 @@ from start to end and never sees a half-loaded one.
 forward pass over all candidates. Bad requests come back as a ScoreResponse with `error` set.
 Latency is measured with an injected clock.
 
+Content embeddings without the encoder per request: `load_model` wraps the model's content
+encoder so a batch may carry `PrecomputedContent` (encoder outputs computed earlier) instead of
+segment features; `encode_buffers` computes those outputs for a list of segment buffers (the
+serving worker does it when a segment closes and for every author before a model swap), and
+`score_request(..., content=...)` scores with them: the rest of `GTRModel.forward` (projection,
+GIE, base, wide term) runs unchanged, so scores equal the full forward (tested).
+
 Example:
     >>> holder = ModelHolder()  # doctest: +SKIP
     >>> holder.swap(load_model("runs/demo/model.pt"))  # doctest: +SKIP
@@ -24,15 +31,18 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
+from mmbee.encoders.base import EncoderOutput, SegmentBatch
 from mmbee.schemas.events import AuthorScore, ScoreRequest, ScoreResponse
+from mmbee.scorer.batch import id_row
 from mmbee.scorer.dataset import RowCache, Rows, collate, collate_request
 from mmbee.scorer.features import (
     AuthorFeatures,
@@ -49,6 +59,9 @@ from mmbee.scorer.train import rows_for
 __all__ = [
     "NoModelError",
     "LoadedModel",
+    "PrecomputedContent",
+    "ContentBuffer",
+    "encode_buffers",
     "load_model",
     "ModelHolder",
     "predict_snapshots",
@@ -71,6 +84,8 @@ class LoadedModel:
         rows: the table sizes batches must be cut with.
         config: the whole checkpoint config.
         cache: memoised id -> table row hashing (thread-safe enough: a race only re-hashes).
+        content: author -> (segment keys, encoder output (D_enc,)) computed with this model's
+            encoder (serving's content embedding cache; filled by the serving worker).
     """
 
     version: str
@@ -79,6 +94,7 @@ class LoadedModel:
     rows: Rows
     config: dict[str, Any]
     cache: RowCache = field(default_factory=RowCache)
+    content: dict[str, tuple[tuple[int, ...], Tensor]] = field(default_factory=dict)
 
 
 def load_model(
@@ -93,7 +109,102 @@ def load_model(
     features = FeatureConfig(**build["features"]) if "features" in build else FeatureConfig()
     if version is None:
         version = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
-    return LoadedModel(version, model, features, rows_for(model), config)
+    rows = rows_for(model)
+    if model.content is not None:
+        model.content = _CachedContent(model.content)  # type: ignore[assignment]
+    return LoadedModel(version, model, features, rows, config)
+
+
+@dataclass(frozen=True)
+class PrecomputedContent:
+    """Content encoder outputs computed earlier, in place of a batch's `SegmentBatch`.
+
+    Shapes:
+        embedding: (U, D_enc) one encoder output per content buffer (`GTRBatch.content_index`
+            points into it).
+    """
+
+    embedding: Tensor
+
+    def to(self, device: torch.device | str) -> PrecomputedContent:
+        return PrecomputedContent(self.embedding.to(device))
+
+
+class _CachedContent(nn.Module):
+    """The model's content encoder, passing `PrecomputedContent` through unchanged."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.encoder.out_dim)  # type: ignore[arg-type]
+
+    def forward(self, content: SegmentBatch | PrecomputedContent) -> EncoderOutput:
+        """Shapes: see `SegmentBatch`; output embedding (U, D_enc)."""
+        if isinstance(content, PrecomputedContent):
+            return EncoderOutput(content.embedding)
+        out: EncoderOutput = self.encoder(content)
+        return out
+
+
+@dataclass(frozen=True)
+class ContentBuffer:
+    """One streamer's segment buffer for the content encoder: its pooled features, oldest
+    first (at most L; a modality absent from a segment is None).
+
+    Example:
+        >>> ContentBuffer("a1", ((None, None, None),)).author_id
+        'a1'
+    """
+
+    author_id: str
+    segments: tuple[tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None], ...]
+
+
+def encode_buffers(
+    loaded: LoadedModel, buffers: Sequence[ContentBuffer], frame_dim: int, text_dim: int
+) -> Tensor:
+    """The content encoder's outputs for `buffers`, as the training collate feeds it (segments
+    right-aligned in L slots, float16 features as float32, masks from the present modalities):
+    (len(buffers), D_enc), inference mode."""
+    encoder = loaded.model.content
+    if encoder is None:
+        raise ValueError(f"model {loaded.version} has no content encoder")
+    u, seg = len(buffers), loaded.features.segments
+    visual = np.zeros((u, seg, frame_dim), np.float32)
+    speech = np.zeros((u, seg, text_dim), np.float32)
+    comments = np.zeros((u, seg, text_dim), np.float32)
+    present = np.zeros((u, seg, 3), bool)
+    valid = np.zeros((u, seg), bool)
+    for i, buf in enumerate(buffers):
+        segs = buf.segments[-seg:]
+        off = seg - len(segs)
+        for j, feats in enumerate(segs):
+            valid[i, off + j] = True
+            for m, (vec, arr) in enumerate(zip(feats, (visual, speech, comments), strict=True)):
+                if vec is not None:
+                    arr[i, off + j] = vec
+                    present[i, off + j, m] = True
+    rows = loaded.rows.content_author_rows
+    batch = SegmentBatch(
+        visual=torch.from_numpy(visual),  # (U, L, d_v)
+        speech=torch.from_numpy(speech),  # (U, L, d_s)
+        comments=torch.from_numpy(comments),  # (U, L, d_t)
+        segment_mask=torch.from_numpy(valid),
+        modality_mask=torch.from_numpy(present.any(axis=1)),
+        author_ids=torch.tensor([id_row(b.author_id, rows) for b in buffers], dtype=torch.long),
+        segment_modality_mask=torch.from_numpy(present),
+    )
+    inner = encoder.encoder if isinstance(encoder, _CachedContent) else encoder
+    device = loaded.model.logit_offset.device
+    with torch.inference_mode():
+        return inner(batch.to(device)).embedding  # type: ignore[no-any-return]
 
 
 class ModelHolder:
@@ -138,16 +249,31 @@ class ModelHolder:
 
 
 def predict_snapshots(
-    loaded: LoadedModel, snapshots: Sequence[FeatureSnapshot], store: MemorySegmentStore | None
+    loaded: LoadedModel,
+    snapshots: Sequence[FeatureSnapshot],
+    store: MemorySegmentStore | None,
+    content: Tensor | None = None,
 ) -> np.ndarray:
-    """P(gift within 1 h) of each snapshot: one batch, inference mode. (N,) float64."""
+    """P(gift within 1 h) of each snapshot: one batch, inference mode. (N,) float64.
+
+    `content` (N, D_enc): precomputed content encoder outputs, one per snapshot, instead of
+    running the encoder over segments from `store`.
+    """
     if not snapshots:
         return np.zeros(0)
     user = snapshots[0].user
+    rows = loaded.rows
+    if content is not None:
+        rows = replace(rows, with_content=False)
     if all(s.user is user for s in snapshots):  # one score request: user side once
-        batch = collate_request(snapshots, loaded.features, loaded.rows, store, loaded.cache)
+        batch = collate_request(snapshots, loaded.features, rows, store, loaded.cache)
     else:
-        batch = collate(snapshots, loaded.features, loaded.rows, store)
+        batch = collate(snapshots, loaded.features, rows, store)
+    if content is not None and loaded.rows.with_content:
+        if content.shape[0] != len(snapshots):
+            raise ValueError(f"content has {content.shape[0]} rows for {len(snapshots)} snapshots")
+        batch.content = PrecomputedContent(content)  # type: ignore[assignment]
+        batch.content_index = torch.arange(len(snapshots))
     device = loaded.model.logit_offset.device
     with torch.inference_mode():
         logits = loaded.model(batch.to(device)).logits["gift"]  # model is in eval mode
@@ -163,11 +289,13 @@ def score_request(
     store: MemorySegmentStore | None,
     clock: Callable[[], float] = time.perf_counter,
     now_ms: int | None = None,
+    content: Tensor | None = None,
 ) -> ScoreResponse:
     """Score every candidate of `request`; `authors` are their streamer sides, in order.
 
     The response keeps the candidates' order, carries the model version and the latency
     measured with `clock` (seconds), and sets `error` instead of raising on bad input.
+    `content`: precomputed content encoder outputs of the candidates (see `encode_buffers`).
     """
     t0 = clock()
     ts = request.ts_ms if now_ms is None else now_ms
@@ -192,7 +320,7 @@ def score_request(
         snapshot_features(f"{request.request_id}:{i}", request.ts_ms, user, a, user_state)
         for i, a in enumerate(authors)
     ]
-    p = predict_snapshots(loaded, snaps, store)
+    p = predict_snapshots(loaded, snaps, store, content)
     if not np.isfinite(p).all():
         return reply([], "model produced a non-finite score")
     return reply([AuthorScore(author_id=a, score=float(s)) for a, s in zip(ids, p, strict=True)])

@@ -65,6 +65,9 @@ COMPONENTS: dict[str, str] = {
     "segments": "mmbee.streams.content:register_segments",
     "asr": "mmbee.streams.content:register_asr",
     "graph": "mmbee.streams.graph_agent:register",
+    "joiner": "mmbee.streams.joiner:register",
+    "serving": "mmbee.streams.serving:register",
+    "refresh": "mmbee.streams.refresh:register",
 }
 """Component name -> "module:function". The order is the registration order."""
 

@@ -1,0 +1,660 @@
+"""The joiner component: training examples from the stream, point in time, same code as serving.
+
+Three agents (component `joiner`, docs/serving.md has the picture):
+
+- `joiner_forward` over `live.gifts` + `live.comments` (key author): re-keys every gift and
+  comment by its viewer onto `user.activity`, and every `joiner_mark_interval_s` sends each
+  `user.activity` partition a *mark*: per source partition it owns, the largest event time
+  forwarded (None when the partition has nothing waiting). Marks carry the event-time progress
+  of the author-partitioned topics across the repartition hop.
+- `joiner` over `live.watch` + `user.activity` (key user, co-partitioned): holds events until
+  every source has passed their event time (`live.watch` by what it delivered, `user.activity`
+  by the marks of every gift/comment partition), applies them in (time, kind, offset) order to
+  the partition's `PartitionJoiner` (mmbee.streams.user_state), writes the user's row (one table
+  write per event, then the ack), and emits each decided example on `train.examples` (key user)
+  once it settled, its streamer side read as of the impression from the global views. Watch
+  "enter"s are re-keyed by streamer onto `author.activity` as they arrive.
+- `authors` over `author.activity` + `live.gifts` (key author): the streamer's time-indexed
+  counters (`Timeline`), one table row per streamer, published to the compacted `author.state`.
+
+Bad input (undecodable, invalid, a key that is not the partitioning field) goes to the DLQ,
+and so do duplicates and events too late to apply (`duplicate`, `late`), each counted.
+
+Example:
+    >>> from mmbee.settings import Settings
+    >>> joiner_config(Settings(label_window_ms=60_000)).labels.window_ms
+    60000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP, EventT, StreamT, TableT
+from pydantic import BaseModel
+
+from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
+from mmbee.schemas.serving import AuthorActivity, UserActivity
+from mmbee.scorer.examples import LabelConfig, to_message
+from mmbee.scorer.features import FeatureConfig
+from mmbee.settings import Settings
+from mmbee.streams.acks import AckSequencer
+from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.author_state import Timeline
+from mmbee.streams.codec import Rejected
+from mmbee.streams.publish import FaustPublisher
+from mmbee.streams.user_state import JoinerConfig, PartitionJoiner, UserRow, complete
+from mmbee.streams.views import Views, views
+
+__all__ = [
+    "AGENT_FORWARD",
+    "AGENT_JOINER",
+    "AGENT_AUTHORS",
+    "USERS_TABLE",
+    "AUTHORS_TABLE",
+    "RANK",
+    "joiner_config",
+    "ForwardRuntime",
+    "JoinerRuntime",
+    "AuthorRuntime",
+    "register",
+]
+
+log = logging.getLogger("mmbee.streams.joiner")
+
+AGENT_FORWARD = "joiner_forward"
+AGENT_JOINER = "joiner"
+AGENT_AUTHORS = "authors"
+USERS_TABLE = "joiner_users"
+"""user_id -> `UserRow` JSON (state, deferred events, ids, waiting impressions)."""
+AUTHORS_TABLE = "author_timelines"
+"""author_id -> `Timeline` JSON (counters' time index and ids)."""
+MARK_SOURCES = ("live.gifts", "live.comments")
+"""The author-partitioned topics whose events reach the joiner through `user.activity`."""
+RANK = {"watch": 3, "comment": 4, "gift": 5}
+"""Order of events with the same event time: watches, comments, gifts (the offline reader's
+topic rank, `mmbee.simulator.reader.TOPIC_RANK`), so a gift at the impression's millisecond
+counts for it, as offline."""
+
+
+def joiner_config(settings: Settings) -> JoinerConfig:
+    """The joiner's config under these settings (its FeatureConfig must be the offline build's:
+    H = joiner_history, L = segments_kept, N = graph_top_n)."""
+    return JoinerConfig(
+        features=FeatureConfig(
+            history=settings.joiner_history,
+            segments=settings.segments_kept,
+            expansion_n=settings.graph_top_n,
+            graph_half_life_ms=settings.graph_half_life_ms,
+            expansion_staleness_ms=settings.graph_cache_staleness_ms,
+        ),
+        labels=LabelConfig(
+            window_ms=settings.label_window_ms,
+            watch_threshold_ms=settings.label_watch_threshold_ms,
+        ),
+        settle_s=settings.joiner_settle_s,
+    )
+
+
+def _caught_up(ctx: StreamContext, tp: TP, seen_offset: int | None) -> bool | None:
+    """Whether this worker has read `tp` up to its high watermark (None: unknown)."""
+    consumer = ctx.app.consumer
+    try:
+        hw = consumer.highwater(tp)
+    except (ConsumerNotStarted, AssertionError, KeyError, AttributeError):
+        return None
+    if hw is None:
+        return None
+    if seen_offset is not None:
+        return seen_offset + 1 >= hw
+    start = getattr(consumer, "_read_offset", {}).get(tp)
+    return hw == 0 or (start is not None and start >= hw)
+
+
+def _assigned(ctx: StreamContext, topics: set[str]) -> set[TP]:
+    try:
+        actives = ctx.app.assignor.assigned_actives()
+    except AttributeError:
+        return set()
+    return {tp for tp in actives if tp.topic in topics}
+
+
+async def _reject(ctx: StreamContext, agent: str, ev: EventT, reason: Any, detail: str,
+                  event_id: str | None) -> None:  # fmt: skip
+    msg = ev.message
+    await ctx.dlq.send(
+        ev.value if isinstance(ev.value, bytes) else None,
+        source_topic=msg.topic,
+        agent=agent,
+        reason=reason,
+        detail=detail,
+        partition=msg.partition,
+        offset=msg.offset,
+        event_id=event_id,
+    )
+
+
+async def _send_partition(ctx: StreamContext, name: str, partition: int, value: bytes) -> None:
+    """Send an unkeyed message to one partition of catalogue topic `name`. Outside a worker
+    (a memory publisher under test) the key names the partition instead."""
+    full = ctx.topic_name(name)
+    if isinstance(ctx.publisher, FaustPublisher):
+        topic = ctx.app.topic(full, key_serializer="raw", value_serializer="raw")
+        await topic.send(key=None, value=value, partition=partition)
+    else:
+        await ctx.publisher.send(full, f"~partition:{partition}".encode(), value)
+
+
+# --- forwarder -----------------------------------------------------------------------------
+
+
+class ForwardRuntime:
+    """`live.gifts` / `live.comments` -> `user.activity`, plus progress marks.
+
+    Args:
+        ctx: the stream context.
+    """
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+        self._names = {ctx.topic_name(n): n for n in MARK_SOURCES}
+        self.progress: dict[TP, int] = {}  # source partition -> largest ts forwarded
+        self.offsets: dict[TP, int] = {}  # source partition -> largest offset seen
+        self._last_marks: dict[str, int | None] = {}
+        self._last_sent_s = float("-inf")
+
+    async def forward(self, ev: EventT) -> None:
+        """Re-key one gift or comment by its viewer."""
+        ctx, metrics = self.ctx, self.ctx.metrics
+        msg = ev.message
+        name = self._names[msg.topic]
+        tp = msg.tp
+        if msg.offset > self.offsets.get(tp, -1):
+            self.offsets[tp] = msg.offset
+        decoded = ctx.codec.decode_topic(name, ev.value)
+        if isinstance(decoded, Rejected):
+            await _reject(ctx, AGENT_FORWARD, ev, decoded.reason, decoded.detail, decoded.event_id)
+        elif ev.key is not None and ev.key != decoded.author_id.encode():  # type: ignore[attr-defined]
+            await _reject(
+                ctx,
+                AGENT_FORWARD,
+                ev,
+                "validation_error",
+                f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r}",  # type: ignore[attr-defined]
+                decoded.event_id,  # type: ignore[attr-defined]
+            )
+        else:
+            assert isinstance(decoded, GiftEvent | CommentEvent)
+            act = UserActivity.model_construct(
+                kind="gift" if isinstance(decoded, GiftEvent) else "comment",
+                event_id=decoded.event_id,
+                ts_ms=decoded.ts_ms,
+                user_id=decoded.user_id,
+                author_id=decoded.author_id,
+                live_id=decoded.live_id,
+                gift_value=decoded.gift_value if isinstance(decoded, GiftEvent) else None,
+                marks={},
+            )
+            await ctx.publish("user.activity", decoded.user_id.encode(), ctx.codec.encode(act))
+            if decoded.ts_ms > self.progress.get(tp, 0):
+                self.progress[tp] = decoded.ts_ms
+            metrics.count(AGENT_FORWARD, "forwarded")
+        metrics.count(AGENT_FORWARD, "processed")
+
+    def marks(self) -> dict[str, int | None]:
+        """Per source partition this worker owns: the largest event time forwarded, or None
+        when it has nothing waiting (read to its high watermark)."""
+        tps = _assigned(self.ctx, set(self._names)) or set(self.offsets)
+        out: dict[str, int | None] = {}
+        for tp in sorted(tps):
+            key = f"{self._names[tp.topic]}:{tp.partition}"
+            idle = _caught_up(self.ctx, tp, self.offsets.get(tp))
+            if idle:
+                out[key] = None
+            elif tp in self.progress:
+                out[key] = self.progress[tp]
+        return out
+
+    async def tick(self, now_s: float) -> bool:
+        """Send the marks to every `user.activity` partition when they changed (and at least
+        every second); True when sent."""
+        marks = self.marks()
+        if not marks or (marks == self._last_marks and now_s - self._last_sent_s < 1.0):
+            return False
+        value = self.ctx.codec.encode(UserActivity(kind="mark", marks=marks))
+        for p in range(self.ctx.settings.partitions):
+            await _send_partition(self.ctx, "user.activity", p, value)
+        self._last_marks, self._last_sent_s = marks, now_s
+        self.ctx.metrics.count(AGENT_FORWARD, "marks_sent")
+        return True
+
+
+# --- joiner --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    """The joiner's working state of one user partition."""
+
+    joiner: PartitionJoiner
+    heap: list[tuple[int, int, int, int, EventT, BaseModel]] = field(default_factory=list)
+    watch_max: int | None = None
+    watch_offset: int | None = None
+    marks: dict[str, int | None] = field(default_factory=dict)
+    last_event: EventT | None = None
+    arrivals: deque[float] = field(default_factory=deque)
+    scanned: bool = False
+
+
+class JoinerRuntime:
+    """The joiner agent's worker state: one `_Part` per user partition, acks, emission.
+
+    Args:
+        ctx: the stream context.
+        table: the `joiner_users` table.
+        config: the joiner config.
+        views: the global views (author side, expansions) examples are completed from.
+    """
+
+    def __init__(
+        self, ctx: StreamContext, table: TableT, config: JoinerConfig, views: Views
+    ) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.config = config
+        self.views = views
+        self.parts: dict[int, _Part] = {}
+        self._acks = AckSequencer()
+        self._lock = asyncio.Lock()
+        self._seq = 0
+        self._last_batch_s = float("-inf")
+        self.align_wait_s = ctx.settings.joiner_align_wait_ms / 1000
+        self.watch_topic = ctx.topic_name("live.watch")
+        self.activity_topic = ctx.topic_name("user.activity")
+        partitions = ctx.settings.partitions
+        self.expected_marks = {f"{n}:{q}" for n in MARK_SOURCES for q in range(partitions)}
+        self.stream: StreamT | None = None
+        self.emitted = 0
+
+    def part(self, partition: int) -> _Part:
+        """The working state of `partition` (made on first use)."""
+        got = self.parts.get(partition)
+        if got is None:
+            got = self.parts[partition] = _Part(PartitionJoiner(self.config, self._loader))
+        return got
+
+    def _loader(self, user_id: str) -> UserRow | None:
+        raw = self.table.get(user_id.encode())
+        return None if raw is None else UserRow.loads(raw)[0]
+
+    def _scan(self, partition: int, part: _Part, now_s: float) -> None:
+        """Adopt the rows of `partition` that hold waiting impressions (after a restart or a
+        rebalance: their deadlines and decided examples must not wait for the user's next
+        event)."""
+        clear_event_context()
+        n = 0
+        for key, raw in self.table.items():
+            user = key.decode()
+            if user in part.joiner.rows:
+                continue
+            row, p = UserRow.loads(raw)
+            if p == partition and row.pending:
+                part.joiner.adopt(user, row, now_s)
+                n += 1
+        part.scanned = True
+        if n:
+            self.ctx.metrics.count(AGENT_JOINER, "rows_adopted", n)
+
+    def on_revoked(self, revoked: set[TP]) -> None:
+        """Forget revoked partitions (their unacked events will be redelivered)."""
+        parts = {
+            tp.partition for tp in revoked if tp.topic in (self.watch_topic, self.activity_topic)
+        }
+        for p in parts:
+            self.parts.pop(p, None)
+        self._acks.forget(
+            {tp for tp in revoked if tp.topic in (self.watch_topic, self.activity_topic)}
+        )
+        if parts:
+            self.ctx.metrics.count(AGENT_JOINER, "revocations")
+
+    # --- one batch ----------------------------------------------------------------------
+    async def process(self, stream: StreamT, events: list[EventT]) -> None:
+        """Decode a batch, hold it for alignment, apply and emit what is ready."""
+        self.stream = stream
+        ctx, metrics = self.ctx, self.ctx.metrics
+        now = ctx.monotonic()
+        async with self._lock:
+            generation = ctx.app.consumer_generation_id
+            for ev in events:
+                gen = ev.message.generation_id
+                if gen is not None and gen != generation:
+                    continue  # fetched before a rebalance: will be redelivered
+                self._acks.track(ev.message.tp, ev)
+                await self._take(stream, ev, now)
+            for partition in list(self.parts):
+                await self._release(stream, partition, now)
+            self._last_batch_s = now
+            await self._emit(now)
+            metrics.count(AGENT_JOINER, "processed", len(events))
+
+    async def _take(self, stream: StreamT, ev: EventT, now: float) -> None:
+        ctx = self.ctx
+        msg = ev.message
+        part = self.part(msg.partition)
+        part.last_event = ev
+        if not part.scanned:
+            self._scan(msg.partition, part, now)
+        is_watch = msg.topic == self.watch_topic
+        name = "live.watch" if is_watch else "user.activity"
+        decoded = ctx.codec.decode_topic(name, ev.value)
+        if isinstance(decoded, Rejected):
+            await self._reject_ack(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
+            return
+        if isinstance(decoded, UserActivity) and decoded.kind == "mark":
+            part.marks.update(decoded.marks)
+            await self._done(stream, ev)
+            return
+        user = decoded.user_id  # type: ignore[attr-defined]
+        if ev.key is not None and ev.key != str(user).encode():
+            await self._reject_ack(
+                stream,
+                ev,
+                "validation_error",
+                f"message key {ev.key!r} is not the event's user_id {user!r} "
+                f"({name} is keyed by user)",
+                decoded.event_id,  # type: ignore[attr-defined]
+            )
+            return
+        if is_watch:
+            assert isinstance(decoded, WatchEvent)
+            if part.watch_offset is None or msg.offset > part.watch_offset:
+                part.watch_offset = msg.offset
+            if part.watch_max is None or decoded.ts_ms > part.watch_max:
+                part.watch_max = decoded.ts_ms
+            if decoded.action == "enter":
+                act = AuthorActivity.model_construct(
+                    kind="watch",
+                    event_id=decoded.event_id,
+                    ts_ms=decoded.ts_ms,
+                    author_id=decoded.author_id,
+                    user_id=decoded.user_id,
+                    live_id=decoded.live_id,
+                )
+                await ctx.publish(
+                    "author.activity", decoded.author_id.encode(), ctx.codec.encode(act)
+                )
+            rank = RANK["watch"]
+        else:
+            assert isinstance(decoded, UserActivity)
+            rank = RANK[decoded.kind]
+        ts = decoded.ts_ms  # type: ignore[attr-defined]
+        self._seq += 1
+        heapq.heappush(part.heap, (ts, rank, msg.offset, self._seq, ev, decoded))
+        part.arrivals.append(now)
+
+    def frontier(self, partition: int) -> float | None:
+        """Event time every source of `partition` has passed (None: unknown yet)."""
+        part = self.parts[partition]
+        tp = TP(self.watch_topic, partition)
+        watch_idle = _caught_up(self.ctx, tp, part.watch_offset)
+        if watch_idle:
+            watch: float = float("inf")
+        elif part.watch_max is None:
+            return None
+        else:
+            watch = part.watch_max
+        if not self.expected_marks <= part.marks.keys():
+            return None
+        busy = [v for v in part.marks.values() if v is not None]
+        activity = float(min(busy)) if busy else float("inf")
+        return min(watch, activity)
+
+    async def _release(self, stream: StreamT, partition: int, now: float) -> None:
+        part = self.parts[partition]
+        if not part.heap:
+            return
+        frontier = self.frontier(partition)
+        stalled = now - self._last_batch_s >= self.align_wait_s
+        valve = stalled and part.arrivals and now - part.arrivals[0] >= self.align_wait_s
+        if valve:
+            self.ctx.metrics.count(AGENT_JOINER, "valve_releases")
+        joiner = part.joiner
+        metrics = self.ctx.metrics
+        while part.heap and (valve or (frontier is not None and part.heap[0][0] < frontier)):
+            ts, _, _, _, ev, model = heapq.heappop(part.heap)
+            part.arrivals.popleft()
+            in_event_context(ev)
+            part.last_event = ev
+            res = joiner.apply(model, now)
+            if res.outcome in ("duplicate", "late"):
+                await self._reject_ack(
+                    stream, ev, res.outcome, res.detail, getattr(model, "event_id", None)
+                )
+                continue
+            for user in res.touched:
+                self._write(partition, user)
+            metrics.count(AGENT_JOINER, "applied")
+            await self._done(stream, ev)
+        metrics.gauge(AGENT_JOINER, "held", sum(len(p.heap) for p in self.parts.values()))
+        if joiner.watermark_ms is not None:
+            metrics.gauge(AGENT_JOINER, f"watermark_ms_p{partition}", joiner.watermark_ms)
+
+    def _write(self, partition: int, user: str) -> None:
+        joiner = self.parts[partition].joiner
+        joiner.prune(user)
+        row = joiner.rows.get(user)
+        if row is not None:
+            self.table[user.encode()] = row.dumps(partition)
+
+    async def _emit(self, now: float) -> int:
+        """Emit every settled decision (once the views have caught up)."""
+        if not self.views.reader.caught_up.is_set():
+            return 0
+        n = 0
+        features = self.config.features
+        for partition, part in list(self.parts.items()):
+            due = part.joiner.due(now)
+            if not due:
+                continue
+            touched = set()
+            for user, pending in due:
+                ex = complete(user, pending, self.views.sources, features)
+                msg = to_message(ex)
+                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
+                touched.add(user)
+                n += 1
+            if part.last_event is not None:
+                in_event_context(part.last_event)
+                for user in touched:
+                    self._write(partition, user)
+        if n:
+            self.emitted += n
+            self.ctx.metrics.count(AGENT_JOINER, "examples", n)
+        return n
+
+    async def tick(self) -> None:
+        """Timer: the safety valve, settled examples, when no batch arrives."""
+        if self.stream is None:
+            return
+        async with self._lock:
+            now = self.ctx.monotonic()
+            for partition in list(self.parts):
+                await self._release(self.stream, partition, now)
+            await self._emit(now)
+
+    async def _done(self, stream: StreamT, ev: EventT) -> None:
+        for ready in self._acks.done(ev.message.tp, ev):
+            await stream.ack(ready)
+
+    async def _reject_ack(self, stream: StreamT, ev: EventT, reason: Any, detail: str,
+                          event_id: str | None) -> None:  # fmt: skip
+        await _reject(self.ctx, AGENT_JOINER, ev, reason, detail, event_id)
+        await self._done(stream, ev)
+
+    # --- reads for serving -----------------------------------------------------------------
+    def user_row(self, partition: int, user_id: str) -> UserRow | None:
+        """The user's row on `partition` (None: unknown user). Call in an event of that
+        partition (the table read goes to its store)."""
+        joiner = self.part(partition).joiner
+        return joiner.rows[user_id] if joiner.known(user_id) else None
+
+    def describe(self) -> dict[str, Any]:
+        """Per partition: watermark, held events, waiting impressions; totals."""
+        return {
+            "emitted": self.emitted,
+            "partitions": {
+                str(p): {
+                    "watermark_ms": part.joiner.watermark_ms,
+                    "held": len(part.heap),
+                    "waiting": part.joiner.waiting,
+                    "users": len(part.joiner.rows),
+                    "frontier": self.frontier(p),
+                    "counts": dict(part.joiner.counts),
+                }
+                for p, part in sorted(self.parts.items())
+            },
+            "views_caught_up": self.views.reader.caught_up.is_set(),
+        }
+
+
+# --- author side ---------------------------------------------------------------------------
+
+
+class AuthorRuntime:
+    """The `authors` agent's state: streamer timelines (table rows), published per batch.
+
+    Args:
+        ctx: the stream context.
+        table: the `author_timelines` table.
+        horizon_ms: how far back the published timelines keep individual event times.
+    """
+
+    def __init__(self, ctx: StreamContext, table: TableT, horizon_ms: int) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.horizon_ms = horizon_ms
+        self.timelines: dict[str, Timeline] = {}
+        self._activity = ctx.topic_name("author.activity")
+
+    def timeline(self, author: str) -> Timeline:
+        tl = self.timelines.get(author)
+        if tl is None:
+            raw = self.table.get(author.encode())
+            tl = Timeline.loads(author, raw) if raw is not None else Timeline(author)
+            self.timelines[author] = tl
+        return tl
+
+    def on_revoked(self, revoked: set[TP]) -> None:
+        if any(tp.topic == self._activity for tp in revoked):
+            self.timelines.clear()  # reloaded from the table on next use
+
+    async def process(self, stream: StreamT, events: list[EventT]) -> None:
+        """Apply a batch, write the rows, publish the changed timelines, then ack in order."""
+        ctx, metrics = self.ctx, self.ctx.metrics
+        dirty: dict[str, None] = {}
+        generation = ctx.app.consumer_generation_id
+        live = [ev for ev in events if ev.message.generation_id in (None, generation)]
+        for ev in live:
+            msg = ev.message
+            name = "author.activity" if msg.topic == self._activity else "live.gifts"
+            decoded = ctx.codec.decode_topic(name, ev.value)
+            if isinstance(decoded, Rejected):
+                await _reject(
+                    ctx, AGENT_AUTHORS, ev, decoded.reason, decoded.detail, decoded.event_id
+                )
+                continue
+            assert isinstance(decoded, AuthorActivity | GiftEvent)
+            if ev.key is not None and ev.key != decoded.author_id.encode():
+                await _reject(
+                    ctx,
+                    AGENT_AUTHORS,
+                    ev,
+                    "validation_error",
+                    f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r}",
+                    decoded.event_id,
+                )
+                continue
+            in_event_context(ev)
+            tl = self.timeline(decoded.author_id)
+            kind = "gift" if isinstance(decoded, GiftEvent) else "watch"
+            outcome = tl.add(kind, decoded.event_id, decoded.ts_ms, self.horizon_ms)
+            if outcome == "applied":
+                self.table[decoded.author_id.encode()] = tl.dumps()
+                dirty[decoded.author_id] = None
+                metrics.count(AGENT_AUTHORS, "applied")
+            else:
+                detail = (
+                    f"{kind} {decoded.event_id} was counted already"
+                    if outcome == "duplicate"
+                    else f"ts_ms {decoded.ts_ms} is before the timeline's base {tl.base_ms}"
+                )
+                await _reject(ctx, AGENT_AUTHORS, ev, outcome, detail, decoded.event_id)
+        for author in dirty:
+            tl = self.timelines[author]
+            await ctx.publish("author.state", author.encode(), ctx.codec.encode(tl.message()))
+        metrics.count(AGENT_AUTHORS, "published", len(dirty))
+        for ev in live:
+            await stream.ack(ev)
+        metrics.count(AGENT_AUTHORS, "processed", len(events))
+
+
+# --- registration --------------------------------------------------------------------------
+
+
+def register(ctx: StreamContext) -> None:
+    """Component `joiner`: the forwarder, the joiner, the author agent, their tables, timers,
+    and `/mmbee/joiner/`."""
+    settings = ctx.settings
+    v = views(ctx)
+    config = joiner_config(settings)
+    forward = ForwardRuntime(ctx)
+    joiner = JoinerRuntime(
+        ctx, ctx.table(USERS_TABLE, help="joiner: user state, waiting impressions"), config, v
+    )
+    authors = AuthorRuntime(
+        ctx,
+        ctx.table(AUTHORS_TABLE, help="author timelines (counters by event time)"),
+        settings.author_horizon_ms,
+    )
+    ctx.runtimes[AGENT_FORWARD] = forward
+    ctx.runtimes[AGENT_JOINER] = joiner
+    ctx.runtimes[AGENT_AUTHORS] = authors
+    ctx.on_partitions_revoked(joiner.on_revoked)
+    ctx.on_partitions_revoked(authors.on_revoked)
+    batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
+
+    async def joiner_forward(stream: StreamT) -> None:
+        async for ev in stream.events():
+            await forward.forward(ev)
+
+    async def joiner_agent(stream: StreamT) -> None:
+        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
+            await joiner.process(stream, list(events))
+
+    async def authors_agent(stream: StreamT) -> None:
+        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
+            await authors.process(stream, list(events))
+
+    ctx.app.agent(ctx.topic(*MARK_SOURCES), name="mmbee.joiner_forward")(joiner_forward)
+    ctx.app.agent(ctx.topic("live.watch", "user.activity"), name="mmbee.joiner")(joiner_agent)
+    ctx.app.agent(ctx.topic("author.activity", "live.gifts"), name="mmbee.authors")(authors_agent)
+
+    @ctx.app.timer(settings.joiner_mark_interval_s, name="mmbee.joiner.marks")
+    async def send_marks() -> None:
+        await forward.tick(ctx.monotonic())
+
+    @ctx.app.timer(0.1, name="mmbee.joiner.tick")
+    async def joiner_tick() -> None:
+        await joiner.tick()
+
+    @ctx.app.page("/mmbee/joiner/")
+    async def joiner_state(self: faust.web.View, request: faust.web.Request) -> Any:
+        return self.json(joiner.describe())

@@ -1,0 +1,541 @@
+"""The serving component: score requests over Kafka and HTTP, hot-swapped models, cached h_m.
+
+Component `serving` (needs `joiner` in the same worker: it reads the user state the joiner
+keeps on the same user partitions):
+
+- agent over `score.requests` (key user): each `ScoreRequest` is answered on `score.responses`
+  (key user) with a `ScoreResponse` (scores in candidate order, model version, latency), or with
+  `error` set: undecodable or invalid JSON (also dead-lettered), too many candidates, unknown
+  user or streamers (configurable), no model yet, views still loading. Never silence.
+- `POST /mmbee/score/` with a ScoreRequest body: the same answer as JSON (200; 400 for a bad
+  request, 503 while no model is loaded, 421 when the user's partition is on another worker).
+- a timer that watches `model.versions` (compacted; the latest `ModelVersion` of
+  `serving_model_name`) and, optionally, a checkpoint path: a new checkpoint is loaded on the
+  executor, its content embeddings are computed for every streamer, and only then is it swapped
+  in (one reference assignment in `ModelHolder`): no request sees a half-loaded model.
+- content embeddings h_m: computed with the served model's content encoder when a segment
+  closes (a listener on the segment view marks the streamer, a timer encodes the marked ones in
+  one batch on the executor) and for all streamers before a swap, cached per model by the
+  segment keys they were computed from. A request looks them up; only a streamer whose segment
+  closed after the last pass (a cache miss) is encoded inline.
+
+Features are the joiner's: the user side from the user's row (`user_side_now`), the streamer
+side from the global views as of the request time (`ViewSources`), through the shared
+`author_features` / `snapshot_features`; tensors and the forward pass run on the executor
+(`serving_threads`), off the event loop.
+
+Example:
+    >>> from mmbee.settings import Settings
+    >>> serving_config(Settings(serving_max_candidates=50)).max_candidates
+    50
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import faust
+import torch
+from faust.types import TP, EventT, StreamT
+
+from mmbee.schemas.events import ScoreRequest, ScoreResponse
+from mmbee.schemas.serving import ModelVersion
+from mmbee.scorer.features import AuthorFeatures, author_features
+from mmbee.scorer.predict import (
+    ContentBuffer,
+    LoadedModel,
+    ModelHolder,
+    encode_buffers,
+    load_model,
+    score_request,
+)
+from mmbee.settings import Settings
+from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.codec import Rejected
+from mmbee.streams.joiner import AGENT_JOINER, JoinerRuntime
+from mmbee.streams.observability import observability
+from mmbee.streams.user_state import user_side_now
+from mmbee.streams.views import Views, views
+
+__all__ = [
+    "AGENT_SERVING",
+    "SCORE_PATH",
+    "ServingConfig",
+    "serving_config",
+    "ServingRuntime",
+    "partition_of",
+    "register",
+]
+
+log = logging.getLogger("mmbee.streams.serving")
+
+T = TypeVar("T")
+
+AGENT_SERVING = "serving"
+SCORE_PATH = "/mmbee/score/"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How requests are answered and models picked up.
+
+    Attributes:
+        model_name: the key followed on `model.versions`.
+        model_path: a checkpoint file to serve and watch (None: only the topic).
+        poll_s: how often the model version and the path are checked.
+        max_candidates: more candidates in one request is an error.
+        reject_unknown_users / reject_unknown_authors: answer with an error when the user /
+            a candidate has no state at all on this worker (False: score them cold).
+        threads: inference threads.
+        frame_dim, text_dim: feature widths of the segments.
+
+    Example:
+        >>> ServingConfig().max_candidates
+        300
+    """
+
+    model_name: str = "gtr"
+    model_path: Path | None = None
+    poll_s: float = 0.5
+    max_candidates: int = 300
+    reject_unknown_users: bool = True
+    reject_unknown_authors: bool = True
+    threads: int = 1
+    frame_dim: int = 1280
+    text_dim: int = 384
+
+
+def serving_config(settings: Settings) -> ServingConfig:
+    """The serving config under these settings."""
+    return ServingConfig(
+        model_name=settings.serving_model_name,
+        model_path=settings.serving_model_path,
+        poll_s=settings.serving_poll_s,
+        max_candidates=settings.serving_max_candidates,
+        reject_unknown_users=settings.serving_reject_unknown_users,
+        reject_unknown_authors=settings.serving_reject_unknown_authors,
+        threads=settings.serving_threads,
+        frame_dim=settings.frame_dim,
+        text_dim=settings.text_dim,
+    )
+
+
+def _murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's, kafka-python's and aiokafka's default partitioner)."""
+    from kafka.partitioner.default import murmur2
+
+    return int(murmur2(data))
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition of a user-keyed message (the default partitioner's choice)."""
+    return (_murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _request_ids(raw: bytes | None) -> tuple[str, str]:
+    """(request_id, user_id) of an undecodable request, as far as the JSON allows."""
+    try:
+        obj = json.loads(raw or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "", ""
+    if not isinstance(obj, dict):
+        return "", ""
+    rid, uid = obj.get("request_id"), obj.get("user_id")
+    return (
+        rid[:256] if isinstance(rid, str) else "",
+        uid[:256] if isinstance(uid, str) else "",
+    )
+
+
+class ServingRuntime:
+    """The serving worker's state: the model holder, its content cache, request answering.
+
+    Args:
+        ctx: the stream context.
+        config: the serving config.
+        views: the global views.
+        joiner: the joiner runtime whose user rows serving reads.
+        clock: seconds for latencies (perf_counter).
+    """
+
+    def __init__(
+        self,
+        ctx: StreamContext,
+        config: ServingConfig,
+        views: Views,
+        joiner: JoinerRuntime,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.views = views
+        self.joiner = joiner
+        self.clock = clock
+        self.holder = ModelHolder()
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="mmbee-serving")
+        self.dirty: dict[str, None] = {}
+        self.loading = False
+        self.failed: set[str] = set()
+        self._path_stamp: tuple[int, int] | None = None
+        self.source: dict[str, Any] = {}
+        self.obs = observability(ctx)
+        views.segment_listeners.append(self._segment_closed)
+
+    def _segment_closed(self, author: str) -> None:
+        self.dirty[author] = None
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # --- answering ------------------------------------------------------------------------
+    def _error(
+        self, request_id: str, user_id: str, error: str, t0: float, ts: int
+    ) -> ScoreResponse:
+        self.ctx.metrics.count(AGENT_SERVING, "errors")
+        return ScoreResponse(
+            request_id=request_id[:256],
+            user_id=user_id[:256],
+            model_version=self.holder.version or "",
+            latency_ms=max(0.0, (self.clock() - t0) * 1000.0),
+            ts_ms=ts,
+            error=error,
+        )
+
+    def validate(self, req: ScoreRequest, partition: int) -> str | None:
+        """Why this request cannot be scored here (None: it can)."""
+        n = len(req.candidate_author_ids)
+        if n > self.config.max_candidates:
+            return f"too many candidates: {n} > {self.config.max_candidates}"
+        if self.holder.version is None:
+            return "no model loaded yet"
+        if not self.views.reader.caught_up.is_set():
+            return "worker is starting: its views are still loading"
+        if self.config.reject_unknown_users and not self._known_user(partition, req.user_id):
+            return f"unknown user {req.user_id!r}: no history on this worker"
+        if self.config.reject_unknown_authors:
+            unknown = [
+                a for a in req.candidate_author_ids if not self.views.sources.known_author(a)
+            ]
+            if unknown:
+                more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+                return f"unknown streamers: {', '.join(map(repr, unknown[:10]))}{more}"
+        return None
+
+    def _known_user(self, partition: int, user_id: str) -> bool:
+        return (
+            self.joiner.user_row(partition, user_id) is not None
+            or self.views.user_exp.latest(user_id) is not None
+        )
+
+    async def answer(
+        self, raw: bytes | None, key: bytes | None, partition: int, t0: float, event: EventT | None
+    ) -> ScoreResponse:
+        """The response to one raw request (never raises on bad input)."""
+        decoded = self.ctx.codec.decode(ScoreRequest, raw, max_bytes=1 << 20)
+        if isinstance(decoded, Rejected):
+            rid, uid = _request_ids(raw)
+            if not uid and key:
+                uid = key.decode(errors="replace")
+            if event is not None:
+                msg = event.message
+                await self.ctx.dlq.send(
+                    raw, source_topic=msg.topic, agent=AGENT_SERVING, reason=decoded.reason,
+                    detail=decoded.detail, partition=msg.partition, offset=msg.offset,
+                    event_id=decoded.event_id,
+                )  # fmt: skip
+            return self._error(rid, uid, f"bad request ({decoded.reason}): {decoded.detail}", t0, 0)
+        assert isinstance(decoded, ScoreRequest)
+        return await self.score(decoded, partition, t0, event)
+
+    async def score(
+        self, req: ScoreRequest, partition: int, t0: float, event: EventT | None = None
+    ) -> ScoreResponse:
+        """Score a valid request: features on the loop, tensors and forward on the executor."""
+        if event is not None:
+            in_event_context(event)
+        else:
+            clear_event_context()
+        problem = self.validate(req, partition)
+        if problem is not None:
+            return self._error(req.request_id, req.user_id, problem, t0, req.ts_ms)
+        loaded = self.holder.current()  # one whole model for this request
+        ts = req.ts_ms
+        sources = self.views.sources
+        features = loaded.features
+        row = self.joiner.user_row(partition, req.user_id)
+        user, state = user_side_now(req.user_id, row, sources, ts, features)
+        sides: list[AuthorFeatures] = [
+            author_features(
+                a, None, ts, sources.author_state(a, ts), sources.author_expansions(a, ts), features
+            )
+            for a in req.candidate_author_ids
+        ]
+        content, misses = self._content(loaded, sides)
+        resp = await self._blocking(self._infer, loaded, req, user, sides, state, content, misses)
+        latency = max(0.0, (self.clock() - t0) * 1000.0)
+        resp = resp.model_copy(update={"latency_ms": latency})
+        self.obs.observe_scoring_latency(latency / 1000.0)
+        m = self.ctx.metrics
+        m.count(AGENT_SERVING, "scored")
+        m.count(AGENT_SERVING, "candidates", len(sides))
+        m.count(AGENT_SERVING, "content_misses", len(misses))
+        if resp.error is not None:
+            m.count(AGENT_SERVING, "errors")
+        return resp
+
+    def _content(
+        self, loaded: LoadedModel, sides: Sequence[AuthorFeatures]
+    ) -> tuple[list[torch.Tensor | None], list[tuple[int, ContentBuffer, tuple[int, ...]]]]:
+        """Cached encoder outputs per candidate, and the buffers to encode for the misses."""
+        if not loaded.rows.with_content:
+            return [], []
+        out: list[torch.Tensor | None] = []
+        misses = []
+        for i, side in enumerate(sides):
+            keys = side.segment_starts
+            hit = loaded.content.get(side.author_id)
+            if hit is not None and hit[0] == keys:
+                out.append(hit[1])
+            else:
+                out.append(None)
+                misses.append((i, self._buffer(side.author_id, keys), keys))
+        return out, misses
+
+    def _buffer(self, author: str, keys: tuple[int, ...]) -> ContentBuffer:
+        segs = []
+        for start in keys:
+            e = self.views.segments.entry(author, start)
+            if e is not None and e.features is not None:
+                segs.append(e.features)
+        return ContentBuffer(author, tuple(segs))
+
+    def _infer(
+        self,
+        loaded: LoadedModel,
+        req: ScoreRequest,
+        user: Any,
+        sides: list[AuthorFeatures],
+        state: Any,
+        content: list[torch.Tensor | None],
+        misses: list[tuple[int, ContentBuffer, tuple[int, ...]]],
+    ) -> ScoreResponse:
+        matrix = None
+        if loaded.rows.with_content:
+            if misses:
+                enc = encode_buffers(
+                    loaded, [b for _, b, _ in misses], self.config.frame_dim, self.config.text_dim
+                )
+                for (i, buf, keys), vec in zip(misses, enc, strict=True):
+                    content[i] = vec
+                    loaded.content[buf.author_id] = (keys, vec)
+            matrix = torch.stack(content)  # type: ignore[arg-type]  # (B, D_enc)
+        return score_request(loaded, req, user, sides, state, None, self.clock, content=matrix)
+
+    # --- content cache ----------------------------------------------------------------------
+    def _latest_buffers(
+        self, loaded: LoadedModel, authors: Sequence[str]
+    ) -> list[tuple[ContentBuffer, tuple[int, ...]]]:
+        """The current segment buffer of each author whose cached embedding is out of date."""
+        out = []
+        far = 1 << 62
+        for a in authors:
+            keys = tuple(
+                e.start_ms
+                for e in self.views.segments.buffer(a, None, far, loaded.features.segments)
+            )
+            hit = loaded.content.get(a)
+            if hit is None or hit[0] != keys:
+                out.append((self._buffer(a, keys), keys))
+        return out
+
+    def _encode_into(
+        self, loaded: LoadedModel, items: Sequence[tuple[ContentBuffer, tuple[int, ...]]]
+    ) -> int:
+        for lo in range(0, len(items), 256):
+            chunk = items[lo : lo + 256]
+            enc = encode_buffers(
+                loaded, [b for b, _ in chunk], self.config.frame_dim, self.config.text_dim
+            )
+            for (buf, keys), vec in zip(chunk, enc, strict=True):
+                loaded.content[buf.author_id] = (keys, vec.clone())
+        return len(items)
+
+    async def refresh_content(self, everyone: bool = False) -> int:
+        """Encode the streamers whose segments changed (all of them: `everyone`) with the
+        served model; returns how many were encoded."""
+        try:
+            loaded = self.holder.current()
+        except RuntimeError:
+            return 0
+        if not loaded.rows.with_content:
+            self.dirty.clear()
+            return 0
+        authors = list(self.views.segments.by_author) if everyone else list(self.dirty)
+        self.dirty.clear()
+        items = self._latest_buffers(loaded, authors)
+        if not items:
+            return 0
+        n = await self._blocking(self._encode_into, loaded, items)
+        self.ctx.metrics.count(AGENT_SERVING, "content_encoded", n)
+        return n
+
+    # --- models -----------------------------------------------------------------------------
+    def _load(self, path: Path, version: str | None, sha256: str | None) -> LoadedModel:
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{path}: sha256 differs from the announced one")
+        torch.set_num_threads(1)
+        loaded = load_model(path, version)
+        if loaded.rows.with_content:  # every streamer's h_m before anyone can see the model
+            items = self._latest_buffers(loaded, list(self.views.segments.by_author))
+            self._encode_into(loaded, items)
+        return loaded
+
+    async def swap_to(
+        self, path: Path, version: str | None = None, sha256: str | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> LoadedModel:  # fmt: skip
+        """Load a checkpoint off the event loop (weights and content embeddings), then make it
+        current in one step."""
+        self.loading = True
+        try:
+            loaded = await self._blocking(self._load, path, version, sha256)
+        finally:
+            self.loading = False
+        previous = self.holder.swap(loaded)
+        self.source = dict(source or {}, path=str(path), version=loaded.version)
+        self.obs.set_model_version(loaded.version, loaded_at_ms=self.ctx.clock_ms())
+        self.ctx.metrics.count(AGENT_SERVING, "swaps")
+        log.info(
+            "model_swapped version=%s previous=%s path=%s",
+            loaded.version,
+            None if previous is None else previous.version,
+            path,
+        )
+        await self.refresh_content(everyone=True)  # segments that closed while it loaded
+        return loaded
+
+    async def poll_models(self) -> None:
+        """Pick up a new `model.versions` entry, or a changed checkpoint file."""
+        if self.loading or not self.views.reader.caught_up.is_set():
+            return
+        mv: ModelVersion | None = self.views.models.get(self.config.model_name)
+        try:
+            if (
+                mv is not None
+                and mv.version != self.holder.version
+                and mv.version not in self.failed
+            ):
+                await self.swap_to(
+                    Path(mv.path), mv.version, mv.sha256, {"kind": "topic", "source": mv.source}
+                )
+                return
+            path = self.config.model_path
+            if path is not None and path.exists():
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp != self._path_stamp:
+                    self._path_stamp = stamp
+                    await self.swap_to(path, None, None, {"kind": "path"})
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            if mv is not None and mv.version != self.holder.version:
+                self.failed.add(mv.version)
+            self.ctx.metrics.count(AGENT_SERVING, "load_failures")
+            log.error("model_load_failed error=%s", exc)
+
+    def describe(self) -> dict[str, Any]:
+        """The served model and cache sizes (`/mmbee/serving/`)."""
+        try:
+            loaded = self.holder.current()
+        except RuntimeError:
+            return {"model": None, "loading": self.loading}
+        return {
+            "model": self.source,
+            "version": loaded.version,
+            "variant": loaded.model.config.variant,
+            "content_cached": len(loaded.content),
+            "swaps": self.holder.swaps,
+            "loading": self.loading,
+            "failed": sorted(self.failed),
+        }
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def register(ctx: StreamContext) -> None:
+    """Component `serving`: the request agent, `POST /mmbee/score/`, the model watcher, the
+    content embedding timer and `/mmbee/serving/`."""
+    joiner = ctx.runtimes.get(AGENT_JOINER)
+    if not isinstance(joiner, JoinerRuntime):
+        raise RuntimeError(
+            "component 'serving' needs component 'joiner' in the same worker (it reads the user "
+            "state the joiner keeps); list 'joiner' before 'serving'"
+        )
+    settings = ctx.settings
+    runtime = ServingRuntime(ctx, serving_config(settings), views(ctx), joiner)
+    ctx.runtimes[AGENT_SERVING] = runtime
+    requests_topic = ctx.topic_name("score.requests")
+
+    async def serving(stream: StreamT) -> None:
+        async for ev in stream.events():
+            t0 = runtime.clock()
+            msg = ev.message
+            resp = await runtime.answer(ev.value, ev.key, msg.partition, t0, ev)
+            key = resp.user_id.encode() if resp.user_id else ev.key
+            await ctx.publish("score.responses", key, ctx.codec.encode(resp))
+            ctx.metrics.count(AGENT_SERVING, "processed")
+
+    ctx.app.agent(ctx.topic("score.requests"), name="mmbee.serving")(serving)
+
+    @ctx.app.timer(settings.serving_poll_s, name="mmbee.serving.models")
+    async def poll_models() -> None:
+        await runtime.poll_models()
+
+    @ctx.app.timer(0.05, name="mmbee.serving.content")
+    async def content_embeddings() -> None:
+        if runtime.dirty and not runtime.loading:
+            await runtime.refresh_content()
+
+    @ctx.app.page("/mmbee/serving/")
+    async def serving_state(self: faust.web.View, request: faust.web.Request) -> Any:
+        return self.json(runtime.describe())
+
+    @ctx.app.page(SCORE_PATH)
+    class ScoreView(faust.web.View):
+        async def post(self, request: faust.web.Request) -> Any:
+            t0 = runtime.clock()
+            raw = await request.read()
+            _, uid = _request_ids(raw)
+            partition = partition_of(uid, settings.partitions) if uid else 0
+            if uid and TP(requests_topic, partition) not in _assigned_requests(ctx):
+                resp = runtime._error(
+                    _request_ids(raw)[0], uid,
+                    f"user {uid!r} is served by the worker that owns partition {partition}",
+                    t0, 0,
+                )  # fmt: skip
+                return self.json(resp.model_dump(mode="json"), status=421)
+            resp = await runtime.answer(raw, None, partition, t0, None)
+            ctx.metrics.count(AGENT_SERVING, "http")
+            status = 200
+            if resp.error is not None:
+                unavailable = resp.error.startswith(("no model", "worker is starting"))
+                status = 503 if unavailable else 400
+            return self.json(resp.model_dump(mode="json"), status=status)
+
+
+def _assigned_requests(ctx: StreamContext) -> set[TP]:
+    try:
+        return set(ctx.app.assignor.assigned_actives())
+    except AttributeError:
+        return set()
