@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         "session_timeout_s (the embedded broker never expires dead members; Kafka does). "
         "dev true, production false (mmbee/streams/watchdog.py)",
     )
+    embedded_fetch_wait_ms: int = Field(
+        default=5,
+        ge=0,
+        le=500,
+        description="dev profile only: consumers wait this long after an empty fetch, because "
+        "the embedded broker ignores fetch.max.wait.ms and an idle worker would spin a core "
+        "(mmbee/streams/fetch_wait.py); 0 disables it; never applied in production",
+    )
     rebalance_timeout_s: float = Field(
         default=15.0,
         ge=1.0,

@@ -19,6 +19,7 @@ import faust
 from mmbee.settings import Settings
 from mmbee.streams.app import Component, build_app
 from mmbee.streams.deployment import verify_worker_topics
+from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.observability import logging_config, observability
 from mmbee.streams.topics import ensure_topics, verify_copartitioning
 
@@ -38,6 +39,8 @@ def prepare_topics(settings: Settings) -> list[str]:
 def run_worker(settings: Settings, components: Sequence[str | Component] | None = None) -> None:
     """Run one Faust worker with `components` (None: `settings.components`, else all) until it
     is stopped by a signal. Raises SystemExit when the worker ends, like any Faust worker."""
+    if settings.profile == "dev":
+        install_fetch_wait(settings.embedded_fetch_wait_ms)
     created = prepare_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
