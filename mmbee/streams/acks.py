@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 __all__ = ["AckSequencer"]
@@ -59,6 +59,26 @@ class AckSequencer:
             head = q.popleft()
             del self._entries[id(head[0])]
             out.append(head[0])
+        return out
+
+    def done_many(self, finished: Iterable[tuple[Hashable, Any]]) -> list[Any]:
+        """Mark several (key, item) finished; returns what may be acked now, each key's items
+        in their arrival order (keys in the order they first appear in `finished`)."""
+        entries = self._entries
+        keys: dict[Hashable, None] = {}
+        for key, item in finished:
+            entry = entries.get(id(item))
+            if entry is None or entry[0] is not item:
+                raise KeyError(f"{item!r} is not tracked")
+            entry[1] = True
+            keys[key] = None
+        out = []
+        for key in keys:
+            q = self._queues[key]
+            while q and q[0][1]:
+                head = q.popleft()
+                del entries[id(head[0])]
+                out.append(head[0])
         return out
 
     def forget(self, keys: set[Hashable]) -> None:

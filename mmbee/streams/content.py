@@ -47,6 +47,7 @@ from mmbee.encoders.segments import (
     ClosedRef,
     ContentItem,
     LiveBuffer,
+    Reject,
     SegmentBuffer,
     SegmentConfig,
     append_refs,
@@ -55,7 +56,14 @@ from mmbee.encoders.segments import (
     quantize_vectors,
     segment_key,
 )
-from mmbee.schemas.events import AsrSegment, AudioChunk, CommentEvent, FrameEvent, SegmentClosed
+from mmbee.schemas.events import (
+    AsrSegment,
+    AudioChunk,
+    CommentEvent,
+    DeadLetterReason,
+    FrameEvent,
+    SegmentClosed,
+)
 from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
 from mmbee.settings import Settings
 from mmbee.streams.acks import AckSequencer
@@ -104,6 +112,10 @@ def segment_config(settings: Settings) -> SegmentConfig:
         frame_dim=settings.frame_dim,
         text_dim=settings.text_dim,
     )
+
+
+_Bad = tuple[EventT, DeadLetterReason, str, "str | None"]
+"""A rejected event: (event, dead-letter reason, detail, its event_id if known)."""
 
 
 class _EmptySpeech:
@@ -280,7 +292,10 @@ class SegmentRuntime:
 
     # --- one batch ------------------------------------------------------------------------
     async def process(self, stream: StreamT, events: Sequence[EventT]) -> None:
-        """Decode and featurize one batch, hold it for alignment, apply what is aligned."""
+        """Decode and featurize one batch, hold it for alignment, apply what is aligned.
+
+        The loops over events never await (a rebalance cannot change the working state under
+        them); dead letters and acks of rejected events are sent after each loop."""
         self.stream = stream
         metrics = self.ctx.metrics
         metrics.observe(AGENT_SEGMENTS, len(events))
@@ -289,6 +304,7 @@ class SegmentRuntime:
             decode = self.ctx.codec.decode_topic
             sources = self._sources
             track = self._acks.track
+            bad: list[_Bad] = []
             work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
             unembedded = False  # some event needs the featurizers
             for ev in events:
@@ -302,17 +318,18 @@ class SegmentRuntime:
                     raise RuntimeError(f"segment agent got a message from {msg.topic}")
                 decoded = decode(name, ev.value)
                 if type(decoded) is Rejected:
-                    await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
+                    bad.append((ev, decoded.reason, decoded.detail, decoded.event_id))
                     continue
                 assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
                 if ev.key != decoded.author_id.encode():
-                    await self._reject(
-                        stream,
-                        ev,
-                        "validation_error",
-                        f"message key {ev.key!r} is not the event's author_id "
-                        f"{decoded.author_id!r} (content topics are keyed by author)",
-                        decoded.event_id,
+                    bad.append(
+                        (
+                            ev,
+                            "validation_error",
+                            f"message key {ev.key!r} is not the event's author_id "
+                            f"{decoded.author_id!r} (content topics are keyed by author)",
+                            decoded.event_id,
+                        )
                     )
                     continue
                 if not unembedded:
@@ -334,6 +351,7 @@ class SegmentRuntime:
             aligners = self.aligners
             source_index = self._source_index
             from_event = ContentItem.from_event
+            finished: list[EventT] = []  # done without effect on the buffers
             for (ev, name, model), vec in zip(work, vectors, strict=True):
                 if vec is None or type(vec) is np.ndarray:
                     msg = ev.message
@@ -350,10 +368,14 @@ class SegmentRuntime:
                     )
                 elif vec is _EMPTY_SPEECH:
                     metrics.count(AGENT_SEGMENTS, "asr_empty")
-                    await self._ack(stream, ev)
+                    finished.append(ev)
                 else:
                     assert isinstance(vec, str)
-                    await self._reject(stream, ev, "decode_error", vec, model.event_id)
+                    bad.append((ev, "decode_error", vec, model.event_id))
+            if bad or finished:
+                await self._finish(stream, bad, finished)
+                if self.ctx.app.consumer_generation_id != generation:
+                    return  # revoked meanwhile: the working state was forgotten
             await self._release(stream, now, valve=self.align_wait_s == 0)  # 0: no alignment
             self._last_batch_s = now
             metrics.count(AGENT_SEGMENTS, "processed", len(events))
@@ -493,42 +515,50 @@ class SegmentRuntime:
         config = self.config
         entries = self.entries
         closing: dict[str, tuple[_Entry, EventT, list[SegmentClosed]]] = {}
+        bad: list[_Bad] = []
+        finished: list[EventT] = []  # replays of stored events: acked at once
         applied = replayed = 0
+        seq = self.seq
         vectors = quantize_vectors([item for _, item in ready], config)
         for (ev, item), q in zip(ready, vectors, strict=True):
-            self.seq += 1
+            seq += 1
             author = item.author_id
             entry = entries.get(author)
             if entry is None:
                 entry = self._load(author, ev)
             outcome, closed = entry.live.apply(item, q, config)
-            if outcome == "applied":
-                applied += 1
-                self._hold(author, entry, ev)
+            if outcome == "applied" or outcome == "replayed":
+                if outcome == "replayed":
+                    replayed += 1
+                    assert item.source is not None and item.offset is not None
+                    if item.offset <= entry.persisted.get(item.source, -1):
+                        finished.append(ev)
+                        continue
+                else:
+                    applied += 1
+                pending = entry.pending
+                if not pending:  # the stream's oldest unstored event
+                    entry.first_seq = seq
+                    self.dirty[author] = None
+                pending.append(ev)
                 if closed:
                     got = closing.get(author)
-                    if got is None:
-                        closing[author] = (entry, ev, list(closed))
-                    else:
-                        closing[author] = (entry, ev, got[2] + closed)
-                elif author in closing:
-                    closing[author] = (entry, ev, closing[author][2])
-            elif outcome == "replayed":
-                replayed += 1
-                assert item.source is not None and item.offset is not None
-                if item.offset <= entry.persisted.get(item.source, -1):
-                    await self._ack(stream, ev)
-                else:
-                    self._hold(author, entry, ev)
+                    closing[author] = (entry, ev, closed if got is None else got[2] + closed)
             else:
-                await self._reject(stream, ev, outcome.reason, outcome.detail, outcome.event_id)
+                assert isinstance(outcome, Reject)
+                bad.append((ev, outcome.reason, outcome.detail, outcome.event_id))
+        self.seq = seq
+        self.pending += applied + replayed - len(finished)
         metrics = self.ctx.metrics
         if applied:
             metrics.count(AGENT_SEGMENTS, "applied", applied)
         if replayed:
             metrics.count(AGENT_SEGMENTS, "replayed", replayed)
+        if bad or finished:
+            await self._finish(stream, bad, finished)
         for author, (entry, last, closed_now) in closing.items():
-            await self._persist(stream, author, entry, last, closed_now)
+            if entries.get(author) is entry:  # not forgotten by a revocation meanwhile
+                await self._persist(stream, author, entry, last, closed_now)
 
     def _load(self, author: str, ev: EventT) -> _Entry:
         in_event_context(ev)  # reads go to the event's partition of the store
@@ -537,13 +567,6 @@ class SegmentRuntime:
         entry = _Entry(LiveBuffer(buf), ev.message.partition, dict(buf.applied), refs)
         self.entries[author] = entry
         return entry
-
-    def _hold(self, author: str, entry: _Entry, ev: EventT) -> None:
-        if not entry.pending:
-            entry.first_seq = self.seq
-            self.dirty[author] = None
-        entry.pending.append(ev)
-        self.pending += 1
 
     async def _persist(
         self,
@@ -560,9 +583,10 @@ class SegmentRuntime:
         key = author.encode()
         codec = self.ctx.codec
         evicted: list[ClosedRef] = []
+        rows = [codec.encode(seg) for seg in closed_now]
         if closed_now:
-            for seg in closed_now:
-                self.segments[segment_key(author, seg.start_ms).encode()] = codec.encode(seg)
+            for seg, row in zip(closed_now, rows, strict=True):
+                self.segments[segment_key(author, seg.start_ms).encode()] = row
             entry.refs, evicted = append_refs(entry.refs, closed_now, self.config)
         self.table[key] = encode_head(entry.live.snapshot(), entry.refs)
         for start, _ in evicted:
@@ -570,8 +594,8 @@ class SegmentRuntime:
             with contextlib.suppress(KeyError):
                 del self.segments[segment_key(author, start).encode()]
         metrics = self.ctx.metrics
-        for seg in closed_now:
-            await self.ctx.publish("content.segments", key, codec.encode(seg))
+        for seg, row in zip(closed_now, rows, strict=True):
+            await self.ctx.publish("content.segments", key, row)
             log.debug(
                 "segment_closed author_id=%s live_id=%s start_ms=%s frames=%s comments=%s asr=%s",
                 seg.author_id,
@@ -583,8 +607,8 @@ class SegmentRuntime:
             )
         metrics.count(AGENT_SEGMENTS, "segments_closed", len(closed_now))
         metrics.count(AGENT_SEGMENTS, "table_writes")
-        for pending in entry.pending:
-            await self._ack(stream, pending)
+        for ready in self._acks.done_many([(ev.message.tp, ev) for ev in entry.pending]):
+            await stream.ack(ready)
         self.pending -= len(entry.pending)
         entry.pending = []
         entry.persisted = dict(entry.live.applied)
@@ -603,30 +627,27 @@ class SegmentRuntime:
             self.entries.pop(author, None)
             self.ctx.metrics.count(AGENT_SEGMENTS, "checkpoints")
 
-    async def _reject(
-        self,
-        stream: StreamT,
-        ev: EventT,
-        reason: Any,
-        detail: str,
-        event_id: str | None,
+    async def _finish(
+        self, stream: StreamT, bad: Sequence[_Bad], finished: Sequence[EventT]
     ) -> None:
-        msg = ev.message
-        await self.ctx.dlq.send(
-            ev.value if isinstance(ev.value, bytes) else None,
-            source_topic=msg.topic,
-            agent=AGENT_SEGMENTS,
-            reason=reason,
-            detail=detail,
-            partition=msg.partition,
-            offset=msg.offset,
-            event_id=event_id,
-        )
-        await self._ack(stream, ev)
-
-    async def _ack(self, stream: StreamT, ev: EventT) -> None:
-        """`ev` is finished: ack it and any later events of its partition it held back."""
-        for ready in self._acks.done(ev.message.tp, ev):
+        """Dead-letter `bad` (in order), then ack it and `finished`, with whatever later events
+        of their partitions they held back."""
+        dlq = self.ctx.dlq
+        for ev, reason, detail, event_id in bad:
+            msg = ev.message
+            await dlq.send(
+                ev.value if isinstance(ev.value, bytes) else None,
+                source_topic=msg.topic,
+                agent=AGENT_SEGMENTS,
+                reason=reason,
+                detail=detail,
+                partition=msg.partition,
+                offset=msg.offset,
+                event_id=event_id,
+            )
+        done = [(ev.message.tp, ev) for ev, *_ in bad]
+        done += [(ev.message.tp, ev) for ev in finished]
+        for ready in self._acks.done_many(done):
             await stream.ack(ready)
 
     # --- inspection -----------------------------------------------------------------------

@@ -43,3 +43,27 @@ def test_release_order_is_arrival_order(finish: list[int], keys: list[int]) -> N
     for k in set(keys):
         mine = [it for i, it in enumerate(items) if keys[i] == k]
         assert [r for r in released if r in mine] == mine
+
+
+@given(st.permutations(list(range(30))), st.lists(st.integers(0, 2), min_size=30, max_size=30),
+       st.integers(1, 7))  # fmt: skip
+def test_done_many_releases_like_done_one_by_one(
+    finish: list[int], keys: list[int], step: int
+) -> None:
+    one, many = AckSequencer(), AckSequencer()
+    items = [f"e{i}" for i in range(30)]
+    for i, item in enumerate(items):
+        one.track(keys[i], item)
+        many.track(keys[i], item)
+    for at in range(0, 30, step):
+        group = finish[at : at + step]
+        singly = [r for i in group for r in one.done(keys[i], items[i])]
+        together = many.done_many([(keys[i], items[i]) for i in group])
+        for k in set(keys):  # per partition the same items, in the same (arrival) order
+            assert [r for r in together if keys[items.index(r)] == k] == [
+                r for r in singly if keys[items.index(r)] == k
+            ]
+        assert sorted(together) == sorted(singly)
+    assert len(one) == len(many) == 0
+    with pytest.raises(KeyError):
+        many.done_many([(keys[0], items[0])])

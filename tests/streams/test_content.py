@@ -266,7 +266,11 @@ def test_redelivery_after_revocation_is_idempotent(tmp_path: Path) -> None:
 
     run_agent(ref_ctx, "mmbee.segments", straight)
     assert closed_segments(pub, ctx) == closed_segments(ref_pub, ref_ctx)
-    assert runtime.describe("a1") == ref_ctx.runtimes["segments"].describe("a1")
+    # the same buffer; how many of its events are not stored yet depends on where the batch
+    # boundaries fell (a stream is stored after the last event of a batch that closed a segment)
+    got, want = runtime.describe("a1"), ref_ctx.runtimes["segments"].describe("a1")
+    assert got.pop("unpersisted_events") <= 2 and want.pop("unpersisted_events") <= 2  # f8, f9
+    assert got == want
 
 
 def test_topics_are_aligned_in_event_time_before_they_are_applied(tmp_path: Path) -> None:
