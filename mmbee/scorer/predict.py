@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ from mmbee.scorer.train import rows_for
 
 __all__ = [
     "NoModelError",
+    "ModelLoadError",
     "LoadedModel",
     "PrecomputedContent",
     "ContentBuffer",
@@ -71,6 +73,26 @@ __all__ = [
 
 class NoModelError(RuntimeError):
     """Raised by `ModelHolder.current` before any model was loaded."""
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that cannot be served (missing, unreadable, not a GTR checkpoint, or
+    inconsistent with its own config); the message names the file and the cause."""
+
+
+_LOAD_ERRORS = (
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+"""What reading an arbitrary file as a checkpoint raises: torch.load's unpickler errors on a
+non-checkpoint or truncated file, KeyError/TypeError/ValueError on a config that does not fit,
+RuntimeError on weights that do not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +122,26 @@ class LoadedModel:
 def load_model(
     path: str | PathLike[str], version: str | None = None, device: str = "cpu"
 ) -> LoadedModel:
-    """Load a checkpoint into a LoadedModel (weights_only; the config travels with it)."""
-    model, config = load_checkpoint(path, map_location=device)
+    """Load a checkpoint into a LoadedModel (weights_only; the config travels with it).
+
+    Raises:
+        ModelLoadError: the file cannot be served (its cause chained).
+    """
+    try:
+        model, config = load_checkpoint(path, map_location=device)
+        build = config.get("build", {})
+        features = FeatureConfig(**build["features"]) if "features" in build else FeatureConfig()
+        if version is None:
+            version = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+        rows = rows_for(model)
+    except _LOAD_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(
+            f"{path}: not a servable checkpoint ({type(exc).__name__}: {first})"
+        ) from exc
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    build = config.get("build", {})
-    features = FeatureConfig(**build["features"]) if "features" in build else FeatureConfig()
-    if version is None:
-        version = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
-    rows = rows_for(model)
     if model.content is not None:
         model.content = _CachedContent(model.content)  # type: ignore[assignment]
     return LoadedModel(version, model, features, rows, config)
@@ -204,7 +236,8 @@ def encode_buffers(
     inner = encoder.encoder if isinstance(encoder, _CachedContent) else encoder
     device = loaded.model.logit_offset.device
     with torch.inference_mode():
-        return inner(batch.to(device)).embedding  # type: ignore[no-any-return]
+        out: Tensor = inner(batch.to(device)).embedding  # (U, D_enc)
+        return out
 
 
 class ModelHolder:

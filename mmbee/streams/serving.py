@@ -83,6 +83,13 @@ T = TypeVar("T")
 
 AGENT_SERVING = "serving"
 SCORE_PATH = "/mmbee/score/"
+SCORING_FAILED = "scoring failed"
+"""Prefix of the error of a request whose scoring raised (HTTP 500)."""
+SCORING_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, TypeError)
+"""What a forward pass or a feature read may raise on data the model does not fit."""
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
+"""What loading an announced checkpoint may raise (`ModelLoadError` is a ValueError; a
+sha256 mismatch too; RuntimeError: its content encoder does not fit the segments here)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,8 @@ class ServingRuntime:
         self.loading = False
         self.failed: set[str] = set()
         self._path_stamp: tuple[int, int] | None = None
+        self.topic_version: str | None = None
+        self.last_failure: str | None = None
         self.source: dict[str, Any] = {}
         self.obs = observability(ctx)
         views.segment_listeners.append(self._segment_closed)
@@ -269,6 +278,34 @@ class ServingRuntime:
         if problem is not None:
             return self._error(req.request_id, req.user_id, problem, t0, req.ts_ms)
         loaded = self.holder.current()  # one whole model for this request
+        try:
+            resp, n_misses = await self._features_and_infer(loaded, req, partition)
+        except SCORING_ERRORS as exc:
+            # a model that does not fit this worker's data (e.g. other feature widths) or a bug:
+            # the caller gets the reason, the log the traceback, the metrics a count
+            log.exception("scoring_failed request_id=%s version=%s", req.request_id,
+                          loaded.version)  # fmt: skip
+            self.ctx.metrics.count(AGENT_SERVING, "failures")
+            return self._error(
+                req.request_id, req.user_id, f"{SCORING_FAILED}: {type(exc).__name__}: {exc}"[:2000],
+                t0, req.ts_ms,
+            )  # fmt: skip
+        latency = max(0.0, (self.clock() - t0) * 1000.0)
+        resp = resp.model_copy(update={"latency_ms": latency})
+        self.obs.observe_scoring_latency(latency / 1000.0)
+        m = self.ctx.metrics
+        m.count(AGENT_SERVING, "scored")
+        m.count(AGENT_SERVING, "candidates", len(req.candidate_author_ids))
+        m.count(AGENT_SERVING, "content_misses", n_misses)
+        if resp.error is not None:
+            m.count(AGENT_SERVING, "errors")
+        return resp
+
+    async def _features_and_infer(
+        self, loaded: LoadedModel, req: ScoreRequest, partition: int
+    ) -> tuple[ScoreResponse, int]:
+        """Features on the loop (they read the tables and views), the rest on the executor;
+        returns the response and the content cache misses."""
         ts = req.ts_ms
         sources = self.views.sources
         features = loaded.features
@@ -282,16 +319,7 @@ class ServingRuntime:
         ]
         content, misses = self._content(loaded, sides)
         resp = await self._blocking(self._infer, loaded, req, user, sides, state, content, misses)
-        latency = max(0.0, (self.clock() - t0) * 1000.0)
-        resp = resp.model_copy(update={"latency_ms": latency})
-        self.obs.observe_scoring_latency(latency / 1000.0)
-        m = self.ctx.metrics
-        m.count(AGENT_SERVING, "scored")
-        m.count(AGENT_SERVING, "candidates", len(sides))
-        m.count(AGENT_SERVING, "content_misses", len(misses))
-        if resp.error is not None:
-            m.count(AGENT_SERVING, "errors")
-        return resp
+        return resp, len(misses)
 
     def _content(
         self, loaded: LoadedModel, sides: Sequence[AuthorFeatures]
@@ -337,7 +365,7 @@ class ServingRuntime:
                 )
                 for (i, buf, keys), vec in zip(misses, enc, strict=True):
                     content[i] = vec
-                    loaded.content[buf.author_id] = (keys, vec)
+                    loaded.content[buf.author_id] = (keys, vec.clone())
             matrix = torch.stack(content)  # type: ignore[arg-type]  # (B, D_enc)
         return score_request(loaded, req, user, sides, state, None, self.clock, content=matrix)
 
@@ -385,7 +413,14 @@ class ServingRuntime:
         items = self._latest_buffers(loaded, authors)
         if not items:
             return 0
-        n = await self._blocking(self._encode_into, loaded, items)
+        try:
+            n = await self._blocking(self._encode_into, loaded, items)
+        except SCORING_ERRORS:
+            # the streamers stay uncached: their requests encode inline and answer the error
+            log.exception("content_encoding_failed version=%s authors=%d", loaded.version,
+                          len(items))  # fmt: skip
+            self.ctx.metrics.count(AGENT_SERVING, "content_failures")
+            return 0
         self.ctx.metrics.count(AGENT_SERVING, "content_encoded", n)
         return n
 
@@ -426,39 +461,59 @@ class ServingRuntime:
         return loaded
 
     async def poll_models(self) -> None:
-        """Pick up a new `model.versions` entry, or a changed checkpoint file."""
+        """Pick up a new `model.versions` entry, or a changed checkpoint file.
+
+        A topic version is loaded once: after it was swapped in (or failed) only a newer
+        announcement moves the topic side again, so a checkpoint file changed in between
+        (`model_path`) stays served until then instead of flipping back.
+        """
         if self.loading or not self.views.reader.caught_up.is_set():
             return
         mv: ModelVersion | None = self.views.models.get(self.config.model_name)
-        try:
-            if (
-                mv is not None
-                and mv.version != self.holder.version
-                and mv.version not in self.failed
-            ):
+        if mv is not None and mv.version != self.topic_version and mv.version not in self.failed:
+            try:
                 await self.swap_to(
                     Path(mv.path), mv.version, mv.sha256, {"kind": "topic", "source": mv.source}
                 )
-                return
-            path = self.config.model_path
-            if path is not None and path.exists():
-                st = os.stat(path)
-                stamp = (st.st_mtime_ns, st.st_size)
-                if stamp != self._path_stamp:
-                    self._path_stamp = stamp
-                    await self.swap_to(path, None, None, {"kind": "path"})
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            if mv is not None and mv.version != self.holder.version:
+            except LOAD_ERRORS as exc:
                 self.failed.add(mv.version)
-            self.ctx.metrics.count(AGENT_SERVING, "load_failures")
-            log.error("model_load_failed error=%s", exc)
+                self._load_failed(mv.path, exc)
+            else:
+                self.topic_version = mv.version
+            return
+        path = self.config.model_path
+        if path is None:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:  # not there (yet)
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._path_stamp:
+            return
+        self._path_stamp = stamp  # a failed file is retried when it changes again
+        try:
+            await self.swap_to(path, None, None, {"kind": "path"})
+        except LOAD_ERRORS as exc:
+            self._load_failed(str(path), exc)
+
+    def _load_failed(self, path: str, exc: BaseException) -> None:
+        self.ctx.metrics.count(AGENT_SERVING, "load_failures")
+        self.last_failure = f"{type(exc).__name__}: {exc}"[:2000]
+        log.error("model_load_failed path=%s error=%s", path, self.last_failure)
 
     def describe(self) -> dict[str, Any]:
         """The served model and cache sizes (`/mmbee/serving/`)."""
         try:
             loaded = self.holder.current()
         except RuntimeError:
-            return {"model": None, "loading": self.loading}
+            return {
+                "model": None,
+                "version": None,
+                "loading": self.loading,
+                "failed": sorted(self.failed),
+                "last_failure": self.last_failure,
+            }
         return {
             "model": self.source,
             "version": loaded.version,
@@ -467,6 +522,7 @@ class ServingRuntime:
             "swaps": self.holder.swaps,
             "loading": self.loading,
             "failed": sorted(self.failed),
+            "last_failure": self.last_failure,
         }
 
     def shutdown(self) -> None:
@@ -530,7 +586,9 @@ def register(ctx: StreamContext) -> None:
             status = 200
             if resp.error is not None:
                 unavailable = resp.error.startswith(("no model", "worker is starting"))
-                status = 503 if unavailable else 400
+                status = (
+                    503 if unavailable else 500 if resp.error.startswith(SCORING_FAILED) else 400
+                )
             return self.json(resp.model_dump(mode="json"), status=status)
 
 
