@@ -2,7 +2,8 @@
 `segments`, `graph`, `joiner` and `serving`, two small trained checkpoints announced on
 `model.versions`, score requests over Kafka and over HTTP (scores equal the offline
 point-in-time features' scores), bad requests, unservable announcements, and a hot swap while
-requests stream in. Last, without a broker: a forward pass that raises is an error response.
+requests stream in. Last, without a broker: a forward pass that raises is an error response,
+and a changed model file is not flipped back to the announced version.
 
 One worker for the whole module (starting one costs ~10 s on the 2-core CI box); the tests run
 in file order: Kafka, HTTP, bad requests and refused announcements under `v1`, then the swap
@@ -44,6 +45,7 @@ from mmbee.streams.topics import ensure_topics
 
 FEATURES = FeatureConfig(history=20, segments=5, expansion_n=10)
 MAX_CANDIDATES = 20
+T_MS = 1_700_000_000_000
 CONTENT = ("live.frames", "live.asr", "live.comments")
 
 
@@ -628,31 +630,47 @@ def _announce_and_wait(s: Served, version: str) -> float:
 # --- a model that does not fit the worker's data (no broker: the runtime in-process) -------
 
 
+def in_process(tmp_path: Path, **settings: Any) -> tuple[Any, Any]:
+    """(StreamContext, ServingRuntime) of `joiner` + `serving` built but not started (frame
+    width 8, text width 4), its views marked caught up."""
+    from mmbee.streams.app import build_app
+    from mmbee.streams.publish import MemoryPublisher
+    from mmbee.streams.serving import ServingRuntime
+
+    s = Settings(store="memory://", data_dir=tmp_path / "w", frame_dim=8, text_dim=4, **settings)
+    ctx = build_app(s, components=["joiner", "serving"], publisher=MemoryPublisher())
+    runtime = ctx.runtimes["serving"]
+    assert isinstance(runtime, ServingRuntime)
+    runtime.views.reader.caught_up.set()
+    return ctx, runtime
+
+
+def small_checkpoint(path: Path, seed: int, visual_dim: int = 8) -> Path:
+    """An untrained sim_mfq_gie checkpoint (mean-pool content encoder over `visual_dim`-wide
+    frames and 4-wide texts)."""
+    import torch
+
+    from mmbee.scorer.gtr import GTRModel, config_for_variant, save_checkpoint
+
+    torch.manual_seed(seed)
+    cfg = config_for_variant(
+        "sim_mfq_gie", content_encoder="mean-pool", dim=8, user_rows=64, author_rows=64,
+        hidden=(16,), content_config={"visual_dim": visual_dim, "speech_dim": 4,
+                                      "comment_dim": 4, "out_dim": 8},
+    )  # fmt: skip
+    save_checkpoint(path, GTRModel(cfg), {"build": {"features": dict(FEATURES.__dict__)}})
+    return path
+
+
 def test_a_scoring_failure_is_an_error_response_not_a_dead_agent(tmp_path: Path) -> None:
     """A checkpoint whose content encoder expects other feature widths than this worker's
     segments: the forward pass raises; the request gets `scoring failed` (HTTP 500), counted."""
-    import torch
-
     from mmbee.schemas import SegmentClosed
-    from mmbee.scorer.gtr import GTRModel, config_for_variant, save_checkpoint
     from mmbee.scorer.predict import load_model
-    from mmbee.streams.app import build_app
-    from mmbee.streams.publish import MemoryPublisher
-    from mmbee.streams.serving import SCORING_FAILED, ServingRuntime
+    from mmbee.streams.serving import SCORING_FAILED
 
-    settings = Settings(store="memory://", data_dir=tmp_path / "w", frame_dim=8, text_dim=4,
-                        serving_reject_unknown_users=False)  # fmt: skip
-    ctx = build_app(settings, components=["joiner", "serving"], publisher=MemoryPublisher())
-    runtime = ctx.runtimes["serving"]
-    assert isinstance(runtime, ServingRuntime)
-    torch.manual_seed(0)
-    cfg = config_for_variant(
-        "sim_mfq_gie", content_encoder="mean-pool", dim=8, user_rows=64, author_rows=64,
-        hidden=(16,), content_config={"visual_dim": 16, "speech_dim": 4, "comment_dim": 4,
-                                      "out_dim": 8},
-    )  # fmt: skip
-    path = tmp_path / "wide.pt"
-    save_checkpoint(path, GTRModel(cfg), {"build": {"features": dict(FEATURES.__dict__)}})
+    ctx, runtime = in_process(tmp_path, serving_reject_unknown_users=False)
+    path = small_checkpoint(tmp_path / "wide.pt", 0, visual_dim=16)
     t0 = 1_700_000_000_000
     seg = SegmentClosed.model_validate(
         dict(author_id="a1", live_id="l1", start_ms=t0, end_ms=t0 + 30_000, n_frames=1,
@@ -664,7 +682,6 @@ def test_a_scoring_failure_is_an_error_response_not_a_dead_agent(tmp_path: Path)
     )
 
     async def run() -> ScoreResponse:
-        runtime.views.reader.caught_up.set()
         runtime.views.segments.put(seg)
         runtime.holder.swap(load_model(path, "wide"))
         return await runtime.score(req, 0, time.perf_counter())
@@ -675,3 +692,41 @@ def test_a_scoring_failure_is_an_error_response_not_a_dead_agent(tmp_path: Path)
     assert resp.scores == [] and resp.model_version == "wide" and resp.request_id == "r1"
     c = ctx.metrics.snapshot()["agents"]["serving"]["counters"]
     assert c["failures"] == 1 and c["errors"] == 1
+
+
+def test_a_changed_model_file_stays_served_until_the_next_announcement(tmp_path: Path) -> None:
+    """Topic and file both configured: the announced version, then the changed file, and the
+    poll does not flip back to the (already served) announced version; a newer announcement
+    wins again."""
+    import shutil
+
+    watched = tmp_path / "served.pt"
+    ctx, runtime = in_process(tmp_path, serving_model_path=watched)
+    a = small_checkpoint(tmp_path / "a.pt", 0)
+    b = small_checkpoint(tmp_path / "b.pt", 1)
+
+    def announce(version: str, path: Path, at_ms: int) -> None:
+        runtime.views.models.put(ModelVersion(
+            model_name="gtr", version=version, path=str(path),
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), created_at_ms=T_MS + at_ms,
+        ))  # fmt: skip
+
+    async def run() -> list[str | None]:
+        seen = []
+        announce("t1", a, 1)
+        await runtime.poll_models()  # the topic first
+        seen.append(runtime.holder.version)
+        shutil.copy(b, watched)
+        for _ in range(3):  # the file, then it stays
+            await runtime.poll_models()
+            seen.append(runtime.holder.version)
+        announce("t2", a, 2)
+        await runtime.poll_models()
+        seen.append(runtime.holder.version)
+        return seen
+
+    seen = asyncio.run(run())
+    runtime.shutdown()
+    file_version = hashlib.sha1(b.read_bytes()).hexdigest()[:12]
+    assert seen == ["t1", file_version, file_version, file_version, "t2"]
+    assert runtime.holder.swaps == 3
