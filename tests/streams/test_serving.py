@@ -117,13 +117,19 @@ def _send(settings: Settings, name: str, key: bytes | None, value: bytes) -> Non
         producer.close()
 
 
-def _wait(cond: Callable[[], bool], what: str, worker: WorkerProcess, timeout_s: float) -> float:
+def _wait(
+    cond: Callable[[], bool],
+    what: str,
+    worker: WorkerProcess,
+    timeout_s: float,
+    state: Callable[[], Any] = lambda: None,
+) -> float:
     t0 = time.monotonic()
     while not cond():
         if worker.proc.poll() is not None:
             raise AssertionError(f"worker exited while waiting for {what}:\n{worker.tail()}")
         if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"timed out waiting for {what}\n{worker.tail()}")
+            raise AssertionError(f"timed out waiting for {what}: {state()}\n{worker.tail(1500)}")
         time.sleep(0.1)
     return time.monotonic() - t0
 
@@ -151,8 +157,7 @@ def _train(log: Path, out: Path, seed: int, cache: Path) -> Path:
         out=out,
         variant="sim_mfq_gie",
         build=BuildConfig(features=FEATURES),
-        train=TrainConfig(progress=False, seed=seed, device="cpu", wide_init_steps=20,
-                          prior_init_examples=0),
+        train=TrainConfig(progress=False, seed=seed, device="cpu"),
         test_days=0.25,
         cache_dir=cache,
         model_overrides={"dim": 16},
@@ -213,12 +218,13 @@ def served(
             c = s.counters()
             return (
                 c.get("segments", {}).get("processed", 0) >= content
-                and c.get("joiner", {}).get("read_watch", 0) >= watches
                 and c.get("joiner", {}).get("applied", 0) >= watches + gifts_comments
                 and c.get("graph", {}).get("applied", 0) >= gifts
             )
 
-        _wait(consumed, "the replayed log", worker, 90)
+        expected = {"content": content, "watches": watches, "applied": watches + gifts_comments,
+                    "gifts": gifts}  # fmt: skip
+        _wait(consumed, "the replayed log", worker, 60, lambda: (expected, s.counters()))
         _wait(quiet(s, 1.5), "the graph's walk caches to settle", worker, 30)
         s.announce("v1")
         _wait(lambda: s.serving().get("version") == "v1", "the first model", worker, 60)
