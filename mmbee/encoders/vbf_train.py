@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -213,6 +213,7 @@ class VBFTrainer:
         config: VBFTrainConfig | None = None,
         *,
         rec_parameters: Iterable[nn.Parameter] | None = None,
+        rec_param_groups: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.config = config if config is not None else VBFTrainConfig()
         c = self.config
@@ -236,8 +237,13 @@ class VBFTrainer:
         ]
         if not self.fast_names:
             raise ValueError(f"no encoder parameter matches meta_fast_params={c.meta_fast_params}")
-        self.encoder_params = list(encoder.parameters()) + self.rec_parameters
-        self.enc_opt = torch.optim.Adam(self.encoder_params, lr=c.lr)
+        # extra optimiser groups (e.g. a scorer term with its own learning rate)
+        groups = [{**g, "params": list(g["params"])} for g in rec_param_groups]
+        extra = [p for g in groups for p in g["params"]]
+        self.encoder_params = list(encoder.parameters()) + self.rec_parameters + extra
+        self.enc_opt = torch.optim.Adam(
+            [{"params": list(encoder.parameters()) + self.rec_parameters}, *groups], lr=c.lr
+        )
         self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=c.disc_lr)
         params = dict(encoder.named_parameters())
         self.meta_opt = torch.optim.Adam(
