@@ -241,6 +241,34 @@ def _experiment_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_vbf(args: argparse.Namespace) -> int:
+    from mmbee.jobs.vbf_eval import VBFEvalJob, run_vbf_eval, summary_json
+    from mmbee.scorer.train import TrainConfig
+
+    quiet = args.json
+    job = VBFEvalJob(
+        out=args.out,
+        logdir=args.logdir,
+        preset=args.preset,
+        n_users=args.users,
+        n_streamers=args.streamers,
+        days=args.days,
+        sim_seed=args.sim_seed,
+        variants=tuple(args.variants.split(",")) if args.variants else VBFEvalJob.variants,
+        train=TrainConfig(seed=args.seed, device=args.device, progress=False),
+        elbo_weight=args.elbo_weight,
+        seeds=args.seeds,
+        holdout=tuple(c for c in args.holdout.split(",") if c),
+        test_days=args.test_days,
+        threads=args.threads,
+        progress=not (args.no_progress or quiet),
+    )
+    report = run_vbf_eval(job, log=(lambda msg: print(msg, file=sys.stderr)) if quiet else print)
+    if quiet:
+        print(json.dumps(summary_json(report)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
@@ -370,6 +398,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
     training_args(a)
     a.set_defaults(handler=_experiment_ablation)
+
+    # literal defaults (= VBFEvalJob's, tested): mmbee.jobs.vbf_eval loads only when run
+    a = sub.add_parser(
+        "vbf", help="VBF++ vs MFQ / fixed fusion, Table 3 ablations, Fig. 4, adaptation"
+    )
+    a.add_argument("--logdir", type=Path, default=None, help="existing log (default: simulate)")
+    a.add_argument("--out", type=Path, default=Path("runs/vbf"))
+    a.add_argument("--preset", default="demo")
+    a.add_argument("--users", type=int, default=3000)
+    a.add_argument("--streamers", type=int, default=150)
+    a.add_argument("--days", type=int, default=4)
+    a.add_argument("--sim-seed", type=int, default=0)
+    a.add_argument("--variants", default=None, help="comma-separated rows (default: all)")
+    a.add_argument("--seeds", type=int, default=3, help="training seeds per row")
+    a.add_argument("--seed", type=int, default=0, help="first training seed")
+    a.add_argument("--holdout", default="music,shopping", help="held-out categories ('' = none)")
+    a.add_argument("--elbo-weight", type=float, default=1.0)
+    a.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    a.add_argument("--test-days", type=float, default=1.0)
+    a.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
+    a.set_defaults(handler=_experiment_vbf)
 
     return parser
 
