@@ -175,6 +175,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         device=args.device,
         max_seconds=args.max_seconds,
         negative_rate=args.negative_rate,
+        wide_init_steps=args.wide_init_steps,
         progress=not args.no_progress,
     )
 
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_replay)
 
     def training_args(p: argparse.ArgumentParser) -> None:
+        from mmbee.scorer.train import TrainConfig
+
         p.add_argument("--encoder", default="mfq", help="content encoder behind '_mfq' (mfq, cva+text, vbf++)")
         p.add_argument("--epochs", type=int, default=1)
         p.add_argument("--batch-size", type=int, default=512)
@@ -360,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--negative-rate", type=float, default=0.25, help="share of negatives kept per epoch"
         )
         p.add_argument("--seed", type=int, default=0, help="training seed")
+        p.add_argument(
+            "--wide-init-steps",
+            type=int,
+            default=TrainConfig.wide_init_steps,
+            help="L-BFGS steps of the wide term's logistic-regression warm start (0: none)",
+        )
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
         p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
         p.add_argument("--test-days", type=float, default=1.0, help="days held out at the end")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbee.scorer.batch import TASKS, GTRBatch
+from mmbee.scorer.batch import KINDS, TASKS, GTRBatch
 from mmbee.scorer.dataset import ExampleTable, Rows
 from mmbee.scorer.features import MemorySegmentStore
 from mmbee.scorer.gtr import GTRConfig, GTRModel, save_checkpoint
@@ -69,6 +69,11 @@ class TrainConfig:
         seed: seeds initialisation and the shuffling order.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         max_seconds: stop early after this much training time (None: no limit).
+        wide_init_steps: L-BFGS iterations of a logistic-regression warm start of the wide term
+            on the dense counters and match counts of every training impression (0: start the
+            wide term at zero). One epoch of minibatch steps leaves the linear part far from
+            its optimum; the deep parts then learn the residual.
+        wide_init_l2: L2 penalty of that warm start (per example, on the weights).
         prior_init_examples: for a content encoder with a k-means-initialised prior (VBF++'s
             context-aware mixture prior), how many training impressions' buffers feed the
             k-means before training (0: keep the encoder's own initialisation).
@@ -91,6 +96,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None
+    wide_init_steps: int = 200
+    wide_init_l2: float = 1e-5
     prior_init_examples: int = 4096
     progress: bool = True
 
@@ -294,6 +301,7 @@ def train_model(
                 )
             }
         )
+    _fit_wide(model, table, train_idx, config)
     _init_content_prior(model, table, store, train_idx, rows, config, device)
     result = TrainResult(model=model, device=str(device))
     per_epoch = int(positive.sum() + round((~positive).sum() * config.negative_rate))
@@ -344,6 +352,54 @@ def train_model(
     model.eval()
     _set_offset(model, config.negative_rate)
     return result
+
+
+def _fit_wide(
+    model: GTRModel, table: ExampleTable, train_idx: np.ndarray, config: TrainConfig
+) -> None:
+    """Warm start of the wide term: a logistic regression per task on the dense counters and
+    the per-kind match counts of all training impressions (full batch, L-BFGS), its gift bias
+    shifted by -log(negative_rate) to the subsampled training distribution. The side-vector
+    (h_m, h_g) weights stay zero. Deterministic (no randomness)."""
+    if model.wide is None or config.wide_init_steps <= 0 or not len(train_idx):
+        return
+    idx = np.asarray(train_idx)
+    dense = table.column("dense")[idx].astype(np.float32)  # (E, F)
+    hist = table.column("hist_author")[idx]  # (E, H) vocab indices, -1 padding
+    kinds = table.column("hist_kind")[idx]
+    same = (hist == table.column("author")[idx][:, None]) & (hist >= 0)  # (E, H)
+    counts = np.stack(
+        [np.log1p((same & (kinds == k)).sum(1)) for k in range(len(KINDS))], axis=1
+    ).astype(np.float32)  # (E, 3), as `match_counts`
+    x = torch.from_numpy(np.hstack([dense, counts]))  # (E, F + 3)
+    labels = table.column("labels")[idx]
+    y = torch.from_numpy(labels[:, [TASKS.index(t) for t in model.tasks]].astype(np.float32))
+    n_in = x.shape[1]
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-3)
+    z = (x - mean) / std  # standardised for a well-conditioned problem
+    rate = y.mean(0).clamp(1e-6, 1 - 1e-6)
+    w = torch.zeros(y.shape[1], n_in, requires_grad=True)
+    b = torch.logit(rate).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=config.wide_init_steps, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = z @ w.T + b  # (E, T)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + config.wide_init_l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        weight = w / std  # back to raw inputs
+        bias = b - (weight * mean).sum(1)
+        if config.negative_rate < 1.0 and "gift" in model.tasks:
+            bias[model.tasks.index("gift")] -= math.log(config.negative_rate)
+        model.wide.weight.zero_()
+        model.wide.weight[:, :n_in] = weight.to(model.wide.weight)
+        model.wide.bias.copy_(bias.to(model.wide.bias))
 
 
 @torch.no_grad()
