@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="wall seconds a decided example waits for the author side"
     )
     joiner_align_wait_ms: int = Field(
-        default=5_000, ge=0, description="safety valve of the joiner's event-time alignment"
+        default=60_000, ge=0, description="safety valve of the joiner's event-time alignment"
     )
     joiner_mark_interval_s: float = Field(
         default=0.05, gt=0, description="how often forwarders publish their progress marks"

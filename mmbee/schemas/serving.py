@@ -90,30 +90,48 @@ class UserActivity(BaseModel):
 
 
 class AuthorActivity(BaseModel):
-    """A watch "enter" re-keyed by the streamer (for the author-side watch counter)."""
+    """A watch "enter" re-keyed by the streamer (for the author-side watch counter), or a mark:
+    per `live.watch` partition the largest event time forwarded (None: nothing waiting)."""
 
     model_config = _STRICT
 
-    kind: Literal["watch"] = "watch"
-    event_id: EventId
-    ts_ms: TsMs
-    author_id: Id
-    user_id: Id
-    live_id: Id
+    kind: Literal["watch", "mark"] = "watch"
+    event_id: EventId | None = None
+    ts_ms: TsMs | None = None
+    author_id: Id | None = None
+    user_id: Id | None = None
+    live_id: Id | None = None
+    marks: dict[SourcePartition, TsMs | None] = Field(default_factory=dict, max_length=MAX_MARKS)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        event = (self.event_id, self.ts_ms, self.author_id, self.user_id, self.live_id)
+        if self.kind == "mark":
+            if any(v is not None for v in event) or not self.marks:
+                raise ValueError("a mark carries only (non-empty) `marks`")
+        elif any(v is None for v in event) or self.marks:
+            raise ValueError("a watch needs event_id, ts_ms, author_id, user_id, live_id")
+        return self
 
 
 class AuthorTimeline(BaseModel):
-    """A streamer's watch and gift counts as a time index (see the module docstring).
+    """A streamer's watch and gift counts as a time index (see the module docstring), or the
+    author agent's progress mark for one of its partitions.
 
     Counts before t (events with ts < t) are exact for t >= `base_ms`; earlier ones are folded
-    into `base_watches` / `base_gifts`. `as_of_ms` is the largest event time applied.
+    into `base_watches` / `base_gifts`. `as_of_ms` is the largest event time applied. A mark
+    (`kind` "mark", key "~mark~<partition>", sent to that partition after its timelines) says
+    the author events of that partition up to `as_of_ms` are all in the timelines published
+    before it (`as_of_ms` None: nothing waits there).
     """
 
     model_config = _STRICT
 
-    author_id: Id
-    as_of_ms: int = Field(ge=0)
-    base_ms: int = Field(ge=0)
+    kind: Literal["timeline", "mark"] = "timeline"
+    author_id: Id | None = None
+    partition: int | None = Field(default=None, ge=0)
+    as_of_ms: int | None = Field(default=None, ge=0)
+    base_ms: int = Field(default=0, ge=0)
     base_watches: int = Field(default=0, ge=0)
     base_gifts: int = Field(default=0, ge=0)
     watch_ts: list[int] = Field(default_factory=list, max_length=MAX_TIMELINE)
@@ -121,6 +139,12 @@ class AuthorTimeline(BaseModel):
 
     @model_validator(mode="after")
     def _sorted(self) -> Self:
+        if (self.kind == "mark") != (self.author_id is None):
+            raise ValueError("a timeline has an author_id, a mark has none")
+        if (self.kind == "mark") != (self.partition is not None):
+            raise ValueError("a mark has a partition, a timeline has none")
+        if self.kind == "timeline" and self.as_of_ms is None:
+            raise ValueError("a timeline needs as_of_ms")
         for name in ("watch_ts", "gift_ts"):
             ts = getattr(self, name)
             if any(b < a for a, b in zip(ts, ts[1:], strict=False)):

@@ -202,12 +202,19 @@ class UserState:
         max_pairs: int,
         day_offset_ms: int = 0,
     ) -> None:
-        """Append a behaviour and update the counters (history trimmed to the newest `keep`)."""
+        """Add a behaviour and update the counters (history trimmed to the newest `keep`).
+
+        The history stays ordered oldest first: a behaviour older than the newest one (a late
+        event in a stream; never offline, where events come in time order) is inserted at its
+        place."""
         day = local_day(b.ts_ms, day_offset_ms)
         if self.day is None or day > self.day:
             self.day = day
             self.day_counts = (self.watches, self.gifts, self.gift_value)
-        self.history.append(b)
+        if self.history and b < self.history[-1]:
+            bisect.insort(self.history, b)
+        else:
+            self.history.append(b)
         if len(self.history) > 3 * keep:
             # keep the newest `keep` behaviours before the current local day (what a day-frozen
             # snapshot reads) and the newest `keep` of the day (what a live one reads)

@@ -267,6 +267,7 @@ class SegmentRuntime:
         self._lock = asyncio.Lock()
         self._sources = {ctx.topic_name(n): n for n in SOURCES}
         self._source_index = {n: i for i, n in enumerate(SOURCES)}
+        self._tp_cache: dict[int, tuple[TP, ...]] = {}
 
     @property
     def held(self) -> int:
@@ -392,6 +393,15 @@ class SegmentRuntime:
                 self.stream, now, valve=now - self._last_batch_s >= self.align_wait_s
             )
 
+    def _tps(self, partition: int) -> tuple[TP, ...]:
+        """The topic partitions of `partition` of the sources, in SOURCES order."""
+        tps = self._tp_cache.get(partition)
+        if tps is None:
+            tps = self._tp_cache[partition] = tuple(
+                TP(self.ctx.topic_name(name), partition) for name in SOURCES
+            )
+        return tps
+
     def _quiet_sources(self, partition: int, aligner: Aligner) -> set[int]:
         """Sources of `partition` with nothing more to deliver now: the agent has seen the
         offset just below the high watermark (or, before it saw anything, the consumer starts
@@ -400,8 +410,7 @@ class SegmentRuntime:
         consumer = self.ctx.app.consumer
         read_offsets = getattr(consumer, "_read_offset", {})  # faust: next offset per TP
         quiet = set()
-        for i, name in enumerate(SOURCES):
-            tp = TP(self.ctx.topic_name(name), partition)
+        for i, tp in enumerate(self._tps(partition)):
             try:
                 hw = consumer.highwater(tp)
             except (ConsumerNotStarted, AssertionError, KeyError):
@@ -446,8 +455,7 @@ class SegmentRuntime:
     async def _backpressure(self, partition: int, aligner: Aligner) -> None:
         """Pause fetching a source that has run far ahead of the others in event time (its
         items pile up waiting for the frontier); resume it once they drained."""
-        for i, name in enumerate(SOURCES):
-            tp = TP(self.ctx.topic_name(name), partition)
+        for i, tp in enumerate(self._tps(partition)):
             held = aligner.held(i)
             if tp not in self._paused and held > self.pause_at:
                 if await self._fetching(tp, on=False):

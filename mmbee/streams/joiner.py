@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from faust.types import TP, EventT, StreamT, TableT
 from pydantic import BaseModel
 
 from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
-from mmbee.schemas.serving import AuthorActivity, UserActivity
+from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, UserActivity
 from mmbee.scorer.examples import LabelConfig, to_message
 from mmbee.scorer.features import FeatureConfig
 from mmbee.settings import Settings
@@ -141,15 +142,73 @@ async def _reject(ctx: StreamContext, agent: str, ev: EventT, reason: Any, detai
     )
 
 
-async def _send_partition(ctx: StreamContext, name: str, partition: int, value: bytes) -> None:
-    """Send an unkeyed message to one partition of catalogue topic `name`. Outside a worker
-    (a memory publisher under test) the key names the partition instead."""
+async def _send_partition(
+    ctx: StreamContext, name: str, partition: int, value: bytes, key: bytes | None = None
+) -> None:
+    """Send a message to one partition of catalogue topic `name`. Outside a worker (a memory
+    publisher under test) the key names the partition instead."""
     full = ctx.topic_name(name)
     if isinstance(ctx.publisher, FaustPublisher):
         topic = ctx.app.topic(full, key_serializer="raw", value_serializer="raw")
-        await topic.send(key=None, value=value, partition=partition)
+        await topic.send(key=key, value=value, partition=partition)
     else:
         await ctx.publisher.send(full, f"~partition:{partition}".encode(), value)
+
+
+def frontier_of(marks: dict[str, int | None], expected: set[str]) -> float | None:
+    """The event time every expected source partition has passed: None while one has not
+    reported, infinity when all are idle (None marks)."""
+    if not expected <= marks.keys():
+        return None
+    busy = [marks[k] for k in expected if marks[k] is not None]
+    return float(min(busy)) if busy else float("inf")  # type: ignore[type-var]
+
+
+class Progress:
+    """Per source partition this worker reads: the largest event time seen, and the marks
+    ("topic:partition" -> that time, or None when the partition is read to its end).
+
+    Args:
+        ctx: the stream context.
+        names: catalogue names of the source topics.
+    """
+
+    def __init__(self, ctx: StreamContext, names: tuple[str, ...]) -> None:
+        self.ctx = ctx
+        self.names = {ctx.topic_name(n): n for n in names}
+        self.ts: dict[TP, int] = {}
+        self.offsets: dict[TP, int] = {}
+        self._last: dict[str, int | None] = {}
+        self._sent_s = float("-inf")
+
+    def seen(self, tp: TP, offset: int, ts_ms: int | None) -> None:
+        if offset > self.offsets.get(tp, -1):
+            self.offsets[tp] = offset
+        if ts_ms is not None and ts_ms > self.ts.get(tp, 0):
+            self.ts[tp] = ts_ms
+
+    def idle(self, tp: TP) -> bool | None:
+        return _caught_up(self.ctx, tp, self.offsets.get(tp))
+
+    def marks(self) -> dict[str, int | None]:
+        tps = _assigned(self.ctx, set(self.names)) or set(self.offsets)
+        out: dict[str, int | None] = {}
+        for tp in sorted(tps):
+            key = f"{self.names[tp.topic]}:{tp.partition}"
+            if self.idle(tp):
+                out[key] = None
+            elif tp in self.ts:
+                out[key] = self.ts[tp]
+        return out
+
+    def changed(self, now_s: float) -> dict[str, int | None] | None:
+        """The marks when they changed since the last call that returned them (or a second
+        passed); else None."""
+        marks = self.marks()
+        if not marks or (marks == self._last and now_s - self._sent_s < 1.0):
+            return None
+        self._last, self._sent_s = marks, now_s
+        return marks
 
 
 # --- forwarder -----------------------------------------------------------------------------
@@ -164,20 +223,14 @@ class ForwardRuntime:
 
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
-        self._names = {ctx.topic_name(n): n for n in MARK_SOURCES}
-        self.progress: dict[TP, int] = {}  # source partition -> largest ts forwarded
-        self.offsets: dict[TP, int] = {}  # source partition -> largest offset seen
-        self._last_marks: dict[str, int | None] = {}
-        self._last_sent_s = float("-inf")
+        self.progress = Progress(ctx, MARK_SOURCES)
 
     async def forward(self, ev: EventT) -> None:
         """Re-key one gift or comment by its viewer."""
         ctx, metrics = self.ctx, self.ctx.metrics
         msg = ev.message
-        name = self._names[msg.topic]
-        tp = msg.tp
-        if msg.offset > self.offsets.get(tp, -1):
-            self.offsets[tp] = msg.offset
+        name = self.progress.names[msg.topic]
+        self.progress.seen(msg.tp, msg.offset, None)
         decoded = ctx.codec.decode_topic(name, ev.value)
         if isinstance(decoded, Rejected):
             await _reject(ctx, AGENT_FORWARD, ev, decoded.reason, decoded.detail, decoded.event_id)
@@ -203,35 +256,19 @@ class ForwardRuntime:
                 marks={},
             )
             await ctx.publish("user.activity", decoded.user_id.encode(), ctx.codec.encode(act))
-            if decoded.ts_ms > self.progress.get(tp, 0):
-                self.progress[tp] = decoded.ts_ms
+            self.progress.seen(msg.tp, msg.offset, decoded.ts_ms)
             metrics.count(AGENT_FORWARD, "forwarded")
         metrics.count(AGENT_FORWARD, "processed")
-
-    def marks(self) -> dict[str, int | None]:
-        """Per source partition this worker owns: the largest event time forwarded, or None
-        when it has nothing waiting (read to its high watermark)."""
-        tps = _assigned(self.ctx, set(self._names)) or set(self.offsets)
-        out: dict[str, int | None] = {}
-        for tp in sorted(tps):
-            key = f"{self._names[tp.topic]}:{tp.partition}"
-            idle = _caught_up(self.ctx, tp, self.offsets.get(tp))
-            if idle:
-                out[key] = None
-            elif tp in self.progress:
-                out[key] = self.progress[tp]
-        return out
 
     async def tick(self, now_s: float) -> bool:
         """Send the marks to every `user.activity` partition when they changed (and at least
         every second); True when sent."""
-        marks = self.marks()
-        if not marks or (marks == self._last_marks and now_s - self._last_sent_s < 1.0):
+        marks = self.progress.changed(now_s)
+        if marks is None:
             return False
         value = self.ctx.codec.encode(UserActivity(kind="mark", marks=marks))
         for p in range(self.ctx.settings.partitions):
             await _send_partition(self.ctx, "user.activity", p, value)
-        self._last_marks, self._last_sent_s = marks, now_s
         self.ctx.metrics.count(AGENT_FORWARD, "marks_sent")
         return True
 
@@ -282,6 +319,7 @@ class JoinerRuntime:
         self.expected_marks = {f"{n}:{q}" for n in MARK_SOURCES for q in range(partitions)}
         self.stream: StreamT | None = None
         self.emitted = 0
+        self.watch_progress = Progress(ctx, ("live.watch",))
 
     def part(self, partition: int) -> _Part:
         """The working state of `partition` (made on first use)."""
@@ -354,6 +392,7 @@ class JoinerRuntime:
             self._scan(msg.partition, part, now)
         is_watch = msg.topic == self.watch_topic
         name = "live.watch" if is_watch else "user.activity"
+        ctx.metrics.count(AGENT_JOINER, "read_watch" if is_watch else "read_activity")
         decoded = ctx.codec.decode_topic(name, ev.value)
         if isinstance(decoded, Rejected):
             await self._reject_ack(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
@@ -454,22 +493,47 @@ class JoinerRuntime:
         if row is not None:
             self.table[user.encode()] = row.dumps(partition)
 
+    async def send_marks(self, now_s: float) -> bool:
+        """Send the `live.watch` marks to every `author.activity` partition (when changed)."""
+        marks = self.watch_progress.changed(now_s)
+        if marks is None:
+            return False
+        value = self.ctx.codec.encode(AuthorActivity(kind="mark", marks=marks))
+        for p in range(self.ctx.settings.partitions):
+            await _send_partition(self.ctx, "author.activity", p, value)
+        return True
+
     async def _emit(self, now: float) -> int:
-        """Emit every settled decision (once the views have caught up)."""
+        """Emit every settled decision whose streamer side is complete (the author agent has
+        published every author event up to the impression: its marks), once the views have
+        caught up."""
         if not self.views.reader.caught_up.is_set():
+            return 0
+        complete_through = self.views.authors.complete_through(self.ctx.settings.partitions)
+        if complete_through is None:
             return 0
         n = 0
         features = self.config.features
         for partition, part in list(self.parts.items()):
-            due = part.joiner.due(now)
+            due = part.joiner.due(now, complete_through)
             if not due:
                 continue
             touched = set()
             for user, pending in due:
                 ex = complete(user, pending, self.views.sources, features)
-                msg = to_message(ex)
-                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
                 touched.add(user)
+                try:
+                    msg = to_message(ex)
+                except ValueError as exc:  # an invariant broke: keep the agent alive, say so
+                    log.error("example_invalid event_id=%s error=%s", pending.event_id, exc)
+                    await self.ctx.dlq.send(
+                        json.dumps({"event_id": pending.event_id, "user_id": user}).encode(),
+                        source_topic=self.watch_topic, agent=AGENT_JOINER,
+                        reason="processing_error", detail=f"training example: {exc}"[:1000],
+                        event_id=pending.event_id,
+                    )  # fmt: skip
+                    continue
+                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
                 n += 1
             if part.last_event is not None:
                 in_event_context(part.last_event)
@@ -543,6 +607,11 @@ class AuthorRuntime:
         self.horizon_ms = horizon_ms
         self.timelines: dict[str, Timeline] = {}
         self._activity = ctx.topic_name("author.activity")
+        self.gifts = Progress(ctx, ("live.gifts",))
+        self.activity_marks: dict[int, dict[str, int | None]] = {}
+        self.expected = {f"live.watch:{q}" for q in range(ctx.settings.partitions)}
+        self._sent: dict[int, tuple[int | None, float]] = {}
+        self._lock = asyncio.Lock()
 
     def timeline(self, author: str) -> Timeline:
         tl = self.timelines.get(author)
@@ -557,7 +626,50 @@ class AuthorRuntime:
             self.timelines.clear()  # reloaded from the table on next use
 
     async def process(self, stream: StreamT, events: list[EventT]) -> None:
-        """Apply a batch, write the rows, publish the changed timelines, then ack in order."""
+        """Apply a batch, write the rows, publish the changed timelines and the marks, then ack
+        in order."""
+        async with self._lock:
+            await self._process(stream, events)
+            await self._marks(self.ctx.monotonic())
+
+    def frontier(self, q: int) -> float | None:
+        """Event time up to which every author event of partition `q` is applied."""
+        watch = frontier_of(self.activity_marks.get(q, {}), self.expected)
+        tp = TP(self.ctx.topic_name("live.gifts"), q)
+        if self.gifts.idle(tp):
+            gifts: float | None = float("inf")
+        else:
+            gifts = float(self.gifts.ts[tp]) if tp in self.gifts.ts else None
+        if watch is None or gifts is None:
+            return None
+        return min(watch, gifts)
+
+    async def _marks(self, now_s: float) -> None:
+        """Send each owned partition's frontier to `author.state` (that partition, after its
+        timelines) when it moved, or every second."""
+        qs = {tp.partition for tp in _assigned(self.ctx, {self._activity})} or set(
+            self.activity_marks
+        )
+        for q in sorted(qs):
+            f = self.frontier(q)
+            if f is None:
+                continue
+            as_of = None if f == float("inf") else int(f)
+            last = self._sent.get(q)
+            if last is not None and last[0] == as_of and now_s - last[1] < 1.0:
+                continue
+            mark = AuthorTimeline(kind="mark", partition=q, as_of_ms=as_of)
+            await _send_partition(
+                self.ctx, "author.state", q, self.ctx.codec.encode(mark), f"~mark~{q}".encode()
+            )
+            self._sent[q] = (as_of, now_s)
+
+    async def tick(self) -> None:
+        """Timer: marks of partitions that went quiet."""
+        async with self._lock:
+            await self._marks(self.ctx.monotonic())
+
+    async def _process(self, stream: StreamT, events: list[EventT]) -> None:
         ctx, metrics = self.ctx, self.ctx.metrics
         dirty: dict[str, None] = {}
         generation = ctx.app.consumer_generation_id
@@ -572,6 +684,11 @@ class AuthorRuntime:
                 )
                 continue
             assert isinstance(decoded, AuthorActivity | GiftEvent)
+            if isinstance(decoded, AuthorActivity) and decoded.kind == "mark":
+                self.activity_marks.setdefault(msg.partition, {}).update(decoded.marks)
+                continue
+            if isinstance(decoded, GiftEvent):
+                self.gifts.seen(msg.tp, msg.offset, decoded.ts_ms)
             if ev.key is not None and ev.key != decoded.author_id.encode():
                 await _reject(
                     ctx,
@@ -583,6 +700,8 @@ class AuthorRuntime:
                 )
                 continue
             in_event_context(ev)
+            assert decoded.author_id is not None and decoded.event_id is not None
+            assert decoded.ts_ms is not None
             tl = self.timeline(decoded.author_id)
             kind = "gift" if isinstance(decoded, GiftEvent) else "watch"
             outcome = tl.add(kind, decoded.event_id, decoded.ts_ms, self.horizon_ms)
@@ -654,6 +773,14 @@ def register(ctx: StreamContext) -> None:
     @ctx.app.timer(0.1, name="mmbee.joiner.tick")
     async def joiner_tick() -> None:
         await joiner.tick()
+
+    @ctx.app.timer(settings.joiner_mark_interval_s, name="mmbee.joiner.watch_marks")
+    async def watch_marks() -> None:
+        await joiner.send_marks(ctx.monotonic())
+
+    @ctx.app.timer(settings.joiner_mark_interval_s, name="mmbee.authors.marks")
+    async def author_marks() -> None:
+        await authors.tick()
 
     @ctx.app.page("/mmbee/joiner/")
     async def joiner_state(self: faust.web.View, request: faust.web.Request) -> Any:

@@ -520,20 +520,30 @@ class PartitionJoiner:
         row.ids = {e: t for e, t in row.ids.items() if t >= limit}
 
     # --- emission -----------------------------------------------------------------------------
-    def due(self, now_s: float) -> list[tuple[str, Pending]]:
-        """Decided impressions that have settled, oldest decision first; they leave their rows
-        (write the rows of the returned users)."""
+    def due(
+        self, now_s: float, complete_through: float = float("inf")
+    ) -> list[tuple[str, Pending]]:
+        """Decided impressions that have settled and whose impression time is at most
+        `complete_through` (the author side is complete up to there), oldest decision first;
+        they leave their rows (write the rows of the returned users)."""
         out = []
+        keep: deque[tuple[float, str, str]] = deque()
         settle = self.config.settle_s
         while self._decided and self._decided[0][0] + settle <= now_s:
-            _, user, event_id = self._decided.popleft()
+            entry = self._decided.popleft()
+            _, user, event_id = entry
             row = self.rows.get(user)
             if row is None:
                 continue
             for i, p in enumerate(row.pending):
                 if p.event_id == event_id and p.decided is not None:
-                    out.append((user, row.pending.pop(i)))
+                    if p.ts_ms <= complete_through:
+                        out.append((user, row.pending.pop(i)))
+                    else:
+                        keep.append(entry)
                     break
+        keep.extend(self._decided)
+        self._decided = keep
         return out
 
     @property

@@ -216,26 +216,44 @@ class SegmentView:
 
 
 class AuthorView:
-    """The latest `AuthorTimeline` of every streamer.
+    """The latest `AuthorTimeline` of every streamer, and the author agent's marks.
 
     Example:
         >>> v = AuthorView()
         >>> v.put(AuthorTimeline(author_id="a1", as_of_ms=3, base_ms=0, gift_ts=[2]))
         >>> v.get("a1").counts_before(3)
         (0, 1)
+        >>> v.put(AuthorTimeline(kind="mark", partition=0, as_of_ms=3))
+        >>> v.complete_through(partitions=1)
+        3.0
     """
 
     def __init__(self) -> None:
         self.timelines: dict[str, AuthorTimeline] = {}
+        self.marks: dict[int, int | None] = {}
 
     def put(self, tl: AuthorTimeline) -> None:
         """Keep `tl` unless an applied one is further along (messages may be re-read)."""
+        if tl.kind == "mark":
+            assert tl.partition is not None
+            self.marks[tl.partition] = tl.as_of_ms
+            return
+        assert tl.author_id is not None and tl.as_of_ms is not None
         old = self.timelines.get(tl.author_id)
-        if old is None or tl.as_of_ms >= old.as_of_ms:
+        if old is None or tl.as_of_ms >= (old.as_of_ms or 0):
             self.timelines[tl.author_id] = tl
 
     def get(self, author: str) -> AuthorTimeline | None:
         return self.timelines.get(author)
+
+    def complete_through(self, partitions: int) -> float | None:
+        """Event time up to which every author event is in the timelines: the least mark of
+        the author agent's partitions (None while one has not reported, infinity when all are
+        idle)."""
+        if any(q not in self.marks for q in range(partitions)):
+            return None
+        busy = [m for q, m in self.marks.items() if q < partitions and m is not None]
+        return float(min(busy)) if busy else float("inf")
 
 
 class ExpansionView:

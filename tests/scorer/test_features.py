@@ -261,3 +261,19 @@ def test_day_start_and_recent_room_counters_by_brute_force(
                 )
         st.apply(ev, at_ms=t)
     assert seen_before > 10 and seen_after > 10  # both days and a within-day change occur
+
+
+def test_a_late_behaviour_keeps_the_history_ordered() -> None:
+    """A stream can deliver a user's gift after a later watch (repartition hop); the history
+    the snapshot and the TrainingExample carry stays oldest first."""
+    from mmbee.scorer.features import Behaviour, UserState
+
+    s = UserState()
+    for b in (Behaviour(10, "a1", 0), Behaviour(30, "a2", 0), Behaviour(20, "a1", 2)):
+        s.add(b, 5.0, keep=4, max_pairs=10)
+    assert [b.ts_ms for b in s.history] == [10, 20, 30]
+    assert s.gifts == 1 and s.watches == 2
+    for t in range(40, 80, 2):  # trimming keeps the order too
+        s.add(Behaviour(t, "a3", 0), 0.0, keep=4, max_pairs=10)
+    s.add(Behaviour(41, "a1", 2), 1.0, keep=4, max_pairs=10)
+    assert [b.ts_ms for b in s.history] == sorted(b.ts_ms for b in s.history)

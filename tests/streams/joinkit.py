@@ -132,6 +132,12 @@ def compare(
             a = np.array(t.users.ids)[a]
             b = np.array(table.users.ids)[b]
         out[col] = int((a.reshape(len(idx), -1) != b.reshape(len(idx), -1)).any(axis=1).sum())
+    from mmbee.scorer.batch import DENSE_FEATURES
+
+    bad = t.column("dense")[idx] != table.column("dense")
+    for j, name in enumerate(DENSE_FEATURES):
+        if bad[:, j].any():
+            out["dense:" + name] = int(bad[:, j].sum())
     hist_a = np.array(t.authors.ids + [""])[t.column("hist_author")[idx]]
     hist_b = np.array(table.authors.ids + [""])[table.column("hist_author")]
     out["hist_author"] = int((hist_a != hist_b).any(axis=1).sum())
