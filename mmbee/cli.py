@@ -1,6 +1,7 @@
 """`mmbee <verb>`: thin command line. Each verb parses its arguments and calls one library function.
 
-Verbs (see `mmbee <verb> --help`): broker, schemas.
+Verbs (see `mmbee <verb> --help`): demo, broker, schemas, topics, worker, status, graph, simulate,
+replay, train, evaluate, experiment.
 """
 
 from __future__ import annotations
@@ -270,10 +271,34 @@ def _experiment_vbf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from mmbee.jobs.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
+        seed=args.seed, variant=args.variant, requests=args.requests,
+    )  # fmt: skip
+    run_demo(config)
+    print(f"report: {(config.out / 'report.md').resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb registered."""
     parser = argparse.ArgumentParser(prog="mmbee", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser(
+        "demo", help="end to end on the embedded broker: simulate, stream, train, serve, report"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output dir (emptied)")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--streamers", type=int, default=200)
+    p.add_argument("--days", type=int, default=3, help="the last day is the test day")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="sim_mfq_gie", help="Table 2 variant to train")
+    p.add_argument("--requests", type=int, default=200, help="score requests per transport")
+    p.set_defaults(handler=_demo)
 
     p = verbs.add_parser("broker", help="run the embedded Kafka-protocol broker (dev profile)")
     p.add_argument("--port", type=int, default=None, help="Kafka port (default: settings)")

@@ -1,0 +1,71 @@
+"""Serving benchmark: scoring latency, Kafka round trip, freshness under load, training rate.
+
+Runs the demo's deployment (`mmbee.jobs.demo`: embedded broker, one worker with segments,
+graph, joiner and serving, a simulated log replayed into it, a `sim_mfq_gie` model trained and
+hot-swapped in) sized so every request carries 200 candidate streamers, then measures
+
+- `score_200_p99_ms`: the worker's own time to answer a 200-candidate request (decode, features,
+  cached content embeddings, one batched forward pass on the serving executor, response), as it
+  reports in `ScoreResponse.latency_ms` (target <= 10 ms on CPU);
+- `kafka_rtt_p99_ms`: client send on `score.requests` -> response read from `score.responses`
+  (target <= 50 ms); `http_rtt_p99_ms` the same over `POST /mmbee/score/`;
+- `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
+  content events for the other streamers flow at `--background-rate` events/s (target
+  <= 500 ms at 2k events/s); `background_events_per_s` is the rate the load thread achieved;
+- `train_samples_per_s`: training examples per second of the GTR model on CPU (`mmbee train`).
+
+Run: `OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py` (about 10 minutes here). The last line
+is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mmbee.jobs.demo import DemoConfig, run_demo
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-serve"))
+    ap.add_argument("--users", type=int, default=400)
+    ap.add_argument("--streamers", type=int, default=240)
+    ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--probes", type=int, default=30)
+    ap.add_argument("--background-rate", type=float, default=2000.0)
+    args = ap.parse_args()
+    report = run_demo(
+        DemoConfig(
+            out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
+            requests=args.requests, candidates=args.candidates, freshness_probes=args.probes,
+            background_rate=args.background_rate,
+        )
+    )  # fmt: skip
+    v = report["serving"]
+    result = {
+        "candidates": v["candidates"],
+        "score_200_p50_ms": round(v["kafka_server_ms"]["p50"], 2),
+        "score_200_p99_ms": round(v["kafka_server_ms"]["p99"], 2),
+        "kafka_rtt_p50_ms": round(v["kafka_rtt_ms"]["p50"], 2),
+        "kafka_rtt_p99_ms": round(v["kafka_rtt_ms"]["p99"], 2),
+        "http_rtt_p50_ms": round(v["http_rtt_ms"]["p50"], 2),
+        "http_rtt_p99_ms": round(v["http_rtt_ms"]["p99"], 2),
+        "freshness_p50_ms": round(v["freshness_ms"]["p50"], 1),
+        "freshness_p99_ms": round(v["freshness_ms"]["p99"], 1),
+        "freshness_probes": v["freshness_ms"]["n"],
+        "freshness_missed": v["freshness_missed"],
+        "background_events_per_s": round(v["freshness_background_events_per_s"], 1),
+        "error_responses": v["error_count"],
+        "train_samples_per_s": report["training"]["train_samples_per_s"],
+        "stream_events_per_s": round(report["stream"]["end_to_end_events_per_s"], 1),
+        "device": "cpu",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
