@@ -339,7 +339,9 @@ class Background:
                         ev = FrameEvent(event_id=f"demo-bg-{i}", ts_ms=ts, live_id=live,
                                         author_id=a, embedding=wires[i % len(wires)])  # fmt: skip
                         topic = "live.frames"
-                    producer.send(s.topic(topic), key=a.encode(), value=ev.model_dump_json().encode())
+                    producer.send(
+                        s.topic(topic), key=a.encode(), value=ev.model_dump_json().encode()
+                    )
                     self.sent += 1
                 time.sleep(0.005)
             producer.flush()
@@ -391,7 +393,10 @@ def freshness(settings: Settings, worker: WorkerProcess, facts: LogFacts, probes
         bootstrap_servers=settings.bootstrap_list(), acks=1, linger_ms=0,
         max_request_size=4 * 1024 * 1024, **settings.kafka_client_kwargs(),
     )  # fmt: skip
-    with producer_closing(producer), Background(settings, facts, background_rate, author, int(rng.integers(1 << 31))) as bg:
+    with (
+        producer_closing(producer),
+        Background(settings, facts, background_rate, author, int(rng.integers(1 << 31))) as bg,
+    ):
         for i in range(probes + 1):
             t += step
             bg.t_ms = t
@@ -419,7 +424,9 @@ def _probe(settings: Settings, producer: Any, worker: WorkerProcess, author: str
     )  # fmt: skip
     t0 = time.perf_counter()
     for topic, ev in (("live.frames", frame), ("live.comments", comment)):
-        producer.send(settings.topic(topic), key=author.encode(), value=ev.model_dump_json().encode())
+        producer.send(
+            settings.topic(topic), key=author.encode(), value=ev.model_dump_json().encode()
+        )
     producer.flush()
     if i == 0:
         time.sleep(0.5)
