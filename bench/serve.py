@@ -2,7 +2,10 @@
 
 Runs the demo's deployment (`mmbee.jobs.demo`: embedded broker, one worker with segments,
 graph, joiner and serving, a simulated log replayed into it, a `sim_mfq_gie` model trained and
-hot-swapped in) sized so every request carries 200 candidate streamers, then measures
+hot-swapped in); every request carries 200 candidate streamers, sampled from the streamers
+with live content (about 90 in the default world) and `--cold` ids the worker has never seen
+(scored cold with `serving_reject_unknown_authors` off: a world with 200 live streamers takes
+~4x longer to stream on 2 cores). Then it measures
 
 - `score_200_p99_ms`: the worker's own time to answer a 200-candidate request (decode, features,
   cached content embeddings, one batched forward pass on the serving executor, response), as it
@@ -30,9 +33,10 @@ from mmbee.jobs.demo import DemoConfig, run_demo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench-serve"))
-    ap.add_argument("--users", type=int, default=400)
-    ap.add_argument("--streamers", type=int, default=240)
+    ap.add_argument("--users", type=int, default=300)
+    ap.add_argument("--streamers", type=int, default=120)
     ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--cold", type=int, default=120, help="never-seen ids added to the pool")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--probes", type=int, default=30)
@@ -42,12 +46,14 @@ def main() -> None:
         DemoConfig(
             out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
             requests=args.requests, candidates=args.candidates, freshness_probes=args.probes,
-            background_rate=args.background_rate,
+            background_rate=args.background_rate, cold_candidates=args.cold,
         )
     )  # fmt: skip
     v = report["serving"]
     result = {
         "candidates": v["candidates"],
+        "content_streamers": v["content_streamers"],
+        "cold_ids_in_pool": v["cold_in_pool"],
         "score_200_p50_ms": round(v["kafka_server_ms"]["p50"], 2),
         "score_200_p99_ms": round(v["kafka_server_ms"]["p99"], 2),
         "kafka_rtt_p50_ms": round(v["kafka_rtt_ms"]["p50"], 2),

@@ -277,6 +277,7 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
         out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
         seed=args.seed, variant=args.variant, requests=args.requests,
+        candidates=args.candidates,
     )  # fmt: skip
     run_demo(config)
     print(f"report: {(config.out / 'report.md').resolve()}")
@@ -292,12 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="end to end on the embedded broker: simulate, stream, train, serve, report"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output dir (emptied)")
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--streamers", type=int, default=200)
+    p.add_argument("--users", type=int, default=600)
+    p.add_argument("--streamers", type=int, default=80)
     p.add_argument("--days", type=int, default=3, help="the last day is the test day")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default="sim_mfq_gie", help="Table 2 variant to train")
     p.add_argument("--requests", type=int, default=200, help="score requests per transport")
+    p.add_argument("--candidates", type=int, default=200, help="candidate streamers per request")
     p.set_defaults(handler=_demo)
 
     p = verbs.add_parser("broker", help="run the embedded Kafka-protocol broker (dev profile)")

@@ -63,14 +63,16 @@ class DemoConfig:
         candidates: candidate streamers per request (at most the streamers with content).
         freshness_probes: content-change probes.
         background_rate: content events/s for other streamers while the probes run.
+        cold_candidates: never-seen streamer ids added to the candidate pool (scored cold:
+            `serving_reject_unknown_authors` off), to reach `candidates` in a small world.
         timeout_s: how long each wait may take before the demo gives up.
         threads: torch threads for training.
     """
 
     out: Path = Path("runs/demo")
     preset: str = "demo"
-    n_users: int = 1000
-    n_streamers: int = 200
+    n_users: int = 600
+    n_streamers: int = 80
     days: int = 3
     seed: int = 0
     variant: str = "sim_mfq_gie"
@@ -81,7 +83,8 @@ class DemoConfig:
     candidates: int = 200
     freshness_probes: int = 20
     background_rate: float = 0.0
-    timeout_s: float = 300.0
+    cold_candidates: int = 0
+    timeout_s: float = 480.0
     threads: int = 2
 
 
@@ -149,6 +152,7 @@ def _settings(config: DemoConfig) -> Settings:
         serving_poll_s=0.2,
         serving_threads=1,
         model_dir=config.out / "models",
+        serving_reject_unknown_authors=config.cold_candidates == 0,
     )
 
 
@@ -240,10 +244,11 @@ def announce(settings: Settings, checkpoint: Path, version: str, metrics: dict[s
 
 
 def requests_for(facts: LogFacts, n: int, candidates: int, ts_ms: int,
-                 rng: np.random.Generator, tag: str) -> list[ScoreRequest]:  # fmt: skip
+                 rng: np.random.Generator, tag: str, cold: int = 0) -> list[ScoreRequest]:  # fmt: skip
     """`n` requests of last-day viewers: the streamer they watched among `candidates` streamers
-    with content (sampled)."""
-    pool = np.asarray(facts.content_authors)
+    with content (sampled), and `cold` ids of streamers the worker has never seen (scored cold
+    when `serving_reject_unknown_authors` is off) when there are too few with content."""
+    pool = np.asarray(facts.content_authors + [f"cold{i}" for i in range(cold)])
     picks = rng.choice(len(facts.test_watches), size=min(n, len(facts.test_watches)), replace=False)
     out = []
     for i, j in enumerate(picks):
@@ -546,8 +551,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             lambda: _served_version(worker) == mv.version, "the model swap", config.timeout_s
         )
         ts = facts.end_ms + 1
-        kreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "kafka")
-        hreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "http")
+        cold = config.cold_candidates
+        kreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "kafka", cold)
+        hreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "http", cold)
         h_rtt, h_server, h_err = _http_round_trips(worker, hreqs)
         log(f"      HTTP: {len(h_rtt)} answered, {len(h_err)} errors")
         k_rtt, k_server, k_err = asyncio.run(_kafka_round_trips(settings, kreqs))
@@ -559,6 +565,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "model_version": mv.version,
             "swap_s": swap_s,
             "candidates": len(kreqs[0].candidate_author_ids) if kreqs else 0,
+            "cold_in_pool": cold,
+            "content_streamers": len(facts.content_authors),
             "kafka_rtt_ms": percentiles(k_rtt),
             "kafka_server_ms": percentiles(k_server),
             "http_rtt_ms": percentiles(h_rtt),
