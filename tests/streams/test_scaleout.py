@@ -89,6 +89,10 @@ def run_settings(base: Settings, name: str, tmp: Path) -> Settings:
             graph_refresh_interval_s=0.2,
             graph_idle_rebuild_s=0.5,
             metrics_lag_interval_s=1.0,
+            # the alignment valve releases held events once input stalls this long; on a loaded
+            # 2-core box a stall of seconds happens, and the released events' later siblings are
+            # dead-lettered as late in one run and not the other: not what this test is about
+            segment_align_wait_ms=60_000,
         )
     )
 
@@ -198,7 +202,15 @@ def test_two_workers_one_killed_end_like_one(
     def same_state() -> bool:
         return graph_done(survivor) and buffers(survivor, authors) == expected
 
-    wait(same_state, "the survivor to reach the single worker's state", [survivor], 90)
+    try:
+        wait(same_state, "the survivor to reach the single worker's state", [survivor], 180)
+    except AssertionError:
+        got = buffers(survivor, authors)
+        diff = {a: (expected[a], got.get(a)) for a in authors if got.get(a) != expected[a]}
+        raise AssertionError(
+            f"{len(diff)} of {len(authors)} buffers differ, e.g. {list(diff.items())[:2]}; "
+            f"graph done: {graph_done(survivor)}; dead letters: {dead_letters(two)[:5]}"
+        ) from None
     assert survivor.get("/mmbee/graph/")["digest"] == expected_digest
     assert set(status(survivor)["partitions"]["assigned"]) >= set(lost)
     # redelivered gifts are absorbed as duplicates; anything else matches the single run
