@@ -430,6 +430,8 @@ class JoinerRuntime:
                 await ctx.publish(
                     "author.activity", decoded.author_id.encode(), ctx.codec.encode(act)
                 )
+            # the progress marks tell the author agent how far live.watch was forwarded
+            self.watch_progress.seen(msg.tp, msg.offset, decoded.ts_ms)
             rank = RANK["watch"]
         else:
             assert isinstance(decoded, UserActivity)
@@ -586,6 +588,11 @@ class JoinerRuntime:
                 for p, part in sorted(self.parts.items())
             },
             "views_caught_up": self.views.reader.caught_up.is_set(),
+            # examples wait until the streamer side is complete up to their impression
+            "author_marks": {str(q): m for q, m in sorted(self.views.authors.marks.items())},
+            "author_complete_through": self.views.authors.complete_through(
+                self.ctx.settings.partitions
+            ),
         }
 
 
