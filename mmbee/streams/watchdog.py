@@ -101,12 +101,24 @@ class DeadMemberDetector:
         self.removed += 1
 
 
+class _UndecodableFaustMetadata(logging.Filter):
+    """Drops kafka-python's warning that it cannot decode a member's metadata: Faust's assignor
+    writes its own format, the watchdog only reads `group_instance_id`, and the warning (with
+    the whole binary response) would otherwise be logged on every poll."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable to decode member_")
+
+
 class _GroupAdmin:
     """A kafka-python admin client, made on first use, used from one executor thread at a time."""
 
     def __init__(self, ctx: StreamContext) -> None:
         self.settings = ctx.settings
         self._admin: Any = None
+        groups_log = logging.getLogger("kafka.admin._groups")
+        if not any(isinstance(f, _UndecodableFaustMetadata) for f in groups_log.filters):
+            groups_log.addFilter(_UndecodableFaustMetadata())
 
     def _client(self) -> Any:
         if self._admin is None:
