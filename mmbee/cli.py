@@ -152,6 +152,7 @@ def _replay(args: argparse.Namespace) -> int:
         load_settings(),
         speed=parse_speed(args.speed),
         start_ms=args.from_ts,
+        end_ms=args.until_ts,
         frames=args.frames,
         speech=args.speech,
         attach_text_embeddings=args.text_embeddings,
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("logdir", type=Path, metavar="LOGDIR")
     p.add_argument("--speed", default="max", help="1 (real time), 10, ... or max (default)")
     p.add_argument("--from-ts", type=int, default=None, metavar="MS", help="resume at event time")
+    p.add_argument(
+        "--until-ts", type=int, default=None, metavar="MS", help="stop before this event time"
+    )
     p.add_argument("--frames", choices=["auto", "embedding", "jpeg"], default="auto")
     p.add_argument("--speech", choices=["auto", "text", "audio"], default="auto")
     p.add_argument(

@@ -615,7 +615,7 @@ _KIND_TOPIC = {
 
 
 def _plan(
-    b: LogBundle, start_ms: int | None, frames: str, speech: str
+    b: LogBundle, start_ms: int | None, frames: str, speech: str, end_ms: int | None = None
 ) -> tuple[_Plan, dict[str, Any]]:
     parts_ts: list[np.ndarray] = []
     parts_kind: list[np.ndarray] = []
@@ -674,9 +674,9 @@ def _plan(
     sub = np.concatenate(parts_sub)
     order = np.lexsort((sub, rank, ts))
     ts, kind, row = ts[order], kind[order], row[order]
-    if start_ms is not None:
-        first = int(np.searchsorted(ts, start_ms, side="left"))
-        ts, kind, row = ts[first:], kind[first:], row[first:]
+    first = 0 if start_ms is None else int(np.searchsorted(ts, start_ms, side="left"))
+    last = ts.size if end_ms is None else int(np.searchsorted(ts, end_ms, side="left"))
+    ts, kind, row = ts[first:last], kind[first:last], row[first:last]
     return _Plan(ts, kind, row), ctx
 
 
@@ -853,11 +853,13 @@ def iter_encoded(
     speech: Literal["auto", "text", "audio"] = "auto",
     attach_text_embeddings: bool = False,
     chunk: int = 4096,
+    end_ms: int | None = None,
 ) -> Iterator[tuple[str, bytes, bytes, int]]:
     """Events as (catalogue topic, key, JSON value, ts_ms) in event-time order.
 
     Args:
         start_ms: skip events before this event time (resume a replay).
+        end_ms: stop before this event time (a leave is an event at enter + watch time).
         frames: `embedding` (FrameEvent.embedding from the latent), `jpeg` (media mode),
             `auto` = jpeg when the log has media frames.
         speech: `text` (AsrSegment with the script), `audio` (AudioChunk, media mode), `auto`.
@@ -865,7 +867,7 @@ def iter_encoded(
             `mmbee_text_embeddings.npy`.
     """
     b = _bundle(log)
-    plan, ctx = _plan(b, start_ms, frames, speech)
+    plan, ctx = _plan(b, start_ms, frames, speech, end_ms)
     enc = _Encoder(b, ctx, attach_text_embeddings)
     frame_kind = _KINDS.index("frame")
     fns = enc.encoders()
@@ -886,10 +888,11 @@ def count_events(
     *,
     frames: Literal["auto", "embedding", "jpeg"] = "auto",
     speech: Literal["auto", "text", "audio"] = "auto",
+    end_ms: int | None = None,
 ) -> int:
     """How many events `iter_encoded` / `iter_events` would yield."""
     b = _bundle(log)
-    plan, _ = _plan(b, start_ms, frames, speech)
+    plan, _ = _plan(b, start_ms, frames, speech, end_ms)
     return int(plan.ts.size)
 
 
@@ -900,6 +903,7 @@ def iter_events(
     frames: Literal["auto", "embedding", "jpeg"] = "auto",
     speech: Literal["auto", "text", "audio"] = "auto",
     attach_text_embeddings: bool = False,
+    end_ms: int | None = None,
 ) -> Iterator[tuple[str, Event]]:
     """Events as (catalogue topic, validated pydantic Event) in event-time order.
 
@@ -908,6 +912,11 @@ def iter_events(
     keys `read_truth`.
     """
     for topic, _key, value, _ts in iter_encoded(
-        log, start_ms, frames=frames, speech=speech, attach_text_embeddings=attach_text_embeddings
+        log,
+        start_ms,
+        frames=frames,
+        speech=speech,
+        attach_text_embeddings=attach_text_embeddings,
+        end_ms=end_ms,
     ):
         yield topic, _MODELS[topic].model_validate_json(value)

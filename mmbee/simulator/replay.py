@@ -9,7 +9,8 @@ not a producer call. Pacing uses an injected clock and sleep: event time advance
 faster than the clock (`speed=None`: as fast as the broker takes them); before any pause the
 open batches are sent, so paced events are not held back. A replay resumes from an event time
 (`start_ms`); events at exactly that time are sent again, which consumers absorb because every
-event id is stable (state is idempotent by event id).
+event id is stable (state is idempotent by event id). `end_ms` stops before an event time, so a
+log replays a day (or any window) at a time: `[a, b)` then `[b, c)` sends what `[a, c)` sends.
 
 Example:
     >>> stats = replay_log(Path("logs/tiny"), load_settings(), speed=None)  # doctest: +SKIP
@@ -276,6 +277,7 @@ def replay_log(
     *,
     speed: float | None = None,
     start_ms: int | None = None,
+    end_ms: int | None = None,
     frames: Literal["auto", "embedding", "jpeg"] = "auto",
     speech: Literal["auto", "text", "audio"] = "auto",
     attach_text_embeddings: bool = False,
@@ -289,6 +291,7 @@ def replay_log(
     Args:
         speed: event-time seconds per clock second (1 = real time); None = as fast as possible.
         start_ms: resume from this event time (inclusive).
+        end_ms: stop before this event time (exclusive; with `start_ms`, one day of a log).
         frames, speech, attach_text_embeddings: see `reader.iter_encoded`.
         progress: show a tqdm progress bar on stderr.
         clock, sleep: injected time (an async sleep).
@@ -299,7 +302,7 @@ def replay_log(
     """
     started = clock()
     bundle = read_log(logdir, skip=("like.csv",))
-    total = count_events(bundle, start_ms, frames=frames, speech=speech)
+    total = count_events(bundle, start_ms, frames=frames, speech=speech, end_ms=end_ms)
     if prepare_topics is not None:
         prepare_topics(settings)
     events = iter_encoded(
@@ -308,6 +311,7 @@ def replay_log(
         frames=frames,
         speech=speech,
         attach_text_embeddings=attach_text_embeddings,
+        end_ms=end_ms,
     )
     stats = publish(
         events,
