@@ -64,6 +64,7 @@ __all__ = [
     "PrecomputedContent",
     "ContentBuffer",
     "encode_buffers",
+    "checkpoint_features",
     "load_model",
     "ModelHolder",
     "predict_snapshots",
@@ -119,6 +120,13 @@ class LoadedModel:
     content: dict[str, tuple[tuple[int, ...], Tensor]] = field(default_factory=dict)
 
 
+def checkpoint_features(config: dict[str, Any]) -> FeatureConfig:
+    """The feature config a checkpoint was trained with (its `build` section; defaults for a
+    checkpoint written without one)."""
+    build = config.get("build", {})
+    return FeatureConfig(**build["features"]) if "features" in build else FeatureConfig()
+
+
 def load_model(
     path: str | PathLike[str], version: str | None = None, device: str = "cpu"
 ) -> LoadedModel:
@@ -129,8 +137,7 @@ def load_model(
     """
     try:
         model, config = load_checkpoint(path, map_location=device)
-        build = config.get("build", {})
-        features = FeatureConfig(**build["features"]) if "features" in build else FeatureConfig()
+        features = checkpoint_features(config)
         if version is None:
             version = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
         rows = rows_for(model)

@@ -8,16 +8,20 @@ arrived, it
 1. builds an `ExampleTable` from the buffered examples and a segment store from the worker's
    segment view (the examples refer to segments by key; their features are kept for
    `views_retain_ms`),
-2. fine-tunes a copy of the served checkpoint on the executor (`fine_tune`: AdamW, the
-   checkpoint's negative subsampling rate with its calibration offset, a fixed seed), or, when
-   nothing is served yet and `refresh_bootstrap_variant` is set, trains that variant from scratch
-   (`mmbee.scorer.train.train_model`),
+2. fine-tunes the newest version announced on `model.versions` (what every serving worker
+   swaps to; the worker needs no `serving` component of its own) on the executor (`fine_tune`:
+   AdamW, the checkpoint's negative subsampling rate with its calibration offset, a fixed seed),
+   or, with no version announced, the checkpoint a local `serving` component was pointed at
+   (`model_path`), or, with neither and `refresh_bootstrap_variant` set, trains that variant from
+   scratch (`mmbee.scorer.train.train_model`),
 3. writes the checkpoint atomically into `model_dir` and publishes a `ModelVersion`
    (source "refresh") on `model.versions`; every serving worker then hot-swaps to it.
 
 The newest fifth of the buffer (by impression time) is held out: the published version carries
 the AUC of the new and of the previous model on it (`metrics`), so an operator can see whether a
-refresh helped. Nothing is rolled back automatically.
+refresh helped. Nothing is rolled back automatically. A base that cannot be loaded or trained
+(a missing or foreign file) is logged and counted (`failed`) and not tried again until a newer
+version is announced; the timer keeps running.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -39,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import faust
 import numpy as np
 import torch
 from pydantic import BaseModel
@@ -57,6 +62,7 @@ from mmbee.scorer.gtr import (
     save_checkpoint,
 )
 from mmbee.scorer.metrics import auc
+from mmbee.scorer.predict import checkpoint_features
 from mmbee.scorer.train import TrainConfig, gtr_loss, rows_for, score_table, train_model
 from mmbee.settings import Settings
 from mmbee.streams.app import StreamContext
@@ -76,6 +82,9 @@ __all__ = [
 log = logging.getLogger("mmbee.streams.refresh")
 
 AGENT_REFRESH = "refresh"
+REFRESH_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
+"""What loading or training an announced base may raise (a missing file, not a GTR checkpoint,
+a content encoder that does not fit the segments here)."""
 
 
 @dataclass(frozen=True)
@@ -150,19 +159,20 @@ def build_table(
 
 
 def fine_tune(
-    base: Path,
+    model: GTRModel,
+    ckpt_config: dict[str, Any],
     table: ExampleTable,
     store: MemorySegmentStore,
     idx: np.ndarray,
     config: RefreshConfig,
-) -> tuple[GTRModel, dict[str, Any], float]:
-    """Continue training checkpoint `base` on examples `idx` of `table`; returns the model
-    (eval mode, calibrated offset), its checkpoint config and samples/s.
+) -> float:
+    """Continue training `model` (loaded from a checkpoint with config `ckpt_config`) in place
+    on examples `idx` of `table`; leaves it in eval mode with the calibrated offset and returns
+    samples/s.
 
     Negatives are subsampled at the rate the checkpoint was trained with, and the served gift
     logit is shifted by log(rate) afterwards, as `train_model` does.
     """
-    model, ckpt_config = load_checkpoint(base)
     rate = float(ckpt_config.get("train", {}).get("negative_rate", 1.0))
     train = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
@@ -196,7 +206,7 @@ def fine_tune(
     model.eval()
     with torch.no_grad():
         model.logit_offset[model.tasks.index("gift")] = math.log(rate)
-    return model, ckpt_config, samples / seconds if seconds > 0 else float("nan")
+    return samples / seconds if seconds > 0 else float("nan")
 
 
 def _save(path: Path, model: GTRModel, config: dict[str, Any]) -> str:
@@ -236,6 +246,7 @@ class RefreshRuntime:
         self.new = 0
         self.running = False
         self.refreshes = 0
+        self.failed: set[str] = set()  # bases that could not be loaded or trained
         self.last: dict[str, Any] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="mmbee-refresh")
 
@@ -250,20 +261,33 @@ class RefreshRuntime:
         self.seen.add(m.event_id)
         self.new += 1
 
-    def _base(self) -> tuple[Path | None, str | None, FeatureConfig]:
+    def base(self) -> tuple[Path, str] | None:
+        """The checkpoint to continue from and its version: the newest announced on
+        `model.versions`, else the file a local `serving` component serves; None for none."""
+        mv = self.views.models.get(self.config.model_name)
+        if mv is not None:
+            return Path(mv.path), mv.version
         source = getattr(self.serving, "source", {}) if self.serving is not None else {}
-        loaded = None
-        if self.serving is not None and self.serving.holder.version is not None:
-            loaded = self.serving.holder.current()
-        if loaded is None or "path" not in source:
-            return None, None, self.views.sources.features
-        return Path(source["path"]), loaded.version, loaded.features
+        if "path" in source and source.get("version"):
+            return Path(source["path"]), str(source["version"])
+        return None
 
     def run_once(self, examples: list[TrainingExample], base: Path | None,
-                 features: FeatureConfig, now_ms: int) -> RefreshResult | None:  # fmt: skip
-        """Build, train, evaluate, write (blocking: the executor runs it)."""
+                 now_ms: int) -> RefreshResult | None:  # fmt: skip
+        """Build, train, evaluate, write (blocking: the executor runs it).
+
+        Raises:
+            OSError, ValueError, RuntimeError, KeyError: `base` cannot be loaded or trained.
+        """
         torch.set_num_threads(1)
         cfg = self.config
+        features = self.views.sources.features
+        old: tuple[GTRModel, dict[str, Any]] | None = None
+        if base is not None:
+            old = load_checkpoint(base)
+            features = checkpoint_features(old[1])
+        elif cfg.bootstrap_variant is None:
+            return None
         table, store = build_table(examples, features, self.views.segments)
         n = len(table)
         cut = int(n * (1 - cfg.holdout))
@@ -273,11 +297,12 @@ class RefreshRuntime:
             log.info("refresh skipped: no positive example among %d", cut)
             return None
         metrics: dict[str, float] = {}
-        if base is not None:
-            old, _ = load_checkpoint(base)
-            metrics["auc_before"] = _holdout_auc(old, table, store, test_idx)
-            model, ckpt_config, rate = fine_tune(base, table, store, train_idx, cfg)
-        elif cfg.bootstrap_variant is not None:
+        if old is not None:
+            model, ckpt_config = old
+            metrics["auc_before"] = _holdout_auc(model, table, store, test_idx)
+            rate = fine_tune(model, ckpt_config, table, store, train_idx, cfg)
+        else:
+            assert cfg.bootstrap_variant is not None
             overrides: dict[str, Any] = {}
             if "mfq" in cfg.bootstrap_variant.split("_"):
                 overrides["content_config"] = default_content_config(
@@ -289,8 +314,6 @@ class RefreshRuntime:
             ckpt_config = {"build": {"features": asdict(features)}, "train": train.to_dict()}
             result = train_model(mc, table, store, train_idx, train)
             model, rate = result.model, result.samples_per_s
-        else:
-            return None
         metrics["auc"] = _holdout_auc(model, table, store, test_idx)
         metrics["train_samples_per_s"] = rate
         ckpt_config = dict(ckpt_config)
@@ -301,14 +324,27 @@ class RefreshRuntime:
             path, sha, n, rate, {k: v for k, v in metrics.items() if math.isfinite(v)}
         )
 
+    def describe(self) -> dict[str, Any]:
+        """The buffer, the schedule and the last published version (`/mmbee/refresh/`)."""
+        return {
+            "interval_s": self.config.interval_s,
+            "buffered": len(self.buffer),
+            "new": self.new,
+            "running": self.running,
+            "refreshes": self.refreshes,
+            "failed": sorted(self.failed),
+            "last": self.last,
+        }
+
     async def tick(self) -> ModelVersion | None:
         """Refresh when due; returns the published version."""
         if self.running or self.new < self.config.min_examples:
             return None
         if not self.views.reader.caught_up.is_set():
             return None
-        base, parent, features = self._base()
-        if base is None and self.config.bootstrap_variant is None:
+        found = self.base()
+        base, parent = found if found is not None else (None, None)
+        if parent in self.failed or (base is None and self.config.bootstrap_variant is None):
             return None
         self.running, self.new = True, 0
         examples = list(self.buffer)
@@ -316,8 +352,14 @@ class RefreshRuntime:
         try:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(
-                self.executor, self.run_once, examples, base, features, now_ms
+                self.executor, self.run_once, examples, base, now_ms
             )
+        except REFRESH_ERRORS as exc:
+            self.failed.add(str(parent))
+            self.ctx.metrics.count(AGENT_REFRESH, "failed")
+            log.error("refresh_failed base=%s version=%s error=%s: %s", base, parent,
+                      type(exc).__name__, exc)  # fmt: skip
+            return None
         finally:
             self.running = False
         if result is None:
@@ -343,12 +385,17 @@ class RefreshRuntime:
 
 
 def register(ctx: StreamContext) -> None:
-    """Component `refresh`: the example buffer (all partitions of `train.examples`) and the
-    fine-tune timer (off unless `refresh_interval_s` is set)."""
+    """Component `refresh`: the example buffer (all partitions of `train.examples`), the
+    fine-tune timer (off unless `refresh_interval_s` is set) and `/mmbee/refresh/`."""
     config = refresh_config(ctx.settings)
     runtime = RefreshRuntime(ctx, config, ctx.runtimes.get("serving"))
     ctx.runtimes[AGENT_REFRESH] = runtime
     runtime.views.reader.add_handler("train.examples", runtime.take)
+
+    @ctx.app.page("/mmbee/refresh/")
+    async def refresh_state(self: faust.web.View, request: faust.web.Request) -> Any:
+        return self.json(runtime.describe())
+
     if config.interval_s <= 0:
         return
 
