@@ -1,7 +1,7 @@
 """`mmbee <verb>`: thin command line. Each verb parses its arguments and calls one library function.
 
-Verbs (see `mmbee <verb> --help`): demo, broker, schemas, topics, worker, status, graph, simulate,
-replay, train, evaluate, experiment.
+Verbs (see `mmbee <verb> --help`): demo, broker, schemas, topics, worker, status, models, graph,
+simulate, replay, train, evaluate, experiment.
 """
 
 from __future__ import annotations
@@ -62,6 +62,38 @@ def _status(args: argparse.Namespace) -> int:
 
     overrides = {} if args.port is None else {"web_port": args.port}
     return show_status(load_settings(**overrides), url=args.url, as_json=args.json)
+
+
+def _models_announce(args: argparse.Namespace) -> int:
+    from mmbee.scorer.predict import ModelLoadError
+    from mmbee.streams.rollout import announce
+
+    try:
+        mv = announce(load_settings(), args.checkpoint, args.version, source=args.source,
+                      parent_version=args.parent)  # fmt: skip
+    except ModelLoadError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"announced {mv.model_name} {mv.version} (sha256 {mv.sha256[:12]}..., {mv.path})")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from mmbee.streams.rollout import history
+
+    settings = load_settings()
+    versions = history(settings, None if args.all else settings.serving_model_name)
+    if args.json:
+        print(json.dumps([mv.model_dump(mode="json") for mv in versions]))
+        return 0
+    newest = {mv.model_name: mv.version for mv in versions}  # oldest first: the last one wins
+    for mv in versions:
+        mark = "*" if newest[mv.model_name] == mv.version else " "
+        print(f"{mark} {mv.model_name} {mv.version} created_at_ms={mv.created_at_ms} "
+              f"source={mv.source} parent={mv.parent_version} {mv.path}")  # fmt: skip
+    if not versions:
+        print("no model announced")
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -337,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, help="base URL instead (e.g. a port-forward)")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
     p.set_defaults(handler=_status)
+
+    p = verbs.add_parser("models", help="model rollout: announce a checkpoint, list versions")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sub.add_parser("announce", help="publish CHECKPOINT on model.versions (workers swap)")
+    a.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    a.add_argument("--version", default=None, help="version id (default: sha-<sha256 prefix>)")
+    a.add_argument("--source", choices=["manual", "train"], default="manual")
+    a.add_argument("--parent", default=None, help="the version this one replaces (a note)")
+    a.set_defaults(handler=_models_announce)
+    a = sub.add_parser("list", help="announcements on model.versions, oldest first (* = served)")
+    a.add_argument("--all", action="store_true", help="every model name, not only the served")
+    a.add_argument("--json", action="store_true", help="one JSON array")
+    a.set_defaults(handler=_models_list)
 
     p = verbs.add_parser("graph", help="gift graph: GraphCL training, GraphML export, stats")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import shutil
 import time
@@ -39,10 +38,10 @@ import numpy as np
 from mmbee.jobs.stack import LocalStack, ScoreClient, WorkerProcess
 from mmbee.jobs.train import TrainJob, run_train
 from mmbee.schemas.events import CommentEvent, FrameEvent, ScoreRequest, WatchEvent
-from mmbee.schemas.serving import ModelVersion
 from mmbee.schemas.types import encode_embedding
 from mmbee.scorer.train import TrainConfig
 from mmbee.settings import Settings, load_settings
+from mmbee.streams.rollout import announce
 
 __all__ = ["DemoConfig", "run_demo", "percentiles", "markdown_report"]
 
@@ -212,35 +211,6 @@ def _read_examples(settings: Settings) -> int:
         return int(sum(end[tp] - begin[tp] for tp in parts))
     finally:
         consumer.close()
-
-
-def _send(settings: Settings, name: str, key: str, value: bytes) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_list(), acks=1, linger_ms=0,
-        max_request_size=4 * 1024 * 1024, **settings.kafka_client_kwargs(),
-    )  # fmt: skip
-    try:
-        producer.send(settings.topic(name), key=key.encode(), value=value).get(timeout=30)
-    finally:
-        producer.close()
-
-
-def announce(settings: Settings, checkpoint: Path, version: str, metrics: dict[str, float],
-             now_ms: int) -> ModelVersion:  # fmt: skip
-    """Publish a checkpoint on `model.versions` (every serving worker swaps to it)."""
-    mv = ModelVersion(
-        model_name=settings.serving_model_name,
-        version=version,
-        path=str(checkpoint.resolve()),
-        sha256=hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        created_at_ms=now_ms,
-        source="train",
-        metrics={k: v for k, v in metrics.items() if np.isfinite(v)},
-    )
-    _send(settings, "model.versions", mv.model_name, mv.model_dump_json().encode())
-    return mv
 
 
 def requests_for(facts: LogFacts, n: int, candidates: int, ts_ms: int,
@@ -548,8 +518,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log("[4/5] serving: hot swap, requests over Kafka and HTTP, freshness probes")
         t = time.monotonic()
         ckpt = Path(trained["checkpoint"])
-        mv = announce(settings, ckpt, "demo-1", {f"test_{k}": v for k, v in quality["test"].items()},
-                      int(time.time() * 1000))  # fmt: skip
+        mv = announce(settings, ckpt, "demo-1", source="train",
+                      metrics={f"test_{k}": v for k, v in quality["test"].items()})  # fmt: skip
         swap_s = worker.wait_until(
             lambda: _served_version(worker) == mv.version, "the model swap", config.timeout_s
         )
