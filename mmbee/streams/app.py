@@ -37,6 +37,7 @@ from mmbee.settings import Settings
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
+from mmbee.streams.producer_flush import install_full_flush
 from mmbee.streams.publish import FaustPublisher, Publisher
 
 __all__ = [
@@ -327,6 +328,7 @@ def build_app(
         clock_ms: wall clock in ms for dead-letter timestamps (default `time.time`).
         monotonic: monotonic clock of timeouts and of the metrics' timing.
     """
+    install_full_flush()  # offsets are committed only after the buffered writes were sent
     app = faust.App(settings.app_id, **faust_settings(settings))
     wall_ms = clock_ms or (lambda: int(time.time() * 1000))
     metrics = StreamMetrics(clock=monotonic)
