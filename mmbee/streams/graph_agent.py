@@ -22,7 +22,7 @@ has moved `graph_rebuild_interval_ms` since the last one, after a (re)load, and 
 has been quiet for `graph_idle_rebuild_s` after changes) on the executor
 while the agent waits, and publishes every recomputed entry to the compacted topics
 `graph.user_expansions` / `graph.author_expansions`. After a restart the graph is reloaded from
-its table (recovered from the changelog) on the next gift, and fully rebuilt.
+its table (recovered from the changelog) as soon as the recovery completed, and fully rebuilt.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -212,6 +212,19 @@ class GraphRuntime:
             self._write(user)
 
     # --- maintenance (timer) ----------------------------------------------------------------
+    async def on_recovered(self) -> None:
+        """After each rebalance, once the tables are recovered: a worker that now owns
+        `graph.gifts` loads the graph from its table at once, without waiting for the next gift
+        (there may be none: the previous owner may have applied every gift before it died)."""
+        try:
+            owns = TP(self.internal_topic, 0) in self.ctx.app.assignor.assigned_actives()
+        except AttributeError:  # no assignor (test context)
+            return
+        if owns and self.graph is None:
+            async with self.lock:
+                if self.graph is None:
+                    self._load()
+
     async def tick(self) -> int:
         """Refresh (or rebuild) the walk cache off the event loop and publish what changed;
         returns the number of entries published."""
@@ -353,6 +366,7 @@ def register(ctx: StreamContext) -> None:
     )
     ctx.runtimes[AGENT_GRAPH] = runtime
     ctx.on_partitions_revoked(runtime.on_revoked)
+    runtime.table.on_recover(runtime.on_recovered)
 
     async def graph_gifts(stream: StreamT) -> None:
         async for ev in stream.events():
