@@ -53,8 +53,21 @@ class Timeline:
         self.ts: dict[str, list[int]] = {"watch": [], "gift": []}
         self.ids: dict[str, int] = {}  # event id -> ts, for events at or after base_ms
 
-    def add(self, kind: Kind, event_id: str, ts_ms: int, horizon_ms: int) -> Outcome:
-        """Count one event (idempotent by id); fold what fell behind the horizon."""
+    def add(
+        self,
+        kind: Kind,
+        event_id: str,
+        ts_ms: int,
+        horizon_ms: int,
+        complete_ms: float = float("inf"),
+    ) -> Outcome:
+        """Count one event (idempotent by id); fold what fell behind the horizon.
+
+        `complete_ms`: event time up to which every event of this streamer has arrived (the
+        sources' progress marks; -inf when unknown). The base never passes it minus the
+        horizon, so an event that a lagging source partition still holds (one far behind the
+        others, e.g. re-read by the worker that took it over) is counted, not `late`.
+        """
         if event_id in self.ids:
             return "duplicate"
         if ts_ms < self.base_ms:
@@ -62,9 +75,10 @@ class Timeline:
             return "late"
         self.ids[event_id] = ts_ms
         bisect.insort(self.ts[kind], ts_ms)
-        if ts_ms > self.as_of_ms:
-            self.as_of_ms = ts_ms
-            self._fold(ts_ms - horizon_ms)
+        self.as_of_ms = max(self.as_of_ms, ts_ms)
+        cut = min(self.as_of_ms, complete_ms) - horizon_ms
+        if cut > self.base_ms:
+            self._fold(int(cut))
         return "applied"
 
     def _fold(self, base_ms: int) -> None:

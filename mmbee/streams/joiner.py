@@ -679,6 +679,7 @@ class AuthorRuntime:
     async def _process(self, stream: StreamT, events: list[EventT]) -> None:
         ctx, metrics = self.ctx, self.ctx.metrics
         dirty: dict[str, None] = {}
+        complete: dict[int, float] = {}  # partition -> its frontier when the batch began
         generation = ctx.app.consumer_generation_id
         live = [ev for ev in events if ev.message.generation_id in (None, generation)]
         for ev in live:
@@ -711,7 +712,11 @@ class AuthorRuntime:
             assert decoded.ts_ms is not None
             tl = self.timeline(decoded.author_id)
             kind = "gift" if isinstance(decoded, GiftEvent) else "watch"
-            outcome = tl.add(kind, decoded.event_id, decoded.ts_ms, self.horizon_ms)
+            if msg.partition not in complete:
+                f = self.frontier(msg.partition)
+                complete[msg.partition] = float("-inf") if f is None else f
+            outcome = tl.add(kind, decoded.event_id, decoded.ts_ms, self.horizon_ms,
+                             complete[msg.partition])  # fmt: skip
             if outcome == "applied":
                 self.table[decoded.author_id.encode()] = tl.dumps()
                 dirty[decoded.author_id] = None
