@@ -549,7 +549,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "freshness_ms": percentiles(fresh),
             "freshness_missed": missed,
             "freshness_background_events_per_s": bg_rate,
-            "worker_serving": worker.get("/mmbee/serving/"),
+            "worker_serving": _page(worker, "/mmbee/serving/", config.timeout_s),
             "worker_counters": worker.counters().get("serving", {}),
         }
         report["latency_samples"] = {"kafka_rtt": k_rtt, "http_rtt": h_rtt, "server": k_server + h_server,
@@ -562,6 +562,20 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     _plot(report, out / "report.png")
     (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def _page(worker: WorkerProcess, path: str, timeout_s: float) -> dict[str, Any]:
+    """A JSON page of a worker that may be busy catching up (after the freshness load its web
+    server can take longer than one GET's timeout to answer): retried until `timeout_s`, then
+    reported as unavailable instead of ending the demo."""
+    deadline, error = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        try:
+            return dict(worker.get(path, timeout_s=15.0))
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+            error = f"{type(exc).__name__}: {exc}"
+            time.sleep(1.0)
+    return {"unavailable": error or "no answer"}
 
 
 def _served_version(worker: WorkerProcess) -> str | None:
