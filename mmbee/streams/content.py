@@ -136,9 +136,16 @@ class Featurizers:
     """
 
     def __init__(
-        self, *, text_model: str | None, frame_model: str, text_dim: int, frame_dim: int
+        self,
+        *,
+        text_model: str | None,
+        frame_model: str,
+        text_dim: int,
+        frame_dim: int,
+        text_cache_size: int = 0,
     ) -> None:
         self._text_model = text_model
+        self._text_cache_size = text_cache_size
         self._frame_model = frame_model
         self._text_dim = text_dim
         self._frame_dim = frame_dim
@@ -150,13 +157,18 @@ class Featurizers:
         if self._text is None:
             from mmbee.encoders.featurizers import TextEmbedder
 
-            emb = TextEmbedder(model_path=self._text_model)
+            emb = TextEmbedder(model_path=self._text_model, cache_size=self._text_cache_size)
             if emb.dim != self._text_dim:
                 raise ValueError(
                     f"text model gives {emb.dim}-d embeddings but MMBEE_TEXT_DIM={self._text_dim}"
                 )
             self._text = emb
         return self._text
+
+    @property
+    def text_cache_hits(self) -> int:
+        """Texts embedded from the text cache so far (0 before the text model is loaded)."""
+        return 0 if self._text is None else self._text.hits
 
     def frames(self) -> FrameEmbedder:
         """The frame embedder (loaded now if needed); its width must match `frame_dim`."""
@@ -252,6 +264,7 @@ class SegmentRuntime:
             frame_model=ctx.settings.frame_model,
             text_dim=config.text_dim,
             frame_dim=config.frame_dim,
+            text_cache_size=ctx.settings.text_cache_size,
         )
         self.entries: dict[str, _Entry] = {}
         self.dirty: dict[str, None] = {}  # authors with pending events, oldest first
@@ -506,6 +519,7 @@ class SegmentRuntime:
                 texts.append(model.text)
         if not texts and not jpegs:
             return out
+        hits = self.featurizers.text_cache_hits
         text_vecs, frame_vecs = await self.ctx.run_blocking(self.featurizers.embed, texts, jpegs)
         if text_vecs is not None:
             for row, i in enumerate(text_at):
@@ -513,6 +527,9 @@ class SegmentRuntime:
         for j, i in enumerate(jpeg_at):
             out[i] = frame_vecs[j]
         self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_texts", len(texts))
+        self.ctx.metrics.count(
+            AGENT_SEGMENTS, "text_cache_hits", self.featurizers.text_cache_hits - hits
+        )
         self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_frames", len(jpegs))
         return out
 

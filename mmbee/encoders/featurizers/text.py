@@ -5,6 +5,8 @@ sentence-transformers is imported only when a `TextEmbedder` is built, never at 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,9 @@ class TextEmbedderConfig:
         batch_size: texts per forward pass.
         max_chars: texts are cut to this many characters before tokenising (the model itself
             truncates at 256 word pieces; cutting first bounds tokeniser work on huge input).
+        cache_size: most recently used texts whose embeddings are kept (0: no cache). Live
+            comments repeat heavily ("666", greetings, emoji); a hit costs a dict lookup
+            instead of a transformer pass. 20k entries of 384 float32 are ~31 MB.
 
     Example:
         >>> TextEmbedderConfig(batch_size=128).batch_size
@@ -40,10 +45,14 @@ class TextEmbedderConfig:
     device: str = "cpu"
     batch_size: int = 64
     max_chars: int = 2000
+    cache_size: int = 0
 
 
 class TextEmbedder:
     """Sentence embeddings from a local sentence-transformers model, offline.
+
+    `hits` counts texts answered without a model pass (cached, or repeated within a call),
+    `misses` the texts embedded.
 
     Example:
         >>> emb = TextEmbedder()  # doctest: +SKIP
@@ -58,8 +67,15 @@ class TextEmbedder:
         batch_size: int = 64,
         *,
         max_chars: int = 2000,
+        cache_size: int = 0,
     ) -> None:
-        self.config = TextEmbedderConfig(model_path, device, batch_size, max_chars)
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.config = TextEmbedderConfig(model_path, device, batch_size, max_chars, cache_size)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU: oldest first
+        self._lock = threading.Lock()  # encode may run on several executor threads
+        self.hits = 0
+        self.misses = 0
         self._model = _load_sentence_transformer(self.config)
         # sentence-transformers >= 6 renamed the getter; older releases only have the old name.
         get_dim = getattr(self._model, "get_embedding_dimension", None)
@@ -71,7 +87,13 @@ class TextEmbedder:
     @classmethod
     def from_config(cls, config: TextEmbedderConfig) -> TextEmbedder:
         """Build from a frozen config (what settings.py maps onto)."""
-        return cls(config.model_path, config.device, config.batch_size, max_chars=config.max_chars)
+        return cls(
+            config.model_path,
+            config.device,
+            config.batch_size,
+            max_chars=config.max_chars,
+            cache_size=config.cache_size,
+        )
 
     @property
     def dim(self) -> int:
@@ -84,7 +106,7 @@ class TextEmbedder:
         return _resolve_dir(self.config.model_path)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts.
+        """Embed texts (cached ones from the LRU cache, repeats within `texts` once).
 
         Shapes:
             texts: N strings (empty strings allowed) -> (N, dim) float32, each row L2-norm 1.
@@ -92,8 +114,36 @@ class TextEmbedder:
         if len(texts) == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
         cut = [t[: self.config.max_chars] for t in texts]
+        if self.config.cache_size == 0:
+            return self._encode(cut)
+        out = np.empty((len(cut), self._dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}  # text -> rows of `out`, in first-seen order
+        cache = self._cache
+        with self._lock:
+            for i, t in enumerate(cut):
+                v = cache.get(t)
+                if v is None:
+                    todo.setdefault(t, []).append(i)
+                else:
+                    cache.move_to_end(t)
+                    out[i] = v
+            self.hits += len(cut) - len(todo)
+            self.misses += len(todo)
+        if todo:
+            keys = list(todo)
+            vecs = self._encode(keys)  # (len(keys), dim), outside the lock
+            with self._lock:
+                for t, v in zip(keys, vecs, strict=True):
+                    out[todo[t]] = v
+                    cache[t] = v.copy()  # not a view pinning the whole batch
+                    cache.move_to_end(t)
+                while len(cache) > self.config.cache_size:
+                    cache.popitem(last=False)
+        return out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         out = self._model.encode(
-            cut,
+            texts,
             batch_size=self.config.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,

