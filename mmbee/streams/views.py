@@ -118,14 +118,22 @@ class SegmentView:
         self.retain_ms = retain_ms
         self.refs_ms = max(refs_ms, retain_ms)
         self.on_segment = on_segment
-        self.by_author: dict[str, list[SegmentEntry]] = {}
+        self.by_author: dict[str, list[SegmentEntry]] = {}  # by start_ms
+        # beside each author's entries, for bisection: their start_ms and visible_ms; and the
+        # authors whose visible_ms are not ascending in start order (overlapping segments,
+        # which one live at a time never makes: then visibility falls back to a scan)
+        self._starts: dict[str, list[int]] = {}
+        self._visibles: dict[str, list[int]] = {}
+        self._unordered: set[str] = set()
         self.newest_end_ms = 0
         self.count = 0
 
     def put(self, seg: SegmentClosed) -> bool:
         """Add a closed segment (idempotent by (author, start)); True when it was new."""
-        entries = self.by_author.setdefault(seg.author_id, [])
-        starts = [e.start_ms for e in entries]
+        author = seg.author_id
+        entries = self.by_author.setdefault(author, [])
+        starts = self._starts.setdefault(author, [])
+        visibles = self._visibles.setdefault(author, [])
         i = bisect.bisect_left(starts, seg.start_ms)
         if i < len(entries) and entries[i].start_ms == seg.start_ms:
             return False
@@ -142,6 +150,12 @@ class SegmentView:
             feats,  # type: ignore[arg-type]
         )
         entries.insert(i, entry)
+        starts.insert(i, entry.start_ms)
+        visibles.insert(i, entry.visible_ms)
+        if (i > 0 and visibles[i - 1] > entry.visible_ms) or (
+            i + 1 < len(visibles) and visibles[i + 1] < entry.visible_ms
+        ):
+            self._unordered.add(author)
         self.count += 1
         self.newest_end_ms = max(self.newest_end_ms, seg.end_ms)
         self._trim(seg.author_id, entries)
@@ -166,10 +180,20 @@ class SegmentView:
             drop += 1
         if drop:
             del entries[:drop]
+            del self._starts[author][:drop]
+            del self._visibles[author][:drop]
 
-    def visible(self, author: str, ts_ms: int) -> list[SegmentEntry]:
-        """The streamer's segments visible at `ts_ms` (closed before it), oldest first."""
-        return [e for e in self.by_author.get(author, ()) if e.visible_ms < ts_ms]
+    def visible(self, author: str, ts_ms: int, last: int | None = None) -> list[SegmentEntry]:
+        """The streamer's segments visible at `ts_ms` (closed before it), oldest first; only
+        the newest `last` of them when given. O(log n) (a bisection on visibility times)."""
+        entries = self.by_author.get(author)
+        if not entries:
+            return []
+        if author in self._unordered:
+            out = [e for e in entries if e.visible_ms < ts_ms]
+            return out if last is None else out[len(out) - min(last, len(out)) :]
+        k = bisect.bisect_left(self._visibles[author], ts_ms)
+        return entries[0 if last is None else max(0, k - last) : k]
 
     def buffer(
         self, author: str, live_id: str | None, ts_ms: int, length: int
@@ -184,9 +208,10 @@ class SegmentView:
 
     def entry(self, author: str, start_ms: int) -> SegmentEntry | None:
         """The stored segment (author, start), or None."""
-        entries = self.by_author.get(author, ())
-        starts = [e.start_ms for e in entries]
-        i = bisect.bisect_left(starts, start_ms)
+        entries = self.by_author.get(author)
+        if not entries:
+            return None
+        i = bisect.bisect_left(self._starts[author], start_ms)
         return entries[i] if i < len(entries) and entries[i].start_ms == start_ms else None
 
     def store_for(self, keys: Iterable[tuple[str, int]]) -> MemorySegmentStore:
@@ -334,7 +359,7 @@ class ViewSources:
             state.watches, state.gifts = tl.counts_before(ts_ms)
             # sorted event times: AuthorState.recent counts the windows before ts_ms from them
             state.recent_watches, state.recent_gifts = tl.watch_ts, tl.gift_ts
-        visible = self.segments.visible(author_id, ts_ms)[-2 * self.features.segments :]
+        visible = self.segments.visible(author_id, ts_ms, last=2 * self.features.segments)
         state.segments = sorted(
             ((e.live_id, e.start_ms, e.end_ms) for e in visible), key=_seg_order
         )
