@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmbee.scorer.batch import EXPANSIONS, GTRBatch
-from mmbee.scorer.layers import TargetAttention
+from mmbee.scorer.layers import TargetAttention, same_rows
 
 __all__ = ["GIEConfig", "GIE"]
 
@@ -73,13 +73,16 @@ class GIE(nn.Module):
         p = len(EXPANSIONS)
         self.fuse = nn.Linear(p * d + 3 * p, d)
 
-    def _lookup(self, exp_ids: Tensor) -> Tensor:
-        """Theta rows of every expansion node: (B, P, N, D) (user table for u2a2u)."""
+    def _lookup(self, exp_ids: Tensor) -> list[Tensor]:
+        """Theta rows of every expansion's nodes (user table for u2a2u), one (B, N, D) per
+        expansion, or (1, N, D) where every row lists the same nodes (a score request's
+        user-side expansions: projected once by the attention)."""
         out = []
         for i, name in enumerate(EXPANSIONS):
             table = self.theta_user if name == "u2a2u" else self.theta_author
-            out.append(table(exp_ids[:, i]))
-        return torch.stack(out, dim=1)
+            ids = exp_ids[:, i]  # (B, N)
+            out.append(table(ids[:1] if same_rows(ids) else ids))
+        return out
 
     def forward(self, batch: GTRBatch) -> Tensor:
         """h_g.
@@ -91,13 +94,13 @@ class GIE(nn.Module):
         tu = self.theta_user(batch.user)  # (B, D)
         ta = self.theta_author(batch.author)  # (B, D)
         query = self.query(torch.cat([tu, ta], dim=-1))  # (B, D)
-        nodes = self._lookup(batch.exp_ids)  # (B, P, N, D)
+        nodes = self._lookup(batch.exp_ids)  # P x (B or 1, N, D)
         bias = torch.log(batch.exp_weight.clamp_min(1e-6))  # (B, P, N)
         feats = []
         stats = []
         for i, name in enumerate(EXPANSIONS):
             mask = batch.exp_mask[:, i]  # (B, N)
-            out, logits = self.attend[i](query, nodes[:, i], mask, bias[:, i])
+            out, logits = self.attend[i](query, nodes[i], mask, bias[:, i])
             feats.append(out)
             any_valid = mask.any(dim=-1, keepdim=True)  # (B, 1)
             lse = torch.logsumexp(logits.mean(dim=1).masked_fill(~mask, -1e4), dim=-1, keepdim=True)

@@ -14,7 +14,29 @@ from torch import Tensor, nn
 
 from mmbee.scorer.batch import AGE_BUCKETS, KINDS
 
-__all__ = ["mlp", "TargetAttention", "BehaviourEmbedding", "masked_mean", "match_counts"]
+__all__ = [
+    "mlp",
+    "TargetAttention",
+    "BehaviourEmbedding",
+    "masked_mean",
+    "match_counts",
+    "same_rows",
+]
+
+
+def same_rows(*xs: Tensor) -> bool:
+    """Whether B > 1 and every row of each (B, ...) tensor equals its first row.
+
+    A score request's batch repeats the user's side (history, expansions) in every candidate's
+    row: the models then compute what depends only on those rows once, on row 0, and broadcast
+    it (the cost of a 200-candidate request falls by the share of those projections). The
+    check is one comparison per element, far cheaper than the projections it saves.
+
+    Example:
+        >>> same_rows(torch.tensor([[1, 2], [1, 2]])), same_rows(torch.tensor([[1, 2], [1, 3]]))
+        (True, False)
+    """
+    return xs[0].shape[0] > 1 and all(bool((x == x[:1]).all()) for x in xs)
 
 
 def mlp(
@@ -81,15 +103,17 @@ class TargetAttention(nn.Module):
         """Attend from `query` to `keys`.
 
         Shapes:
-            query (B, D); keys (B, N, D); mask (B, N) bool; bias (B, N) added to every head's
-            logits (e.g. log expansion weights) or None.
+            query (B, D); keys (B, N, D), or (1, N, D) shared by every row (projected once);
+            mask (B, N) bool; bias (B, N) added to every head's logits (e.g. log expansion
+            weights) or None.
             Returns out (B, D) and the masked logits (B, heads, N) (-inf where masked).
         """
-        b, n, d = keys.shape
+        b = query.shape[0]
+        bk, n, d = keys.shape
         h, dh = self.heads, d // self.heads
         q = self.q(query).view(b, h, 1, dh)  # (B, h, 1, dh)
-        k = self.k(keys).view(b, n, h, dh).transpose(1, 2)  # (B, h, N, dh)
-        v = self.v(keys).view(b, n, h, dh).transpose(1, 2)  # (B, h, N, dh)
+        k = self.k(keys).view(bk, n, h, dh).transpose(1, 2)  # (B or 1, h, N, dh)
+        v = self.v(keys).view(bk, n, h, dh).transpose(1, 2)  # (B or 1, h, N, dh)
         logits = (q * k).sum(-1) / math.sqrt(dh)  # (B, h, N)
         if bias is not None:
             logits = logits + bias.unsqueeze(1)

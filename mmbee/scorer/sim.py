@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mmbee.scorer.batch import DENSE_FEATURES, KINDS, GTRBatch
-from mmbee.scorer.layers import BehaviourEmbedding, TargetAttention, match_counts, mlp
+from mmbee.scorer.layers import BehaviourEmbedding, TargetAttention, match_counts, mlp, same_rows
 
 __all__ = ["SIMConfig", "SIM"]
 
@@ -76,7 +76,9 @@ class SIM(nn.Module):
     def search(
         self, items: Tensor, target: Tensor, batch: GTRBatch
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """GSU: top-K indices (B, K), their validity (B, K), and the soft pooling (B, D)."""
+        """GSU: top-K indices (B, K), their validity (B, K), and the soft pooling (B, D).
+
+        `items` (B, H, D), or (1, H, D) when every row has the same history."""
         soft = (self.gsu_item(items) * self.gsu_target(target).unsqueeze(1)).sum(-1)  # (B, H)
         soft = soft / items.shape[-1] ** 0.5
         hard = (batch.hist_author == batch.author.unsqueeze(1)).to(soft.dtype)  # (B, H)
@@ -97,10 +99,14 @@ class SIM(nn.Module):
         """
         user = self.emb.user(batch.user)  # (B, D)
         target = self.emb.author(batch.author)  # (B, D)
-        items = self.emb.items(batch.hist_author, batch.hist_kind, batch.hist_age)  # (B, H, D)
+        hist = (batch.hist_author, batch.hist_kind, batch.hist_age)  # (B, H) each
+        if same_rows(*hist):  # one user's request: its history once, broadcast
+            hist = tuple(x[:1] for x in hist)
+        items = self.emb.items(*hist)  # (B or 1, H, D)
         if items.shape[1] > 0:
             top, top_mask, pooled = self.search(items, target, batch)
-            picked = torch.gather(items, 1, top.unsqueeze(-1).expand(-1, -1, items.shape[-1]))
+            b, d = target.shape
+            picked = torch.gather(items.expand(b, -1, -1), 1, top.unsqueeze(-1).expand(-1, -1, d))
             interest, _ = self.esu(target, picked, top_mask)  # (B, D)
         else:
             interest = pooled = torch.zeros_like(target)

@@ -80,6 +80,35 @@ def test_predict_is_a_probability_without_grad_and_batch_independent(
     assert torch.allclose(model.predict(one), p[2:3], atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["sim_gie", "sim_mfq_gie"])
+def test_a_request_batch_shares_the_user_side_and_scores_like_single_rows(
+    variant: str, batch_factory: Callable[..., GTRBatch]
+) -> None:
+    """Rows that repeat one user's history and user-side expansions (a score request) are
+    computed once and broadcast (`same_rows`): each row scores as it does alone."""
+    torch.manual_seed(0)
+    model = GTRModel(tiny(variant)).eval()
+    batch = batch_factory(b=6)
+    req = GTRBatch(**vars(batch))
+    for name in ("hist_author", "hist_kind", "hist_age", "hist_mask"):
+        setattr(req, name, getattr(batch, name)[:1].expand_as(getattr(batch, name)))
+    for name in ("exp_ids", "exp_weight", "exp_mask"):
+        t = getattr(batch, name).clone()
+        t[:, :3] = t[:1, :3]  # u2a2u, u2a2u2a, u2a2a: the user's lists
+        setattr(req, name, t)
+    p = model.predict(req)
+    for i in range(6):
+        one = GTRBatch(
+            **{
+                k: (v[i : i + 1] if isinstance(v, torch.Tensor) and k != "content_index" else v)
+                for k, v in vars(req).items()
+            }
+        )
+        one.content_index = req.content_index[i : i + 1]
+        assert torch.allclose(model.predict(one), p[i : i + 1], atol=1e-6)
+    assert not torch.allclose(p, model.predict(batch), atol=1e-4)  # the user side mattered
+
+
 def test_padding_does_not_change_scores(batch_factory: Callable[..., GTRBatch]) -> None:
     torch.manual_seed(0)
     model = GTRModel(tiny("sim_gie")).eval()
