@@ -265,7 +265,9 @@ def _experiment_ablation(args: argparse.Namespace) -> int:
         sim_seed=args.sim_seed,
         variants=tuple(args.variants.split(",")),
         content_encoder=args.encoder,
-        train=_train_config(argparse.Namespace(**{**vars(args), "no_progress": args.no_progress or quiet})),
+        train=_train_config(
+            argparse.Namespace(**{**vars(args), "no_progress": args.no_progress or quiet})
+        ),
         seeds=args.seeds,
         test_days=args.test_days,
         threads=args.threads,
@@ -365,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_worker)
 
     p = verbs.add_parser("status", help="one-screen summary of a running worker (over HTTP)")
-    p.add_argument("--port", type=int, default=None, help="the worker's web port (default: settings)")
+    p.add_argument(
+        "--port", type=int, default=None, help="the worker's web port (default: settings)"
+    )
     p.add_argument("--url", default=None, help="base URL instead (e.g. a port-forward)")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
     p.set_defaults(handler=_status)
@@ -431,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     def training_args(p: argparse.ArgumentParser) -> None:
         from mmbee.scorer.train import TrainConfig
 
-        p.add_argument("--encoder", default="mfq", help="content encoder behind '_mfq' (mfq, cva+text, vbf++)")
+        p.add_argument(
+            "--encoder", default="mfq", help="content encoder behind '_mfq' (mfq, cva+text, vbf++)"
+        )
         p.add_argument("--epochs", type=int, default=1)
         p.add_argument("--batch-size", type=int, default=512)
         p.add_argument("--lr", type=float, default=2e-3)

@@ -101,7 +101,7 @@ class SIM(nn.Module):
         target = self.emb.author(batch.author)  # (B, D)
         hist = (batch.hist_author, batch.hist_kind, batch.hist_age)  # (B, H) each
         if same_rows(*hist):  # one user's request: its history once, broadcast
-            hist = tuple(x[:1] for x in hist)
+            hist = (hist[0][:1], hist[1][:1], hist[2][:1])
         items = self.emb.items(*hist)  # (B or 1, H, D)
         if items.shape[1] > 0:
             top, top_mask, pooled = self.search(items, target, batch)
