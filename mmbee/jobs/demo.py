@@ -277,7 +277,10 @@ def _score(worker: WorkerProcess, user: str, author: str, ts_ms: int, rid: str) 
 
 class Background:
     """Content events for other streamers at `rate` events/s from a thread (load while the
-    freshness probes run); their event time is the probes' current one (`t_ms`)."""
+    freshness probes run). Their event time starts at the probes' current one (`advance`) and
+    moves on with the wall clock, as a live stream's does (events that all carried one
+    timestamp would hold every probe's events at the alignment frontier, `align.py`, until a
+    source happened to be read to its end)."""
 
     def __init__(self, settings: Settings, facts: LogFacts, rate: float, skip: str, seed: int):
         import threading
@@ -286,11 +289,21 @@ class Background:
         self.authors = [a for a in facts.content_authors if a != skip]
         self.live_of = facts.live_of
         self.t_ms = facts.end_ms
+        self._mark = time.perf_counter()  # wall time of the last `advance`
+        self.max_ahead_ms = 20_000  # never beyond the probes' next event time
         self.sent = 0
         self.seconds = 0.0
         self._stop = threading.Event()
         self._rng = np.random.default_rng(seed)
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def advance(self, t_ms: int) -> None:
+        """Event time of the probes moved to `t_ms`: background events continue from there."""
+        self.t_ms, self._mark = t_ms, time.perf_counter()
+
+    def _now_ms(self) -> int:
+        ahead = int((time.perf_counter() - self._mark) * 1000)
+        return self.t_ms + min(ahead, self.max_ahead_ms)
 
     def _run(self) -> None:
         from kafka import KafkaProducer
@@ -308,7 +321,7 @@ class Background:
                 due = int((time.perf_counter() - t0) * self.rate)
                 while self.sent < due:
                     a = self.authors[self.sent % len(self.authors)]
-                    live, ts, i = self.live_of[a], self.t_ms, self.sent
+                    live, ts, i = self.live_of[a], self._now_ms(), self.sent
                     if i % 2:
                         ev: Any = CommentEvent(event_id=f"demo-bg-{i}", ts_ms=ts, user_id="bg",
                                                author_id=a, live_id=live, text="so good")  # fmt: skip
@@ -356,8 +369,10 @@ def freshness(settings: Settings, worker: WorkerProcess, facts: LogFacts, probes
     (plus the allowed lateness) after the previous probe's: that closes the segment holding the
     previous probe's content, the serving worker re-encodes the streamer's buffer, and the
     streamer's score for a viewer changes. The clock starts before the send and stops at the
-    first HTTP answer with a different score. With `background_rate` > 0, content events for
-    the other streamers flow at that rate meanwhile; returns also the achieved rate.
+    first HTTP answer with a different score. A first, unmeasured probe is the warm-up: it only
+    opens a segment, and waits until the worker has embedded a text (MiniLM loads on the first
+    one, once per worker). Then, with `background_rate` > 0, content events for the other
+    streamers flow at that rate while the measured probes run; returns also the achieved rate.
     """
     step = settings.segment_ms + settings.allowed_lateness_ms + 1
     t = (facts.end_ms // settings.segment_ms + 2) * settings.segment_ms
@@ -371,18 +386,19 @@ def freshness(settings: Settings, worker: WorkerProcess, facts: LogFacts, probes
         bootstrap_servers=settings.bootstrap_list(), acks=1, linger_ms=0,
         max_request_size=4 * 1024 * 1024, **settings.kafka_client_kwargs(),
     )  # fmt: skip
-    with (
-        producer_closing(producer),
-        Background(settings, facts, background_rate, author, int(rng.integers(1 << 31))) as bg,
-    ):
-        for i in range(probes + 1):
-            t += step
-            bg.t_ms = t
-            got = _probe(settings, producer, worker, author, user, live, t, i, rng, timeout_s)
-            if got is None:
-                missed += 1
-            elif i > 0:  # the first probe only opens a segment
-                out.append(got)
+    bg = Background(settings, facts, background_rate, author, int(rng.integers(1 << 31)))
+    with producer_closing(producer):
+        t += step  # warm-up before the load starts: opens a segment, loads the text model
+        _probe(settings, producer, worker, author, user, live, t, 0, rng, timeout_s)
+        with bg:
+            for i in range(1, probes + 1):
+                t += step
+                bg.advance(t)
+                got = _probe(settings, producer, worker, author, user, live, t, i, rng, timeout_s)
+                if got is None:
+                    missed += 1
+                else:
+                    out.append(got)
     rate = bg.sent / bg.seconds if bg.seconds > 0 else 0.0
     return out, missed, rate
 
@@ -406,7 +422,12 @@ def _probe(settings: Settings, producer: Any, worker: WorkerProcess, author: str
             settings.topic(topic), key=author.encode(), value=ev.model_dump_json().encode()
         )
     producer.flush()
-    if i == 0:
+    if i == 0:  # warm-up: the first text without an embedding loads MiniLM (once per worker)
+        deadline = time.perf_counter() + 60.0
+        while time.perf_counter() < deadline:
+            if worker.counters().get("segments", {}).get("featurized_texts", 0) >= 1:
+                break
+            time.sleep(0.1)
         time.sleep(0.5)
         return 0.0
     while True:
