@@ -469,6 +469,10 @@ class JoinerRuntime:
             self.ctx.metrics.count(AGENT_JOINER, "valve_releases")
         joiner = part.joiner
         metrics = self.ctx.metrics
+        # rows are written once per release, not once per event (a busy user's row is
+        # serialised whole), and the applied events are acked only after their rows are written
+        touched: set[str] = set()
+        applied: list[EventT] = []
         while part.heap and (valve or (frontier is not None and part.heap[0][0] < frontier)):
             ts, _, _, _, ev, model = heapq.heappop(part.heap)
             part.arrivals.popleft()
@@ -480,10 +484,15 @@ class JoinerRuntime:
                     stream, ev, res.outcome, res.detail, getattr(model, "event_id", None)
                 )
                 continue
-            for user in res.touched:
+            touched |= res.touched
+            applied.append(ev)
+        if applied:
+            in_event_context(applied[-1])  # the changelog partition is the source partition
+            for user in touched:
                 self._write(partition, user)
-            metrics.count(AGENT_JOINER, "applied")
-            await self._done(stream, ev)
+            metrics.count(AGENT_JOINER, "applied", len(applied))
+            for ev in applied:
+                await self._done(stream, ev)
         metrics.gauge(AGENT_JOINER, "held", sum(len(p.heap) for p in self.parts.values()))
         if joiner.watermark_ms is not None:
             metrics.gauge(AGENT_JOINER, f"watermark_ms_p{partition}", joiner.watermark_ms)

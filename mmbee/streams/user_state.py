@@ -517,7 +517,16 @@ class PartitionJoiner:
         if row is None or self.watermark_ms is None or len(row.ids) < 64:
             return
         limit = self.watermark_ms - self.config.horizon_ms
-        row.ids = {e: t for e, t in row.ids.items() if t >= limit}
+        # ids are in arrival order, which is event-time order but for late events: drop the
+        # expired prefix, O(dropped) per write instead of a scan of the row (a late id behind a
+        # newer one is remembered a little longer, never less)
+        expired = []
+        for e, t in row.ids.items():
+            if t >= limit:
+                break
+            expired.append(e)
+        for e in expired:
+            del row.ids[e]
 
     # --- emission -----------------------------------------------------------------------------
     def due(

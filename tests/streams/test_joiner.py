@@ -168,6 +168,25 @@ def test_labels_window_expiry_duplicates_and_late() -> None:
     assert all(t < HOUR + MIN for t, _, _ in hist)
 
 
+def test_event_ids_are_pruned_behind_the_horizon_and_duplicates_inside_it_refused() -> None:
+    """A chatty user's remembered ids stay bounded by the horizon; pruning drops only expired
+    ids, so a redelivery inside the horizon is still a duplicate, one outside it is late."""
+    w = World(partitions=1)
+    j, horizon = w.joiners[0], CONFIG.horizon_ms
+    step = 30_000
+    n = 3 * horizon // step
+    for i in range(n):
+        w.feed([comment(f"c{i}", i * step)])
+        j.prune("u1")
+        assert len(j.rows["u1"].ids) <= horizon // step + 2
+    assert w.outcomes.count("applied") == n
+    recent = n - horizon // step + 1  # applied within the horizon of the watermark
+    w.feed([comment(f"c{recent}", recent * step)])
+    assert w.outcomes[-1] == "duplicate"
+    w.feed([comment("c0", 0)])
+    assert w.outcomes[-1] == "late"
+
+
 def test_same_millisecond_events_are_not_visible() -> None:
     w = World(partitions=1)
     # the agent applies a millisecond's events watch, comment, gift (the offline tie order)
