@@ -9,7 +9,11 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
 
 - `score_200_p99_ms`: the worker's own time to answer a 200-candidate request (decode, features,
   cached content embeddings, one batched forward pass on the serving executor, response), as it
-  reports in `ScoreResponse.latency_ms` (target <= 10 ms on CPU);
+  reports in `ScoreResponse.latency_ms` (target <= 10 ms on CPU), while the worker also runs its
+  Kafka consumer and timers;
+- `score_200_inproc_p99_ms`: `score_request` called in this process on the checkpoint the run
+  trained, for one user against 200 candidates with every list full (H behaviours, N nodes in
+  each of the five expansions) and cached content embeddings: the model's own cost, no worker;
 - `kafka_rtt_p99_ms`: client send on `score.requests` -> response read from `score.responses`
   (target <= 50 ms); `http_rtt_p99_ms` the same over `POST /mmbee/score/`;
 - `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
@@ -25,9 +29,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
+import numpy as np
+
 from mmbee.jobs.demo import DemoConfig, run_demo
+
+
+def inproc_scoring(checkpoint: Path, candidates: int, repeats: int = 300) -> dict[str, float]:
+    """p50 / p99 ms of `score_request` for one request of `candidates` streamers, every feature
+    list full, content embeddings precomputed (serving's cache), torch on one thread."""
+    import torch
+
+    from mmbee.schemas.events import ScoreRequest
+    from mmbee.scorer.features import AuthorFeatures, Behaviour, UserFeatures
+    from mmbee.scorer.predict import load_model, score_request
+
+    torch.set_num_threads(1)
+    loaded = load_model(checkpoint)
+    f = loaded.features
+    rng = np.random.default_rng(0)
+    t = 1_746_500_000_000
+    authors = [f"bench-a{i}" for i in range(candidates)]
+
+    def exp(prefix: str) -> tuple[tuple[str, float], ...]:
+        return tuple((f"{prefix}{rng.integers(10_000)}", float(rng.random()))
+                     for _ in range(f.expansion_n))  # fmt: skip
+
+    history = tuple(
+        Behaviour(t - 60_000 * (f.history - i), authors[int(rng.integers(candidates))],
+                  int(rng.integers(3)))
+        for i in range(f.history)
+    )  # fmt: skip
+    user = UserFeatures("bench-u", history=history, watches=40, gifts=3, gift_value=20.0,
+                        expansions=(exp("bench-u"), exp("bench-a"), exp("bench-a")))  # fmt: skip
+    sides = [AuthorFeatures(a, "l1", watches=100, gifts=5, expansions=(exp("bench-a"),
+                            exp("bench-u")), recent_gifts=(1, 2), recent_watches=(3, 4))
+             for a in authors]  # fmt: skip
+    req = ScoreRequest(request_id="bench", user_id="bench-u", candidate_author_ids=authors, ts_ms=t)
+    content = None
+    if loaded.model.content is not None:
+        content = torch.from_numpy(
+            rng.standard_normal((candidates, loaded.model.content.out_dim)).astype(np.float32)
+        )
+    times = []
+    for i in range(repeats + 20):
+        t0 = time.perf_counter()
+        resp = score_request(loaded, req, user, sides, None, None, content=content)
+        if i >= 20:  # warm-up
+            times.append((time.perf_counter() - t0) * 1000.0)
+        if resp.error is not None:
+            raise RuntimeError(resp.error)
+    return {"p50": statistics.median(times), "p99": float(np.percentile(times, 99))}
 
 
 def main() -> None:
@@ -50,12 +105,15 @@ def main() -> None:
         )
     )  # fmt: skip
     v = report["serving"]
+    inproc = inproc_scoring(args.out / "model" / "model.pt", args.candidates)
     result = {
         "candidates": v["candidates"],
         "content_streamers": v["content_streamers"],
         "cold_ids_in_pool": v["cold_in_pool"],
         "score_200_p50_ms": round(v["kafka_server_ms"]["p50"], 2),
         "score_200_p99_ms": round(v["kafka_server_ms"]["p99"], 2),
+        "score_200_inproc_p50_ms": round(inproc["p50"], 2),
+        "score_200_inproc_p99_ms": round(inproc["p99"], 2),
         "kafka_rtt_p50_ms": round(v["kafka_rtt_ms"]["p50"], 2),
         "kafka_rtt_p99_ms": round(v["kafka_rtt_ms"]["p99"], 2),
         "http_rtt_p50_ms": round(v["http_rtt_ms"]["p50"], 2),

@@ -277,7 +277,7 @@ def _score(worker: WorkerProcess, user: str, author: str, ts_ms: int, rid: str) 
 
 class Background:
     """Content events for other streamers at `rate` events/s from a thread (load while the
-    freshness probes run). Their event time starts at the probes' current one (`advance`) and
+    freshness probes run): frames, and comments from 1,000 viewers. Their event time starts at the probes' current one (`advance`) and
     moves on with the wall clock, as a live stream's does (events that all carried one
     timestamp would hold every probe's events at the alignment frontier, `align.py`, until a
     source happened to be read to its end)."""
@@ -291,6 +291,9 @@ class Background:
         self.t_ms = facts.end_ms
         self._mark = time.perf_counter()  # wall time of the last `advance`
         self.max_ahead_ms = 20_000  # never beyond the probes' next event time
+        # comments come from a crowd, as in a live room (one user sending every comment would
+        # measure that user's ever-growing joiner row, not freshness)
+        self.viewers = 1000
         self.sent = 0
         self.seconds = 0.0
         self._stop = threading.Event()
@@ -323,7 +326,8 @@ class Background:
                     a = self.authors[self.sent % len(self.authors)]
                     live, ts, i = self.live_of[a], self._now_ms(), self.sent
                     if i % 2:
-                        ev: Any = CommentEvent(event_id=f"demo-bg-{i}", ts_ms=ts, user_id="bg",
+                        user = f"demo-bg-u{(i // 2) % self.viewers}"
+                        ev: Any = CommentEvent(event_id=f"demo-bg-{i}", ts_ms=ts, user_id=user,
                                                author_id=a, live_id=live, text="so good")  # fmt: skip
                         topic = "live.comments"
                     else:
@@ -369,10 +373,11 @@ def freshness(settings: Settings, worker: WorkerProcess, facts: LogFacts, probes
     (plus the allowed lateness) after the previous probe's: that closes the segment holding the
     previous probe's content, the serving worker re-encodes the streamer's buffer, and the
     streamer's score for a viewer changes. The clock starts before the send and stops at the
-    first HTTP answer with a different score. A first, unmeasured probe is the warm-up: it only
-    opens a segment, and waits until the worker has embedded a text (MiniLM loads on the first
-    one, once per worker). Then, with `background_rate` > 0, content events for the other
-    streamers flow at that rate while the measured probes run; returns also the achieved rate.
+    first HTTP answer with a different score (polled every 20 ms). A first, unmeasured probe
+    is the warm-up: it only opens a segment, and waits until the worker has embedded a text
+    (MiniLM loads on the first one, once per worker). Then, with `background_rate` > 0, content
+    events for the other streamers flow at that rate while the measured probes run; returns
+    also the achieved rate.
     """
     step = settings.segment_ms + settings.allowed_lateness_ms + 1
     t = (facts.end_ms // settings.segment_ms + 2) * settings.segment_ms
@@ -437,7 +442,7 @@ def _probe(settings: Settings, producer: Any, worker: WorkerProcess, author: str
             return elapsed * 1000.0
         if elapsed > timeout_s:
             return None
-        time.sleep(0.005)
+        time.sleep(0.02)  # each poll is a score request: 20 ms keeps the probing load ~5%
 
 
 # --- the job --------------------------------------------------------------------------------
