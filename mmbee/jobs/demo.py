@@ -277,10 +277,11 @@ def _score(worker: WorkerProcess, user: str, author: str, ts_ms: int, rid: str) 
 
 class Background:
     """Content events for other streamers at `rate` events/s from a thread (load while the
-    freshness probes run): frames, and comments from 1,000 viewers. Their event time starts at the probes' current one (`advance`) and
-    moves on with the wall clock, as a live stream's does (events that all carried one
-    timestamp would hold every probe's events at the alignment frontier, `align.py`, until a
-    source happened to be read to its end)."""
+    freshness probes run): frames, and comments from 1,000 viewers. Their event time starts at
+    the probes' current one (`advance`) and moves on with the wall clock, as a live stream's
+    does (events that all carried one timestamp would hold every probe's events at the
+    alignment frontier, `align.py`, until a source happened to be read to its end), at most
+    half a probe step ahead, so never past the next probe's event time."""
 
     def __init__(self, settings: Settings, facts: LogFacts, rate: float, skip: str, seed: int):
         import threading
@@ -290,7 +291,7 @@ class Background:
         self.live_of = facts.live_of
         self.t_ms = facts.end_ms
         self._mark = time.perf_counter()  # wall time of the last `advance`
-        self.max_ahead_ms = 20_000  # never beyond the probes' next event time
+        self.max_ahead_ms = (settings.segment_ms + settings.allowed_lateness_ms) // 2
         # comments come from a crowd, as in a live room (one user sending every comment would
         # measure that user's ever-growing joiner row, not freshness)
         self.viewers = 1000

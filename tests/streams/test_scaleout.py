@@ -6,11 +6,11 @@ segments, open segments, watermark, applied offsets) and the exact gift graph. R
 events are absorbed (segment replays are skipped by offset, a redelivered gift is dropped as a
 duplicate by event id).
 
-Marked `chaos`: not in the default run (`make test-chaos` runs it). Measured on 2026-12-04, it
-passes in about half the runs: in the others a partition that two workers were given at start
-(the one-partition `graph.gifts`, say) is never fetched by either, or a run of records right
-after the takeover never reaches the graph agent (offsets 1..38 of `graph.gifts` in one run,
-with offset 0 and 39.. applied), so the survivor's graph lacks gifts. Both are consumer-side
+Marked `chaos`: not in the default run (`make test-chaos` runs it). It passed in about half the
+runs on 2026-12-04 and in 9 of 12 on 2026-12-05: in the others a partition that two workers
+were given at start (the one-partition `graph.gifts`, say) is never fetched by either, or a run
+of records right after the takeover never reaches the graph agent (offsets 1..38 of
+`graph.gifts` in one run, with offset 0 and 39.. applied), so the survivor's graph lacks gifts. Both are consumer-side
 (the records are on the topic; nothing was dead-lettered); see deploy/RUNBOOK.md section 11.
 Joined training examples are not compared here: after a failover they also differ in what the
 views held at emission (segment references, expansions), which depends on arrival timing.
