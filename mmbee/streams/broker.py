@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Protocol
@@ -31,8 +32,10 @@ from mmbee.settings import Settings
 __all__ = [
     "EmbeddedBroker",
     "BrokerError",
+    "BrokerUsage",
     "NoidaBroker",
     "free_port",
+    "process_usage",
     "serve_embedded_broker",
     "wait_until_answers",
 ]
@@ -42,6 +45,40 @@ LOOPBACK = "127.0.0.1"
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started, or stopped answering."""
+
+
+@dataclass(frozen=True)
+class BrokerUsage:
+    """What the embedded broker process has used so far (Linux `/proc`; None where unreadable).
+
+    noida-db keeps its whole Kafka store in one JSON file (`kafka.json`, each record byte written
+    as a decimal number) and rewrites all of it after writes: its CPU and memory follow the size
+    of that file, not the traffic (deploy/RUNBOOK.md section 11). The benchmarks report these
+    figures beside their own so a reader sees what the broker took from the shared cores.
+
+    Attributes:
+        cpu_s: user + system CPU seconds since the broker started.
+        rss_mib: resident memory now.
+        store_mib: size of its store file(s) in the data directory now.
+    """
+
+    cpu_s: float | None
+    rss_mib: float | None
+    store_mib: float
+
+
+def process_usage(pid: int) -> tuple[float | None, float | None]:
+    """(CPU seconds, RSS MiB) of process `pid` from /proc, or Nones off Linux / once it exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None, None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime (fields 14, 15)
+    rss = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
+    return cpu_s, (int(rss) / 1024 if rss is not None else None)
 
 
 class EmbeddedBroker(Protocol):
@@ -177,6 +214,14 @@ class NoidaBroker:
     def running(self) -> bool:
         """True while the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    def usage(self) -> BrokerUsage:
+        """CPU seconds and RSS of the broker process, and the size of its store file."""
+        proc = self._proc
+        alive = proc is not None and proc.poll() is None
+        cpu_s, rss_mib = process_usage(proc.pid) if proc is not None and alive else (None, None)
+        store = sum(f.stat().st_size for f in self.data_dir.glob("*.json") if f.is_file())
+        return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=store / 2**20)
 
     def __enter__(self) -> NoidaBroker:
         self.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,25 @@ def test_restart_keeps_data(tmp_path: Path) -> None:
 def test_refuses_a_busy_port(broker: NoidaBroker, tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match="already in use"):
         NoidaBroker(tmp_path, broker.port).start()
+
+
+def test_usage_follows_the_store(tmp_path: Path) -> None:
+    """The broker's CPU seconds, RSS and store size are read back, and grow with stored data."""
+    with NoidaBroker(tmp_path, free_port()) as b:
+        before = b.usage()
+        assert before.cpu_s is not None and before.rss_mib is not None and before.rss_mib > 0
+        producer = KafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=5)
+        for _ in range(2_000):
+            producer.send("usage", value=bytes(range(256)) * 4)  # 2,000 x 1 KiB
+        producer.flush()
+        producer.close()
+        deadline = time.monotonic() + 20
+        after = b.usage()
+        while after.store_mib < 2 and time.monotonic() < deadline:  # written after a pause
+            time.sleep(0.2)
+            after = b.usage()
+        assert after.store_mib >= 2  # 2 MiB of records: the store is at least that large
+        assert after.cpu_s is not None and after.cpu_s > before.cpu_s
+    stopped = b.usage()
+    assert stopped.cpu_s is None and stopped.rss_mib is None
+    assert stopped.store_mib >= 2  # the data stays in its directory
