@@ -16,6 +16,10 @@ One broker, one data set, every figure from the same run (the box is shared and 
     kinds run alternately `--runs` times; medians are reported, and every run's figure.
   * rss_10k_streams_mib: resident memory of a segments worker once 10,000 live streams each
     hold L = 10 closed segments and an open one (target <= 2 GiB), with its peak.
+  * broker_cpu_cores_trivial / broker_cpu_cores_segments: CPU seconds per second the embedded
+    broker used while each worker kind consumed (medians), and broker_store_mib, the size of
+    its store file: noida-db rewrites that whole file after writes (offset commits included),
+    so the broker takes most of a core from the two it shares with the worker.
   * whisper_rtf_tiny / whisper_rtf_base / text_emb_per_s / frame_emb_per_s: from
     bench/featurizers.py `measure()` (the featurizer benchmark), merged in.
 
@@ -229,16 +233,20 @@ def _rss_mib(pid: int) -> tuple[float, float]:
 
 
 def run_worker(
-    settings: Settings, kind: str, n: int, workdir: Path, timeout_s: float = 600
-) -> dict[str, Any]:
+    settings: Settings, kind: str, n: int, workdir: Path, broker: NoidaBroker,
+    timeout_s: float = 600,
+) -> dict[str, Any]:  # fmt: skip
     """Start a worker of `kind` ('trivial' or 'segments'), wait until it has handled all `n`
-    messages, read its rate (and RSS), stop it."""
+    messages, read its rate (and RSS), stop it. `broker_cpu_cores`: the broker's CPU seconds
+    per second from the worker's first batch to its last (noida-db rewrites its whole store
+    after writes, offset commits included, and shares the cores with the worker)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-trivial"] if kind == "trivial" \
         else [sys.executable, "-m", "mmbee", "worker"]  # fmt: skip
     log = open(workdir / f"{settings.app_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=_env(settings), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     agent = "trivial" if kind == "trivial" else "segments"
     deadline = time.monotonic() + timeout_s
+    started: tuple[float, float | None] | None = None  # (wall, broker CPU s) at the first batch
     try:
         while True:
             if proc.poll() is not None:
@@ -251,10 +259,15 @@ def run_worker(
                 c.get("processed", 0) >= n and a["gauges"].get("held", 1) == 0)  # fmt: skip
             if a and done:
                 break
+            if started is None and c.get("events", 0) > 0:
+                started = (time.monotonic(), broker.usage().cpu_s)
             time.sleep(0.25)
         rss, peak = _rss_mib(proc.pid)
+        ended, cores = (time.monotonic(), broker.usage().cpu_s), None
+        if started is not None and started[1] is not None and ended[1] is not None:
+            cores = round((ended[1] - started[1]) / max(ended[0] - started[0], 1e-9), 2)
         out = {"rate": n / (a["last_s"] - a["first_s"]), "rss_mib": rss, "peak_rss_mib": peak,
-               "counters": c, "dlq": a.get("dlq", {})}  # fmt: skip
+               "counters": c, "dlq": a.get("dlq", {}), "broker_cpu_cores": cores}  # fmt: skip
         return out
     finally:
         proc.terminate()
@@ -329,10 +342,11 @@ def main() -> None:
                     "app_id": f"bench-{kind}-{run}", "web_port": free_port(),
                     "data_dir": workdir / f"{kind}-{run}",
                     "components": ("segments",) if kind == "segments" else ()})  # fmt: skip
-                got = run_worker(s, kind, n, workdir)
+                got = run_worker(s, kind, n, workdir, broker)
                 (trivial if kind == "trivial" else ingest).append(got["rate"])
                 details.append({"kind": kind, "run": run, "rate": round(got["rate"]),
-                                "rss_mib": got["rss_mib"], "dlq": got["dlq"]})  # fmt: skip
+                                "rss_mib": got["rss_mib"], "dlq": got["dlq"],
+                                "broker_cpu_cores": got["broker_cpu_cores"]})  # fmt: skip
                 if kind == "segments":
                     assert not got["dlq"], f"segments worker dead-lettered: {got['dlq']}"
                     result["segments_closed"] = got["counters"].get("segments_closed")
@@ -342,6 +356,11 @@ def main() -> None:
         result["ingest_per_s"] = round(statistics.median(ingest))
         result["ingest_vs_faust"] = round(statistics.median(ingest) / statistics.median(trivial), 3)
         result["worker_runs"] = details
+        for kind in ("trivial", "segments"):
+            cores = [d["broker_cpu_cores"] for d in details
+                     if d["kind"] == kind and d["broker_cpu_cores"] is not None]  # fmt: skip
+            result[f"broker_cpu_cores_{kind}"] = statistics.median(cores) if cores else None
+        result["broker_store_mib"] = round(broker.usage().store_mib, 1)
 
         # memory with 10k live streams, each holding L closed segments + an open one
         rss_settings = base.model_copy(update={
@@ -352,7 +371,7 @@ def main() -> None:
         msgs = buffered_streams_messages(args.rss_streams, L + 1, rss_settings.segment_ms,
                                          rss_settings.allowed_lateness_ms)  # fmt: skip
         produce(rss_settings, msgs)
-        got = run_worker(rss_settings, "segments", len(msgs), workdir)
+        got = run_worker(rss_settings, "segments", len(msgs), workdir, broker)
         assert not got["dlq"], got["dlq"]
         assert got["counters"].get("segments_closed") == args.rss_streams * L, got["counters"]
         result["rss_streams"] = args.rss_streams

@@ -19,6 +19,10 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
 - `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
   content events for the other streamers flow at `--background-rate` events/s (target
   <= 500 ms at 2k events/s); `background_events_per_s` is the rate the load thread achieved;
+  `freshness_broker_cpu_cores` / `freshness_worker_cpu_cores` are the CPU seconds per second
+  the embedded broker and the worker used during that phase, and `broker_store_mib` the size
+  of the broker's store file at its end (noida-db rewrites the whole file after writes, so its
+  CPU follows that size: deploy/RUNBOOK.md section 11);
 - `train_samples_per_s`: training examples per second of the GTR model on CPU (`mmbee train`).
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py` (about 10 minutes here). The last line
@@ -123,6 +127,9 @@ def main() -> None:
         "freshness_probes": v["freshness_ms"]["n"],
         "freshness_missed": v["freshness_missed"],
         "background_events_per_s": round(v["freshness_background_events_per_s"], 1),
+        "freshness_broker_cpu_cores": v["freshness_cpu_cores"]["broker"],
+        "freshness_worker_cpu_cores": v["freshness_cpu_cores"]["worker"],
+        "broker_store_mib": v["broker_store_mib"],
         "error_responses": v["error_count"],
         "train_samples_per_s": report["training"]["train_samples_per_s"],
         "stream_events_per_s": round(report["stream"]["end_to_end_events_per_s"], 1),

@@ -41,6 +41,7 @@ from mmbee.schemas.events import CommentEvent, FrameEvent, ScoreRequest, WatchEv
 from mmbee.schemas.types import encode_embedding
 from mmbee.scorer.train import TrainConfig
 from mmbee.settings import Settings, load_settings
+from mmbee.streams.broker import process_usage
 from mmbee.streams.rollout import announce
 
 __all__ = ["DemoConfig", "run_demo", "percentiles", "markdown_report"]
@@ -558,8 +559,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         log(f"      HTTP: {len(h_rtt)} answered, {len(h_err)} errors")
         k_rtt, k_server, k_err = asyncio.run(_kafka_round_trips(settings, kreqs))
         log(f"      Kafka: {len(k_rtt)} answered, {len(k_err)} errors")
+        b0, w0, t0 = stack.broker.usage(), process_usage(worker.proc.pid), time.monotonic()
         fresh, missed, bg_rate = freshness(settings, worker, facts, config.freshness_probes, rng,
                                            background_rate=config.background_rate)  # fmt: skip
+        fresh_s = time.monotonic() - t0
+        b1, w1 = stack.broker.usage(), process_usage(worker.proc.pid)
         stages["serve_s"] = time.monotonic() - t
         report["serving"] = {
             "model_version": mv.version,
@@ -576,6 +580,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "freshness_ms": percentiles(fresh),
             "freshness_missed": missed,
             "freshness_background_events_per_s": bg_rate,
+            # what the cores did meanwhile: noida-db rewrites its whole store after writes
+            "freshness_cpu_cores": {
+                "broker": _cores(b0.cpu_s, b1.cpu_s, fresh_s),
+                "worker": _cores(w0[0], w1[0], fresh_s),
+            },
+            "broker_store_mib": round(b1.store_mib, 1),
+            "broker_rss_mib": b1.rss_mib,
             "worker_serving": _page(worker, "/mmbee/serving/", config.timeout_s),
             "worker_counters": worker.counters().get("serving", {}),
         }
@@ -589,6 +600,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     _plot(report, out / "report.png")
     (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def _cores(cpu_s0: float | None, cpu_s1: float | None, seconds: float) -> float | None:
+    """CPU seconds per second between two readings (None when a reading is missing)."""
+    if cpu_s0 is None or cpu_s1 is None or seconds <= 0:
+        return None
+    return round((cpu_s1 - cpu_s0) / seconds, 2)
 
 
 def _page(worker: WorkerProcess, path: str, timeout_s: float) -> dict[str, Any]:
@@ -691,10 +709,26 @@ def markdown_report(report: dict[str, Any]) -> str:
         + (f" ({'; '.join(v['errors'])})" if v["errors"] else "")
         + f". Freshness probes that timed out (10 s): {v['freshness_missed']}.",
         "",
+        _cores_line(v),
+        "",
         "![report](report.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cores_line(v: dict[str, Any]) -> str:
+    """Where the CPU went during the freshness probes (the broker shares the machine)."""
+    cores = v.get("freshness_cpu_cores") or {}
+    broker, worker = (
+        "n/a" if cores.get(k) is None else f"{cores[k]:.2f}" for k in ("broker", "worker")
+    )
+    return (
+        f"During the freshness probes the embedded broker used {broker} CPU cores and the "
+        f"worker {worker}; the broker's store file was "
+        f"{v.get('broker_store_mib', float('nan')):,.0f} MiB at the end (noida-db rewrites all "
+        "of it after writes: deploy/RUNBOOK.md section 11)."
+    )
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
