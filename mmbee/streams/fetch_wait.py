@@ -29,7 +29,7 @@ def install_fetch_wait(wait_ms: int) -> None:
 
     original = getattr(Fetcher._proc_fetch_request, "__wrapped__", Fetcher._proc_fetch_request)
     if wait_ms <= 0:
-        Fetcher._proc_fetch_request = original  # type: ignore[method-assign]
+        Fetcher._proc_fetch_request = original
         return
     delay_s = wait_ms / 1000.0
 
@@ -48,7 +48,7 @@ def install_fetch_wait(wait_ms: int) -> None:
         return needs_wakeup
 
     setattr(proc_fetch_request, _ATTR, wait_ms)
-    Fetcher._proc_fetch_request = proc_fetch_request  # type: ignore[method-assign]
+    Fetcher._proc_fetch_request = proc_fetch_request
 
 
 def installed_fetch_wait_ms() -> int:

@@ -34,7 +34,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -160,8 +160,8 @@ def frontier_of(marks: dict[str, int | None], expected: set[str]) -> float | Non
     reported, infinity when all are idle (None marks)."""
     if not expected <= marks.keys():
         return None
-    busy = [marks[k] for k in expected if marks[k] is not None]
-    return float(min(busy)) if busy else float("inf")  # type: ignore[type-var]
+    busy = [m for k in expected if (m := marks[k]) is not None]
+    return float(min(busy)) if busy else float("inf")
 
 
 class Progress:
@@ -432,11 +432,11 @@ class JoinerRuntime:
                 )
             # the progress marks tell the author agent how far live.watch was forwarded
             self.watch_progress.seen(msg.tp, msg.offset, decoded.ts_ms)
-            rank = RANK["watch"]
+            rank, ts = RANK["watch"], decoded.ts_ms
         else:
             assert isinstance(decoded, UserActivity)
-            rank = RANK[decoded.kind]
-        ts = decoded.ts_ms  # type: ignore[attr-defined]
+            assert decoded.ts_ms is not None  # every activity but a mark has one
+            rank, ts = RANK[decoded.kind], decoded.ts_ms
         self._seq += 1
         heapq.heappush(part.heap, (ts, rank, msg.offset, self._seq, ev, decoded))
         part.arrivals.append(now)
@@ -706,6 +706,7 @@ class AuthorRuntime:
                 continue
             if isinstance(decoded, GiftEvent):
                 self.gifts.seen(msg.tp, msg.offset, decoded.ts_ms)
+            assert decoded.author_id is not None  # activities other than marks carry one
             if ev.key is not None and ev.key != decoded.author_id.encode():
                 await _reject(
                     ctx,
@@ -717,10 +718,9 @@ class AuthorRuntime:
                 )
                 continue
             in_event_context(ev)
-            assert decoded.author_id is not None and decoded.event_id is not None
-            assert decoded.ts_ms is not None
+            assert decoded.event_id is not None and decoded.ts_ms is not None
             tl = self.timeline(decoded.author_id)
-            kind = "gift" if isinstance(decoded, GiftEvent) else "watch"
+            kind: Literal["watch", "gift"] = "gift" if isinstance(decoded, GiftEvent) else "watch"
             if msg.partition not in complete:
                 f = self.frontier(msg.partition)
                 complete[msg.partition] = float("-inf") if f is None else f

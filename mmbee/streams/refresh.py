@@ -183,8 +183,12 @@ def fine_tune(
     model.train()
     wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
+    groups: list[dict[str, Any]] = [
+        {"params": rest},
+        {"params": wide, "lr": train.lr * train.wide_lr_mult},
+    ]
     opt = torch.optim.AdamW(
-        [{"params": rest}, {"params": wide, "lr": train.lr * train.wide_lr_mult}],
+        groups,
         lr=train.lr,
         weight_decay=train.weight_decay,
     )

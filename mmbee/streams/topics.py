@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mmbee.schemas.topics import TOPICS, TopicSpec, co_partitioned_groups
 from mmbee.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient
 
 __all__ = [
     "TopicPlan",
@@ -111,7 +115,7 @@ def ensure_topics(settings: Settings, plans: list[TopicPlan] | None = None) -> l
         admin.close()
 
 
-def _admin(settings: Settings):  # type: ignore[no-untyped-def]
+def _admin(settings: Settings) -> KafkaAdminClient:
     from kafka import KafkaAdminClient
 
     return KafkaAdminClient(

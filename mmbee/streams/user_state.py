@@ -380,6 +380,7 @@ class PartitionJoiner:
     def apply(self, event: BaseModel, now_s: float) -> Applied:
         """Apply one event of the partition (WatchEvent, or UserActivity / GiftEvent /
         CommentEvent of a gift or comment), in event-time order; marks are not events."""
+        kind: Literal["gift", "comment", "enter", "leave"]
         if isinstance(event, UserActivity):
             if event.kind == "mark":
                 return Applied("ignored")

@@ -448,7 +448,7 @@ class GlobalReader:
         )
         await consumer.start()
         try:
-            tps = []
+            tps: list[TopicPartition] = []
             for full in self._topics:
                 parts = consumer.partitions_for_topic(full)
                 while not parts:
