@@ -19,10 +19,10 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
 - `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
   content events for the other streamers flow at `--background-rate` events/s (target
   <= 500 ms at 2k events/s); `background_events_per_s` is the rate the load thread achieved;
-  `freshness_broker_cpu_cores` / `freshness_worker_cpu_cores` are the CPU seconds per second
-  the embedded broker and the worker used during that phase, and `broker_store_mib` the size
-  of the broker's store file at its end (noida-db rewrites the whole file after writes, so its
-  CPU follows that size: deploy/RUNBOOK.md section 11);
+  `cpu_cores` gives the CPU seconds per second the embedded broker and the worker used in
+  each phase (HTTP requests, Kafka requests, freshness), and `broker_store_mib` the size of the
+  broker's store file at the end (noida-db rewrites the whole file after writes, so its CPU
+  follows that size: deploy/RUNBOOK.md section 11);
 - `train_samples_per_s`: steady-state training rate of the same model on CPU: median time of an
   optimiser step on 512 impressions sampled from the run's training examples (batch assembly
   included, `train_batch_assembly_ms` its part), after 5 warm-up steps;
@@ -173,8 +173,7 @@ def main() -> None:
         "freshness_probes": v["freshness_ms"]["n"],
         "freshness_missed": v["freshness_missed"],
         "background_events_per_s": round(v["freshness_background_events_per_s"], 1),
-        "freshness_broker_cpu_cores": v["freshness_cpu_cores"]["broker"],
-        "freshness_worker_cpu_cores": v["freshness_cpu_cores"]["worker"],
+        "cpu_cores": v["cpu_cores"],  # broker / worker, per phase (http, kafka, freshness)
         "broker_store_mib": v["broker_store_mib"],
         "error_responses": v["error_count"],
         "train_samples_per_s": round(training["samples_per_s"], 1),

@@ -555,15 +555,17 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         cold = config.cold_candidates
         kreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "kafka", cold)
         hreqs = requests_for(facts, config.requests, config.candidates, ts, rng, "http", cold)
+        marks = [_Reading.take(stack, worker)]
         h_rtt, h_server, h_err = _http_round_trips(worker, hreqs)
+        marks.append(_Reading.take(stack, worker))
         log(f"      HTTP: {len(h_rtt)} answered, {len(h_err)} errors")
         k_rtt, k_server, k_err = asyncio.run(_kafka_round_trips(settings, kreqs))
+        marks.append(_Reading.take(stack, worker))
         log(f"      Kafka: {len(k_rtt)} answered, {len(k_err)} errors")
-        b0, w0, t0 = stack.broker.usage(), process_usage(worker.proc.pid), time.monotonic()
         fresh, missed, bg_rate = freshness(settings, worker, facts, config.freshness_probes, rng,
                                            background_rate=config.background_rate)  # fmt: skip
-        fresh_s = time.monotonic() - t0
-        b1, w1 = stack.broker.usage(), process_usage(worker.proc.pid)
+        marks.append(_Reading.take(stack, worker))
+        end = stack.broker.usage()
         stages["serve_s"] = time.monotonic() - t
         report["serving"] = {
             "model_version": mv.version,
@@ -580,13 +582,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             "freshness_ms": percentiles(fresh),
             "freshness_missed": missed,
             "freshness_background_events_per_s": bg_rate,
-            # what the cores did meanwhile: noida-db rewrites its whole store after writes
-            "freshness_cpu_cores": {
-                "broker": _cores(b0.cpu_s, b1.cpu_s, fresh_s),
-                "worker": _cores(w0[0], w1[0], fresh_s),
+            # what the cores did in each phase: noida-db rewrites its whole store after writes
+            "cpu_cores": {
+                phase: a.cores_until(b)
+                for phase, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True)
             },
-            "broker_store_mib": round(b1.store_mib, 1),
-            "broker_rss_mib": b1.rss_mib,
+            "broker_store_mib": round(end.store_mib, 1),
+            "broker_rss_mib": end.rss_mib,
             "worker_serving": _page(worker, "/mmbee/serving/", config.timeout_s),
             "worker_counters": worker.counters().get("serving", {}),
         }
@@ -602,11 +604,32 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
     return report
 
 
-def _cores(cpu_s0: float | None, cpu_s1: float | None, seconds: float) -> float | None:
-    """CPU seconds per second between two readings (None when a reading is missing)."""
-    if cpu_s0 is None or cpu_s1 is None or seconds <= 0:
-        return None
-    return round((cpu_s1 - cpu_s0) / seconds, 2)
+PHASES = ("http", "kafka", "freshness")
+"""The serving phases of the demo, in order, with a CPU reading between each."""
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """CPU seconds used so far by the broker and the worker, at a monotonic time."""
+
+    t: float
+    broker_s: float | None
+    worker_s: float | None
+
+    @classmethod
+    def take(cls, stack: LocalStack, worker: WorkerProcess) -> _Reading:
+        broker_s = stack.broker.usage().cpu_s
+        return cls(time.monotonic(), broker_s, process_usage(worker.proc.pid)[0])
+
+    def cores_until(self, later: _Reading) -> dict[str, float | None]:
+        """CPU seconds per second of each process from this reading to `later`."""
+        dt = later.t - self.t
+
+        def rate(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None or dt <= 0 else round((b - a) / dt, 2)
+
+        return {"broker": rate(self.broker_s, later.broker_s),
+                "worker": rate(self.worker_s, later.worker_s)}  # fmt: skip
 
 
 def _page(worker: WorkerProcess, path: str, timeout_s: float) -> dict[str, Any]:
@@ -718,14 +741,17 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def _cores_line(v: dict[str, Any]) -> str:
-    """Where the CPU went during the freshness probes (the broker shares the machine)."""
-    cores = v.get("freshness_cpu_cores") or {}
-    broker, worker = (
-        "n/a" if cores.get(k) is None else f"{cores[k]:.2f}" for k in ("broker", "worker")
-    )
+    """Where the CPU went in each serving phase (the broker shares the machine)."""
+
+    def pair(phase: str) -> str:
+        cores = (v.get("cpu_cores") or {}).get(phase) or {}
+        b, w = ("n/a" if cores.get(k) is None else f"{cores[k]:.2f}" for k in ("broker", "worker"))
+        return f"{b} / {w}"
+
     return (
-        f"During the freshness probes the embedded broker used {broker} CPU cores and the "
-        f"worker {worker}; the broker's store file was "
+        "CPU cores used by the embedded broker / the worker: HTTP requests "
+        f"{pair('http')}, Kafka requests {pair('kafka')}, freshness probes "
+        f"{pair('freshness')}; the broker's store file was "
         f"{v.get('broker_store_mib', float('nan')):,.0f} MiB at the end (noida-db rewrites all "
         "of it after writes: deploy/RUNBOOK.md section 11)."
     )
