@@ -610,16 +610,19 @@ PHASES = ("http", "kafka", "freshness")
 
 @dataclass(frozen=True)
 class _Reading:
-    """CPU seconds used so far by the broker and the worker, at a monotonic time."""
+    """CPU seconds used so far by the broker, the worker and this process (the clients and
+    the load generator), at a monotonic time."""
 
     t: float
     broker_s: float | None
     worker_s: float | None
+    client_s: float
 
     @classmethod
     def take(cls, stack: LocalStack, worker: WorkerProcess) -> _Reading:
         broker_s = stack.broker.usage().cpu_s
-        return cls(time.monotonic(), broker_s, process_usage(worker.proc.pid)[0])
+        worker_s = process_usage(worker.proc.pid)[0]
+        return cls(time.monotonic(), broker_s, worker_s, time.process_time())
 
     def cores_until(self, later: _Reading) -> dict[str, float | None]:
         """CPU seconds per second of each process from this reading to `later`."""
@@ -629,7 +632,8 @@ class _Reading:
             return None if a is None or b is None or dt <= 0 else round((b - a) / dt, 2)
 
         return {"broker": rate(self.broker_s, later.broker_s),
-                "worker": rate(self.worker_s, later.worker_s)}  # fmt: skip
+                "worker": rate(self.worker_s, later.worker_s),
+                "client": rate(self.client_s, later.client_s)}  # fmt: skip
 
 
 def _page(worker: WorkerProcess, path: str, timeout_s: float) -> dict[str, Any]:
@@ -745,11 +749,14 @@ def _cores_line(v: dict[str, Any]) -> str:
 
     def pair(phase: str) -> str:
         cores = (v.get("cpu_cores") or {}).get(phase) or {}
-        b, w = ("n/a" if cores.get(k) is None else f"{cores[k]:.2f}" for k in ("broker", "worker"))
-        return f"{b} / {w}"
+        b, w, c = (
+            "n/a" if cores.get(k) is None else f"{cores[k]:.2f}"
+            for k in ("broker", "worker", "client")
+        )
+        return f"{b} / {w} / {c}"
 
     return (
-        "CPU cores used by the embedded broker / the worker: HTTP requests "
+        "CPU cores used by the embedded broker / the worker / the demo's clients: HTTP requests "
         f"{pair('http')}, Kafka requests {pair('kafka')}, freshness probes "
         f"{pair('freshness')}; the broker's store file was "
         f"{v.get('broker_store_mib', float('nan')):,.0f} MiB at the end (noida-db rewrites all "

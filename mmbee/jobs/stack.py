@@ -30,6 +30,7 @@ from typing import IO, Any
 from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.settings import Settings
 from mmbee.streams.broker import NoidaBroker, free_port
+from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.topics import ensure_topics
 
 __all__ = ["worker_env", "WorkerProcess", "LocalStack", "ScoreClient"]
@@ -221,6 +222,11 @@ class ScoreClient:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         s = self.settings
+        if s.profile == "dev":
+            # the embedded broker answers empty fetches at once: without the worker's client-side
+            # pause this consumer polls in a tight loop and takes a core from the worker and the
+            # broker it measures (mmbee/streams/fetch_wait.py)
+            install_fetch_wait(s.embedded_fetch_wait_ms)
         kw = {"bootstrap_servers": s.bootstrap_list(), **s.kafka_client_kwargs()}
         self._producer = AIOKafkaProducer(linger_ms=0, **kw)
         await self._producer.start()

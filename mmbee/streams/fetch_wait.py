@@ -7,9 +7,11 @@ then re-fetches immediately: an idle Faust worker spins at ~0.9 of a core (measu
 consumer wait `wait_ms` after a fetch that brought no records, which is what the broker would
 have done. Data that arrives during the wait is picked up at most `wait_ms` later.
 
-It patches aiokafka's `Fetcher` class for the whole process, so only the worker entry point
-calls it, only for the dev profile's embedded broker (`Settings.embedded_fetch_wait_ms`), and
-never against Apache Kafka, whose long-poll makes it unnecessary.
+It patches aiokafka's `Fetcher` class for the whole process, so only process entry points use
+it: the worker, and the demo's and benchmarks' `ScoreClient` (mmbee/jobs/stack.py), whose
+response consumer would otherwise spin in the measuring process. Both do so only for the dev
+profile's embedded broker (`Settings.embedded_fetch_wait_ms`), never against Apache Kafka, whose
+long-poll makes it unnecessary.
 """
 
 from __future__ import annotations
