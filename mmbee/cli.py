@@ -21,7 +21,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _broker(args: argparse.Namespace) -> int:
+    import logging
+
     from mmbee.streams.broker import serve_embedded_broker
+
+    # the broker's own warnings (a store file growing past broker_store_warn_mib) go to stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     overrides = {} if args.port is None else {"broker_port": args.port}
     if args.data_dir is not None:

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     broker_kind: Literal["noida"] = "noida"
     broker_port: int = Field(default=19092, ge=1, le=65535)
     broker_data_dir: Path = Path(".mmbee/broker")
+    broker_store_warn_mib: int = Field(
+        default=2048,
+        ge=0,
+        description="`mmbee broker` warns when the embedded broker's store file passes this size "
+        "and again at each doubling: noida-db rewrites the whole file after every write "
+        "(deploy/RUNBOOK.md section 11); 0 turns the warning off",
+    )
 
     # --- Faust worker -----------------------------------------------------------------------
     app_id: str = "mmbee"

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ __all__ = [
     "EmbeddedBroker",
     "BrokerError",
     "BrokerUsage",
+    "StoreWatch",
     "NoidaBroker",
     "free_port",
     "process_usage",
@@ -41,6 +43,14 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+
+log = logging.getLogger(__name__)
+
+REWRITE_CPU_S_PER_GIB = 4.3
+"""CPU seconds noida-db spends per GiB of store file on each whole-store rewrite (bench/broker.py,
+2026-12-05, 2-core dev box)."""
+REWRITE_PEAK_RSS_RATIO = 1.6
+"""Its peak RSS during a rewrite, as a multiple of the store file (same measurement)."""
 
 
 class BrokerError(RuntimeError):
@@ -79,6 +89,38 @@ def process_usage(pid: int) -> tuple[float | None, float | None]:
     cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime (fields 14, 15)
     rss = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
     return cpu_s, (int(rss) / 1024 if rss is not None else None)
+
+
+class StoreWatch:
+    """Warns when noida-db's store file passes `threshold_mib`, then at each doubling.
+
+    Every write makes noida-db rewrite the whole file, so its CPU and memory grow with the file,
+    not with the traffic. A long replay into one data directory quietly ends with a broker that
+    takes a core and gigabytes of RAM. The warning tells the operator before that happens.
+
+    Example:
+        >>> watch = StoreWatch(threshold_mib=1024)
+        >>> watch.check(900.0) is None, watch.check(1100.0) is not None, watch.check(1500.0)
+        (True, True, None)
+    """
+
+    def __init__(self, threshold_mib: float) -> None:
+        self.next_mib = threshold_mib if threshold_mib > 0 else float("inf")
+
+    def check(self, store_mib: float) -> str | None:
+        """The warning for a store of `store_mib`, if it passed the next mark (else None)."""
+        if store_mib < self.next_mib:
+            return None
+        while self.next_mib <= store_mib:
+            self.next_mib *= 2
+        cpu_s = REWRITE_CPU_S_PER_GIB * store_mib / 1024
+        peak = REWRITE_PEAK_RSS_RATIO * store_mib
+        return (
+            f"the embedded broker's store file is {store_mib:,.0f} MiB; noida-db rewrites all of "
+            f"it after every write (about {cpu_s:.0f} CPU seconds and {peak:,.0f} MiB of memory "
+            "each time, deploy/RUNBOOK.md section 11). Start long replays on a fresh --data-dir, "
+            "or use Apache Kafka"
+        )
 
 
 class EmbeddedBroker(Protocol):
@@ -252,9 +294,15 @@ def serve_embedded_broker(settings: Settings, ready: Callable[[str], None] | Non
         ensure_topics(settings.model_copy(update={"bootstrap_servers": broker.bootstrap}))
         if ready is not None:
             ready(broker.bootstrap)
+        watch, ticks = StoreWatch(settings.broker_store_warn_mib), 0
         while not stop.wait(0.5):
             if not broker.running:
                 raise BrokerError(f"noida-db exited; see {settings.broker_data_dir}/broker.log")
+            ticks += 1
+            if ticks % 20 == 0:  # every 10 s
+                warning = watch.check(broker.usage().store_mib)
+                if warning is not None:
+                    log.warning("%s", warning)
     finally:
         broker.stop()
         for sig, handler in previous.items():

@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mmbee.settings import Settings
-from mmbee.streams.broker import BrokerError, NoidaBroker, free_port
+from mmbee.streams.broker import BrokerError, NoidaBroker, StoreWatch, free_port
 from mmbee.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
@@ -71,3 +71,17 @@ def test_usage_follows_the_store(tmp_path: Path) -> None:
     stopped = b.usage()
     assert stopped.cpu_s is None and stopped.rss_mib is None
     assert stopped.store_mib >= 2  # the data stays in its directory
+
+
+def test_store_watch_warns_at_the_threshold_then_at_each_doubling() -> None:
+    watch = StoreWatch(threshold_mib=1000)
+    assert watch.check(999.0) is None
+    first = watch.check(1000.0)
+    assert first is not None and "1,000 MiB" in first and "fresh --data-dir" in first
+    assert "4 CPU seconds" in first  # 4.3 s per GiB of file, ~0.98 GiB
+    assert watch.check(1999.0) is None  # warned once per doubling
+    assert watch.check(5000.0) is not None  # past 2,000 and 4,000: one warning
+    assert watch.check(7999.0) is None
+    assert watch.check(8000.0) is not None
+    off = StoreWatch(threshold_mib=0)
+    assert off.check(1e9) is None
