@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mmbee.jobs.demo import DemoConfig, run_demo
+from mmbee.jobs.demo import DemoConfig, partition_of, run_demo
+from mmbee.settings import Settings
+from mmbee.streams.topics import ensure_topics
 
 pytestmark = [pytest.mark.broker, pytest.mark.models, pytest.mark.slow]
 
@@ -38,3 +40,22 @@ def test_demo_end_to_end_beats_popularity(tmp_path: Path) -> None:
     assert "CPU cores used by the embedded broker" in md and "n/a" not in md
     assert "Kafka request -> response" in md and (config.out / "report.png").stat().st_size > 0
     assert json.loads((config.out / "report.json").read_text())["serving"]["model_version"]
+
+
+def test_partition_of_matches_where_a_producer_puts_keyed_records(
+    broker_settings: Settings,
+) -> None:
+    """The freshness background keeps out of the probed streamer's partition: `partition_of`
+    must agree with the partitioner the producers use."""
+    from kafka import KafkaProducer
+
+    ensure_topics(broker_settings)
+    topic = broker_settings.topic("live.frames")
+    producer = KafkaProducer(bootstrap_servers=broker_settings.bootstrap_list())
+    try:
+        for i in range(40):
+            key = f"author-{i}".encode()
+            meta = producer.send(topic, key=key, value=b"{}").get(timeout=30)
+            assert meta.partition == partition_of(key, broker_settings.partitions), key
+    finally:
+        producer.close()
