@@ -17,7 +17,8 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
 - `kafka_rtt_p99_ms`: client send on `score.requests` -> response read from `score.responses`
   (target <= 50 ms); `http_rtt_p99_ms` the same over `POST /mmbee/score/`;
 - `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
-  content events for the other streamers flow at `--background-rate` events/s (target
+  content events for the streamers outside its partition flow at `--background-rate` events/s,
+  their event time moving with the wall clock (`mmbee.jobs.demo.Background` says why) (target
   <= 500 ms at 2k events/s); `background_events_per_s` is the rate the load thread achieved;
   `cpu_cores` gives the CPU seconds per second the embedded broker and the worker used in
   each phase (HTTP requests, Kafka requests, freshness), and `broker_store_mib` the size of the
