@@ -165,6 +165,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "consumer_group_instance_id": group_instance_id(settings),
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": acks,
+        "producer_linger": settings.producer_linger_ms / 1000,
         "producer_max_request_size": PRODUCER_MAX_REQUEST_BYTES,
         # Agents that batch (segments, asr) hold acks until their state is persisted; faust must
         # not wait for those on rebalance/shutdown (the events are redelivered instead).

@@ -15,6 +15,7 @@ from mmbee.streams.app import (
     StreamContext,
     UnknownComponentError,
     build_app,
+    create_app,
     faust_settings,
     resolve_components,
     rocksdb_options,
@@ -39,6 +40,10 @@ def test_faust_settings_follow_the_field_notes(tmp_path: Path) -> None:
         faust_settings(Settings(profile="production", bootstrap_servers="k1:9092"))["producer_acks"]
         == -1
     )
+    # batched produces (Kafka 4.0's 5 ms default), and Faust really gets it
+    assert conf["producer_linger"] == 0.005
+    assert create_app(s.model_copy(update={"producer_linger_ms": 0})).conf.producer_linger == 0.0
+    assert create_app(s).conf.producer_linger == 0.005
 
 
 def test_rocksdb_options_are_explicit_and_small() -> None:
