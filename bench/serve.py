@@ -98,13 +98,14 @@ def training_throughput(out: Path, variant: str, content_encoder: str, batch_siz
                         steps: int = 40, warmup: int = 5) -> dict[str, float]:  # fmt: skip
     """Steady-state training rate of the demo's model on CPU: `steps` optimiser steps of
     `batch_size` impressions sampled from the run's cached training examples (batch assembly
-    from the example table and segment store, forward, loss, backward, AdamW), after `warmup`
+    from the example table and segment store, then `train_step` with `mmbee train`'s
+    optimiser), after `warmup`
     steps; samples/s = batch size / median step time, with the assembly's share."""
     import torch
 
     from mmbee.jobs.train import TrainJob, load_or_build, model_config, split_by_time
     from mmbee.scorer.gtr import GTRModel
-    from mmbee.scorer.train import TrainConfig, gtr_loss, rows_for
+    from mmbee.scorer.train import TrainConfig, make_optimizer, rows_for, train_step
 
     torch.set_num_threads(1)
     job = TrainJob(logdir=out / "log", out=out / "model", variant=variant,
@@ -113,8 +114,8 @@ def training_throughput(out: Path, variant: str, content_encoder: str, batch_siz
     train_idx, _ = split_by_time(built, job.test_days)
     torch.manual_seed(0)
     model = GTRModel(model_config(job, built)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    rows, config = rows_for(model), TrainConfig(progress=False)
+    config = TrainConfig(progress=False)
+    opt, rows = make_optimizer(model, config), rows_for(model)
     rng = np.random.default_rng(0)
     step_s, assemble_s = [], []
     for i in range(warmup + steps):
@@ -122,10 +123,7 @@ def training_throughput(out: Path, variant: str, content_encoder: str, batch_siz
         t0 = time.perf_counter()
         batch = built.table.batch(idx, rows, built.store)
         t1 = time.perf_counter()
-        total, _ = gtr_loss(model, batch, config)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        train_step(model, opt, batch, config)
         if i >= warmup:
             step_s.append(time.perf_counter() - t0)
             assemble_s.append(t1 - t0)

@@ -41,6 +41,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "gtr_loss",
+    "make_optimizer",
+    "train_step",
     "impression_losses",
     "ContentRecLoss",
     "rows_for",
@@ -243,6 +245,28 @@ def gtr_loss(
     return total, parts
 
 
+def make_optimizer(model: GTRModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the model, the wide (linear) part at `lr * wide_lr_mult`."""
+    wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
+    groups: list[dict[str, Any]] = [
+        {"params": rest},
+        {"params": wide, "lr": config.lr * config.wide_lr_mult},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_step(
+    model: GTRModel, opt: torch.optim.Optimizer, batch: GTRBatch, config: TrainConfig
+) -> dict[str, float]:
+    """One optimiser step on a labeled batch; returns the loss parts (floats)."""
+    total, parts = gtr_loss(model, batch, config)
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return parts
+
+
 def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i : i + size] for i in range(0, n, size)]
@@ -274,17 +298,7 @@ def train_model(
     if len(labels):
         model.init_output_bias({t: float(labels[:, i].mean()) for i, t in enumerate(TASKS)})
     model.to(device).train()
-    wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
-    groups: list[dict[str, Any]] = [
-        {"params": rest},
-        {"params": wide, "lr": config.lr * config.wide_lr_mult},
-    ]
-    opt = torch.optim.AdamW(
-        groups,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
+    opt = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
     rows = rows_for(model)
     train_idx = np.asarray(train_idx)
@@ -325,10 +339,7 @@ def train_model(
                 epoch_idx = train_idx[keep]
             for chunk in _batches(len(epoch_idx), config.batch_size, rng):
                 batch = table.batch(epoch_idx[chunk], rows, store).to(device)
-                total, parts = gtr_loss(model, batch, config)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+                parts = train_step(model, opt, batch, config)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps += 1

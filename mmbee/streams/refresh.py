@@ -63,7 +63,14 @@ from mmbee.scorer.gtr import (
 )
 from mmbee.scorer.metrics import auc
 from mmbee.scorer.predict import checkpoint_features
-from mmbee.scorer.train import TrainConfig, gtr_loss, rows_for, score_table, train_model
+from mmbee.scorer.train import (
+    TrainConfig,
+    make_optimizer,
+    rows_for,
+    score_table,
+    train_model,
+    train_step,
+)
 from mmbee.settings import Settings
 from mmbee.streams.app import StreamContext
 from mmbee.streams.views import SegmentView, views
@@ -181,17 +188,7 @@ def fine_tune(
     with torch.no_grad():
         model.logit_offset.zero_()
     model.train()
-    wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
-    groups: list[dict[str, Any]] = [
-        {"params": rest},
-        {"params": wide, "lr": train.lr * train.wide_lr_mult},
-    ]
-    opt = torch.optim.AdamW(
-        groups,
-        lr=train.lr,
-        weight_decay=train.weight_decay,
-    )
+    opt = make_optimizer(model, train)
     rng = np.random.default_rng(config.seed)
     rows = rows_for(model)
     positive = table.column("labels")[idx, TASKS.index("gift")] > 0
@@ -201,10 +198,7 @@ def fine_tune(
         epoch = idx[keep][rng.permutation(int(keep.sum()))]
         for lo in range(0, len(epoch), config.batch_size):
             batch = table.batch(epoch[lo : lo + config.batch_size], rows, store)
-            total, _ = gtr_loss(model, batch, train)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            train_step(model, opt, batch, train)
             samples += batch.batch_size
     seconds = time.perf_counter() - t0
     model.eval()
