@@ -317,7 +317,7 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
         out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
         seed=args.seed, variant=args.variant, requests=args.requests,
-        candidates=args.candidates,
+        candidates=args.candidates, keep_broker_data=args.keep_broker_data,
     )  # fmt: skip
     run_demo(config)
     print(f"report: {(config.out / 'report.md').resolve()}")
@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="sim_mfq_gie", help="Table 2 variant to train")
     p.add_argument("--requests", type=int, default=200, help="score requests per transport")
     p.add_argument("--candidates", type=int, default=200, help="candidate streamers per request")
+    p.add_argument(
+        "--keep-broker-data", action="store_true",
+        help="keep the embedded broker's store (OUT/stack/broker, GBs) after the run",
+    )  # fmt: skip
     p.set_defaults(handler=_demo)
 
     p = verbs.add_parser("broker", help="run the embedded Kafka-protocol broker (dev profile)")

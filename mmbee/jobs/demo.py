@@ -67,6 +67,10 @@ class DemoConfig:
             `serving_reject_unknown_authors` off), to reach `candidates` in a small world.
         timeout_s: how long each wait may take before the demo gives up.
         threads: torch threads for training.
+        keep_broker_data: keep the embedded broker's store (`out/stack/broker`) after the run.
+            It holds every record the run produced (the demo's about 6 GiB: noida-db writes
+            each record byte as a decimal number), so by default it is deleted once the broker
+            has stopped; its log, the worker logs and state stay.
     """
 
     out: Path = Path("runs/demo")
@@ -86,6 +90,7 @@ class DemoConfig:
     cold_candidates: int = 0
     timeout_s: float = 480.0
     threads: int = 2
+    keep_broker_data: bool = False
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -610,6 +615,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         report["latency_samples"] = {"kafka_rtt": k_rtt, "http_rtt": h_rtt, "server": k_server + h_server,
                                      "freshness": fresh}  # fmt: skip
 
+    if not config.keep_broker_data:
+        freed = stack.broker.discard_store()
+        log(f"      deleted the broker's store ({freed:,.0f} MiB; --keep-broker-data keeps it)")
     stages["total_s"] = time.monotonic() - t_start
     report["stages"] = stages
     log("[5/5] writing the report")

@@ -265,6 +265,22 @@ class NoidaBroker:
         store = sum(f.stat().st_size for f in self.data_dir.glob("*.json") if f.is_file())
         return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=store / 2**20)
 
+    def discard_store(self) -> float:
+        """Delete the stopped broker's store (its `*.json` files: every record, topic and
+        offset), keeping `broker.log`; returns the MiB freed. A run's data is then gone for good.
+
+        Raises:
+            BrokerError: while the broker is running.
+        """
+        if self.running:
+            raise BrokerError("stop the broker before discarding its store")
+        freed = 0
+        for f in self.data_dir.glob("*.json"):
+            if f.is_file():
+                freed += f.stat().st_size
+                f.unlink()
+        return freed / 2**20
+
     def __enter__(self) -> NoidaBroker:
         self.start()
         return self

@@ -40,6 +40,8 @@ def test_demo_end_to_end_beats_popularity(tmp_path: Path) -> None:
     assert "CPU cores used by the embedded broker" in md and "n/a" not in md
     assert "Kafka request -> response" in md and (config.out / "report.png").stat().st_size > 0
     assert json.loads((config.out / "report.json").read_text())["serving"]["model_version"]
+    broker_dir = config.out / "stack" / "broker"  # the store is deleted, the log kept
+    assert not list(broker_dir.glob("*.json")) and (broker_dir / "broker.log").is_file()
 
 
 def test_partition_of_matches_where_a_producer_puts_keyed_records(

@@ -68,9 +68,14 @@ def test_usage_follows_the_store(tmp_path: Path) -> None:
             after = b.usage()
         assert after.store_mib >= 2  # 2 MiB of records: the store is at least that large
         assert after.cpu_s is not None and after.cpu_s > before.cpu_s
+        with pytest.raises(BrokerError, match="stop the broker"):
+            b.discard_store()
     stopped = b.usage()
     assert stopped.cpu_s is None and stopped.rss_mib is None
     assert stopped.store_mib >= 2  # the data stays in its directory
+    assert b.discard_store() == pytest.approx(stopped.store_mib)
+    assert b.usage().store_mib == 0
+    assert (tmp_path / "broker.log").is_file()  # the log stays
 
 
 def test_store_watch_warns_at_the_threshold_then_at_each_doubling() -> None:
