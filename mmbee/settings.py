@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "default); at 0 every table write and output went out in its own request: 2k content "
         "events/s then cost the worker a tenth of a core in socket writes (docs/streams.md)",
     )
+    faust_inline_handoff: bool = Field(
+        default=True,
+        description="hand fetched messages to the agents' buffers inline instead of through four "
+        "tasks per message (mmbee/streams/handoff.py); off restores Faust's own hand-off",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

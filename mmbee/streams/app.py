@@ -37,6 +37,7 @@ from mmbee.settings import Settings
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
+from mmbee.streams.handoff import install_inline_handoff, uninstall_inline_handoff
 from mmbee.streams.producer_flush import install_full_flush
 from mmbee.streams.publish import FaustPublisher, Publisher
 
@@ -330,6 +331,10 @@ def build_app(
         monotonic: monotonic clock of timeouts and of the metrics' timing.
     """
     install_full_flush()  # offsets are committed only after the buffered writes were sent
+    if settings.faust_inline_handoff:
+        install_inline_handoff()
+    else:
+        uninstall_inline_handoff()
     app = faust.App(settings.app_id, **faust_settings(settings))
     wall_ms = clock_ms or (lambda: int(time.time() * 1000))
     metrics = StreamMetrics(clock=monotonic)
