@@ -36,8 +36,8 @@ from mmbee.schemas.topics import TOPICS
 from mmbee.settings import Settings
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
-from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.handoff import install_inline_handoff, uninstall_inline_handoff
+from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.producer_flush import install_full_flush
 from mmbee.streams.publish import FaustPublisher, Publisher
 

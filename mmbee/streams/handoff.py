@@ -49,7 +49,7 @@ class _Resumed:
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as exc:  # cancellation included: delivered where it waits
+            except BaseException as exc:  # noqa: BLE001 - every throw (cancellation too) goes to where it waits
                 try:
                     out = coro.throw(exc)
                 except StopIteration as stop:
