@@ -68,7 +68,7 @@ class DemoConfig:
         timeout_s: how long each wait may take before the demo gives up.
         threads: torch threads for training.
         keep_broker_data: keep the embedded broker's store (`out/stack/broker`) after the run.
-            It holds every record the run produced (the demo's about 6 GiB: noida-db writes
+            It holds every record the run produced (the demo's about 5 GiB: noida-db writes
             each record byte as a decimal number), so by default it is deleted once the broker
             has stopped; its log, the worker logs and state stay.
     """
