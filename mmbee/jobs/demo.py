@@ -508,8 +508,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         # The log goes in first and the worker reads it as a backlog, as a backfill should
         # (deploy/RUNBOOK.md section 7): replayed at full speed into a running worker, a topic
         # it had read to the end looked quiet while the replay was still filling it, and its
-        # later events were dead-lettered as late (up to 7,022 of the joiner's events; 21% of
-        # the examples lost, in bench/serve runs on 2026-12-05).
+        # later events were dead-lettered as late: up to 7,022 of the joiner's events in a run,
+        # and one bench/serve run lost 21% of its examples (2026-12-05).
         t = time.monotonic()
         stats = replay_log(logdir, settings, speed=None, attach_text_embeddings=True,
                            progress=False)  # fmt: skip
