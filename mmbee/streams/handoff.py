@@ -91,7 +91,7 @@ def install_inline_handoff() -> bool:
         if len(coros) != 2 or timeout is not None or self.suspend_flow.is_set():
             return await original(self, *coros, timeout=timeout)
         callback, suspended = coros
-        if not inspect.iscoroutine(callback):
+        if not (inspect.iscoroutine(callback) and inspect.iscoroutine(suspended)):
             return await original(self, *coros)
         try:
             first = callback.send(None)

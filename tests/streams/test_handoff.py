@@ -130,6 +130,21 @@ def test_with_the_flow_suspended_the_original_runs(patched: None) -> None:
     assert res.done and not res.stopped
 
 
+def test_other_calls_go_to_the_original(patched: None) -> None:
+    """An event instead of a coroutine (`wait_first` takes either) is left to Faust's own."""
+
+    async def main() -> Any:
+        consumer = _consumer()
+
+        async def callback() -> str:
+            return "delivered"
+
+        return await consumer.wait_first(callback(), asyncio.Event())
+
+    res = asyncio.run(main())
+    assert res.results == ["delivered"] and not res.stopped
+
+
 def test_not_installed_over_a_changed_drain_loop(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
