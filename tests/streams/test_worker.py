@@ -33,7 +33,7 @@ def stream_settings(base: Settings, **overrides: Any) -> Settings:
         components=("segments",),
         store="rocksdb://",
         stream_batch_wait_ms=10,
-        log_level="WARNING",
+        log_level="INFO",  # a failure's message ends with the worker's log: group, recovery
     )
     values.update(overrides)
     return base.model_copy(update=values)
