@@ -262,8 +262,12 @@ class NoidaBroker:
         proc = self._proc
         alive = proc is not None and proc.poll() is None
         cpu_s, rss_mib = process_usage(proc.pid) if proc is not None and alive else (None, None)
-        store = sum(f.stat().st_size for f in self.data_dir.glob("*.json") if f.is_file())
+        store = sum(f.stat().st_size for f in self._store_files())
         return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=store / 2**20)
+
+    def _store_files(self) -> list[Path]:
+        """noida-db's store: the `*.json` files of the data directory (its log is not one)."""
+        return [f for f in self.data_dir.glob("*.json") if f.is_file()]
 
     def discard_store(self) -> float:
         """Delete the stopped broker's store (its `*.json` files: every record, topic and
@@ -275,10 +279,9 @@ class NoidaBroker:
         if self.running:
             raise BrokerError("stop the broker before discarding its store")
         freed = 0
-        for f in self.data_dir.glob("*.json"):
-            if f.is_file():
-                freed += f.stat().st_size
-                f.unlink()
+        for f in self._store_files():
+            freed += f.stat().st_size
+            f.unlink()
         return freed / 2**20
 
     def __enter__(self) -> NoidaBroker:
