@@ -32,11 +32,14 @@ reach a stream are skipped by Faust's generation check.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __all__ = ["install_resume_clears_only_after_suspend", "resume_patch_installed"]
 
 _ATTR = "_mmbee_resume_clears_only_after_suspend"
+
+log = logging.getLogger("mmbee.streams.flow_resume")
 
 
 def resume_patch_installed() -> bool:
@@ -46,12 +49,18 @@ def resume_patch_installed() -> bool:
     return bool(getattr(FlowControlEvent.resume, _ATTR, False))
 
 
-def install_resume_clears_only_after_suspend() -> None:
-    """Patch mode's `FlowControlEvent.resume` for the whole process (idempotent)."""
+def install_resume_clears_only_after_suspend() -> bool:
+    """Patch mode's `FlowControlEvent.resume` for the whole process (idempotent). Returns False,
+    with a warning, and leaves mode unpatched when its event no longer keeps the `_suspend` and
+    `_resume` events this patch reads (another mode version)."""
     from mode.utils.queues import FlowControlEvent
 
     if resume_patch_installed():
-        return
+        return True
+    probe = FlowControlEvent(initially_suspended=True)
+    if not all(hasattr(getattr(probe, n, None), "is_set") for n in ("_suspend", "_resume")):
+        log.warning("mode's FlowControlEvent changed: the flow-resume fix is not installed")
+        return False
     original = FlowControlEvent.resume
 
     def resume(self: Any) -> None:
@@ -64,3 +73,4 @@ def install_resume_clears_only_after_suspend() -> None:
     setattr(resume, _ATTR, True)
     resume.__wrapped__ = original  # type: ignore[attr-defined]
     FlowControlEvent.resume = resume  # type: ignore[method-assign]
+    return True

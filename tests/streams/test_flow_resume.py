@@ -4,7 +4,9 @@ suspended flow (after a rebalance) still empties the buffers, as Faust expects."
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from mmbee.settings import Settings
@@ -64,8 +66,21 @@ def test_resume_after_a_suspend_still_empties_the_buffers() -> None:
     assert asyncio.run(run()) == (0, False, True)
 
 
+def test_it_refuses_a_changed_flow_control_event(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    install_resume_clears_only_after_suspend()
+    patched = FlowControlEvent.resume
+    monkeypatch.setattr(FlowControlEvent, "resume", patched.__wrapped__)  # type: ignore[attr-defined]
+    monkeypatch.setattr(FlowControlEvent, "__init__", lambda self, **_: None)  # no _suspend/_resume
+    with caplog.at_level(logging.WARNING, logger="mmbee.streams.flow_resume"):
+        assert install_resume_clears_only_after_suspend() is False
+    assert not resume_patch_installed()
+    assert "changed" in caplog.text
+
+
 def test_the_app_factory_installs_it() -> None:
     create_app(Settings(store="memory://", components=()))
     assert resume_patch_installed()
-    install_resume_clears_only_after_suspend()  # idempotent
+    assert install_resume_clears_only_after_suspend()  # idempotent
     assert resume_patch_installed()
