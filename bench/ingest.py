@@ -12,8 +12,13 @@ One broker, one data set, every figure from the same run (the box is shared and 
     the pydantic codec, event-time alignment, pooled fixed-point accumulation, table writes per
     closed segment, SegmentClosed output) on precomputed embeddings (1280-d frames, 384-d
     comments and ASR text), time from its first batch to its last applied event.
-  * ingest_vs_faust = ingest_per_s / faust_trivial_per_s (target >= 0.7), with the two worker
+  * ingest_vs_faust = ingest_per_s / faust_trivial_per_s (target >= 0.7), with the worker
     kinds run alternately `--runs` times; medians are reported, and every run's figure.
+  * faust_stock_trivial_per_s / ingest_vs_faust_stock: the same trivial agent with Faust's own
+    per-message hand-off (`faust_inline_handoff=false`), i.e. unpatched Faust's floor. Both
+    trivial and segments workers above run mmbee's inline hand-off (the default), which roughly
+    halves Faust's per-message cost; this pair shows where that leaves mmbee against stock Faust.
+    `ingest_vs_faust` stays the like-for-like figure.
   * rss_10k_streams_mib: resident memory of a segments worker once 10,000 live streams each
     hold L = 10 closed segments and an open one (target <= 2 GiB), with its peak.
   * broker_cpu_cores_trivial / broker_cpu_cores_segments: CPU seconds per second the embedded
@@ -60,6 +65,7 @@ from mmbee.streams.content import SOURCES  # noqa: E402
 from mmbee.streams.topics import ensure_topics  # noqa: E402
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 30_000
+KINDS = ("trivial", "segments", "trivial-stock")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -236,15 +242,16 @@ def run_worker(
     settings: Settings, kind: str, n: int, workdir: Path, broker: NoidaBroker,
     timeout_s: float = 600,
 ) -> dict[str, Any]:  # fmt: skip
-    """Start a worker of `kind` ('trivial' or 'segments'), wait until it has handled all `n`
+    """Start a worker of `kind` (one of KINDS), wait until it has handled all `n`
     messages, read its rate (and RSS), stop it. `broker_cpu_cores`: the broker's CPU seconds
     per second from the worker's first batch to its last (noida-db rewrites its whole store
     after writes, offset commits included, and shares the cores with the worker)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-trivial"] if kind == "trivial" \
+    trivial = kind.startswith("trivial")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-trivial"] if trivial \
         else [sys.executable, "-m", "mmbee", "worker"]  # fmt: skip
     log = open(workdir / f"{settings.app_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=_env(settings), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    agent = "trivial" if kind == "trivial" else "segments"
+    agent = "trivial" if trivial else "segments"
     deadline = time.monotonic() + timeout_s
     started: tuple[float, float | None] | None = None  # (wall, broker CPU s) at the first batch
     try:
@@ -255,7 +262,7 @@ def run_worker(
                 raise RuntimeError(f"{kind} worker did not finish in {timeout_s} s: see {log.name}")
             a = _metrics(settings.web_port).get(agent)
             c = (a or {}).get("counters", {})
-            done = c.get("events", 0) >= n if kind == "trivial" else (
+            done = c.get("events", 0) >= n if trivial else (
                 c.get("processed", 0) >= n and a["gauges"].get("held", 1) == 0)  # fmt: skip
             if a and done:
                 break
@@ -335,15 +342,18 @@ def main() -> None:
         result["produce_per_s"] = round(produce(base, messages))
         del messages
         result["raw_consume_runs"] = [round(raw_consume(base, n)) for _ in range(args.runs)]
-        trivial, ingest, details = [], [], []
+        rates: dict[str, list[float]] = {k: [] for k in KINDS}
+        trivial, ingest, stock = rates["trivial"], rates["segments"], rates["trivial-stock"]
+        details = []
         for run in range(args.runs):
-            for kind in ("trivial", "segments"):
+            for kind in KINDS:
                 s = base.model_copy(update={
                     "app_id": f"bench-{kind}-{run}", "web_port": free_port(),
                     "data_dir": workdir / f"{kind}-{run}",
+                    "faust_inline_handoff": kind != "trivial-stock",
                     "components": ("segments",) if kind == "segments" else ()})  # fmt: skip
                 got = run_worker(s, kind, n, workdir, broker)
-                (trivial if kind == "trivial" else ingest).append(got["rate"])
+                rates[kind].append(got["rate"])
                 details.append({"kind": kind, "run": run, "rate": round(got["rate"]),
                                 "rss_mib": got["rss_mib"], "dlq": got["dlq"],
                                 "broker_cpu_cores": got["broker_cpu_cores"]})  # fmt: skip
@@ -355,8 +365,12 @@ def main() -> None:
         result["faust_trivial_per_s"] = round(statistics.median(trivial))
         result["ingest_per_s"] = round(statistics.median(ingest))
         result["ingest_vs_faust"] = round(statistics.median(ingest) / statistics.median(trivial), 3)
+        result["faust_stock_trivial_per_s"] = round(statistics.median(stock))
+        result["ingest_vs_faust_stock"] = round(
+            statistics.median(ingest) / statistics.median(stock), 3
+        )
         result["worker_runs"] = details
-        for kind in ("trivial", "segments"):
+        for kind in KINDS:
             cores = [d["broker_cpu_cores"] for d in details
                      if d["kind"] == kind and d["broker_cpu_cores"] is not None]  # fmt: skip
             result[f"broker_cpu_cores_{kind}"] = statistics.median(cores) if cores else None
