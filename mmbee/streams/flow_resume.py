@@ -12,14 +12,15 @@ is already running. At the end of table recovery (`Recovery.on_recovery_complete
 
 During step 2 the fetcher hands the source messages that the client fetched during recovery
 to the streams. Step 3 then deletes the ones the agent has not taken yet. The client's fetch
-positions have moved past them, so they are never fetched again. Nothing is logged, no error is raised, and they
-stay uncommitted. The restarted worker then sits idle behind a gap until the next restart.
+positions have moved past them, so they are never fetched again. Nothing is logged, no error is
+raised, and they stay uncommitted. The restarted worker then sits idle behind a gap until the
+next restart.
 
 This was the occasional failure of the SIGKILL-restart test in `tests/streams/test_worker.py`.
-On 2026-12-05 it failed about 1 run in 4 when a CPU burst coincided with start-up. In a failing
-run with debug logging, the final resume dropped 59 buffered messages. The replacement worker
-took 1 message, then sat idle with its fetch positions at the high watermarks. With this patch,
-15 of 15 such runs passed.
+On 2026-12-05 it failed 12 of 65 runs of that test alone, most with a CPU burst at start-up. In
+a failing run with debug logging, the final resume dropped 59 buffered messages; the replacement
+worker took 1 message, then sat idle with its fetch positions at the high watermarks. With this
+patch, 15 of 15 such runs passed.
 
 `install_resume_clears_only_after_suspend()` patches `FlowControlEvent.resume` for the whole
 process. It clears the buffers only when the flow was suspended, which is the rebalance case.
