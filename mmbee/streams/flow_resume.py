@@ -25,10 +25,11 @@ patch, 15 of 15 such runs passed.
 `install_resume_clears_only_after_suspend()` patches `FlowControlEvent.resume` for the whole
 process. It clears the buffers only when the flow was suspended, which is the rebalance case.
 A resume while the flow is running then leaves buffered messages in place, and the agents
-process them. If the seek then moves back, the replayed messages are idempotent (mmbee's agents
-dedupe by offset and event id). Revocation is unchanged: it suspends the flow and clears the
-buffers itself, so the first resume after it still clears. Messages of an older generation that
-reach a stream are skipped by Faust's generation check.
+process them. If the seek then moves back, the redelivered messages are absorbed as after any
+restart (segments by offset; gifts by event id, dead-lettered as `duplicate`). Revocation is
+unchanged: it suspends the flow and clears the buffers itself, so the first resume after it
+still clears. Messages of an older generation that reach a stream are skipped by Faust's
+generation check.
 """
 
 from __future__ import annotations
