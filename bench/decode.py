@@ -1,0 +1,120 @@
+"""Where the segment agent's validated decode spends its time, per message, in-process.
+
+Run:   OMP_NUM_THREADS=1 .venv/bin/python bench/decode.py [--authors 200] [--seconds 110]
+
+Data: the messages of bench/ingest.py (precomputed embeddings: 1280-d frames, 384-d comments and
+ASR text). For each content topic it times, best of `--repeats` passes over all its messages:
+
+  * decode_us: `EventCodec.decode_topic` (what the agent runs: size check, pydantic JSON parse,
+    validation, the embedding validator's base64 decode and finiteness check);
+  * plain_parse_us: the same JSON parsed by a pydantic model with the same fields as plain
+    strings and ints (the parse alone, the floor of any validated decode);
+  * base64_us / finite_check_us: the embedding's base64 decode and the finiteness check alone.
+
+`validation_overhead_us` = decode_us - plain_parse_us. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pybase64
+from pydantic import BaseModel, ConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest import live_messages  # noqa: E402
+
+from mmbee.streams.codec import EventCodec  # noqa: E402
+
+
+class _PlainFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str
+    ts_ms: int
+    live_id: str
+    author_id: str
+    embedding: str | None = None
+    image_jpeg: str | None = None
+
+
+class _PlainText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str
+    ts_ms: int
+    live_id: str
+    author_id: str
+    user_id: str | None = None
+    text: str
+    text_embedding: str | None = None
+    end_ms: int | None = None
+    language: str | None = None
+    audio_event_id: str | None = None
+
+
+def _best_us(fn: Callable[[], Any], n: int, repeats: int) -> float:
+    """Best time of `repeats` calls of `fn` (which handles `n` items), in us per item."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return round(best / n * 1e6, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authors", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=110)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    codec = EventCodec()
+    by_topic: dict[str, list[bytes]] = {}
+    for _, topic, _, value in live_messages(args.authors, args.seconds):
+        by_topic.setdefault(topic, []).append(value)
+    weights = np.full(1280, 2.0**-64, dtype=np.float32)
+    result: dict[str, Any] = {"messages": sum(len(v) for v in by_topic.values())}
+    for topic, raws in sorted(by_topic.items()):
+        n, plain = len(raws), (_PlainFrame if topic == "live.frames" else _PlainText)
+        field = "embedding" if topic == "live.frames" else "text_embedding"
+        wires = [getattr(plain.model_validate_json(r), field) for r in raws]
+        vecs = [np.frombuffer(pybase64.b64decode(w), dtype="<f4") for w in wires]
+        w = weights[: vecs[0].shape[0]]
+        decode = _best_us(lambda: [codec.decode_topic(topic, r) for r in raws], n, args.repeats)  # noqa: B023
+        parse = _best_us(lambda: [plain.model_validate_json(r) for r in raws], n, args.repeats)  # noqa: B023
+        result[topic] = {
+            "n": n,
+            "mean_bytes": round(sum(map(len, raws)) / n),
+            "decode_us": decode,
+            "plain_parse_us": parse,
+            "validation_overhead_us": round(decode - parse, 2),
+            "base64_us": _best_us(
+                lambda: [pybase64.b64decode(x, validate=True) for x in wires],  # noqa: B023
+                n,
+                args.repeats,
+            ),
+            "finite_check_us": _best_us(
+                lambda: [float(v.dot(w)) for v in vecs],  # noqa: B023
+                n,
+                args.repeats,
+            ),
+        }
+    total = result["messages"]
+    result["decode_us_mean"] = round(
+        sum(result[t]["decode_us"] * result[t]["n"] for t in by_topic) / total, 2
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
