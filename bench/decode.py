@@ -37,22 +37,22 @@ from ingest import live_messages  # noqa: E402
 from mmbee.streams.codec import EventCodec  # noqa: E402
 
 
-class _PlainFrame(BaseModel):
+class _PlainEvent(BaseModel):
+    """The fields every content event has, as plain types (no validators)."""
+
     model_config = ConfigDict(extra="forbid")
     event_id: str
     ts_ms: int
     live_id: str
     author_id: str
+
+
+class _PlainFrame(_PlainEvent):
     embedding: str | None = None
     image_jpeg: str | None = None
 
 
-class _PlainText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    event_id: str
-    ts_ms: int
-    live_id: str
-    author_id: str
+class _PlainText(_PlainEvent):
     user_id: str | None = None
     text: str
     text_embedding: str | None = None
