@@ -10,13 +10,13 @@ segment worker (bench/ingest.py, 2026-12-05) `wait_first` took about 15% of the 
 top of the callback's own work; with the patch the same benchmark ran 2.1x faster for a trivial
 agent and 1.6x for the segment agent (docs/streams.md).
 
-`install_inline_handoff()` replaces `Consumer.wait_first`, which Faust calls from that line only;
-installing checks that the drain loop still holds it. While the flow is not suspended, the callback coroutine runs
-inline up to its first suspension point. If it finishes there, that is the whole hand-off. If it
-suspends (the buffer is full), it continues as a task under the original `wait_first`, so a
-suspend, stop or crash still interrupts it exactly as before. Any other call goes straight to the
-original. The patch applies to the whole process, like `producer_flush`; the app factory installs
-it unless `Settings.faust_inline_handoff` is off.
+`install_inline_handoff()` replaces `Consumer.wait_first`, which Faust calls from that line
+only; installing checks that the drain loop still holds it. While the flow is not suspended, the
+callback coroutine runs inline up to its first suspension point. If it finishes there, that is
+the whole hand-off. If it suspends (the buffer is full), it continues as a task under the
+original `wait_first`, so a suspend, stop or crash still interrupts it exactly as before. Any
+other call goes straight to the original. The patch applies to the whole process, like
+`producer_flush`; the app factory installs it unless `Settings.faust_inline_handoff` is off.
 """
 
 from __future__ import annotations

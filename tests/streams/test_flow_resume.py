@@ -70,9 +70,10 @@ def test_it_refuses_a_changed_flow_control_event(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     install_resume_clears_only_after_suspend()
-    patched = FlowControlEvent.resume
-    monkeypatch.setattr(FlowControlEvent, "resume", patched.__wrapped__)  # type: ignore[attr-defined]
-    monkeypatch.setattr(FlowControlEvent, "__init__", lambda self, **_: None)  # no _suspend/_resume
+    original = FlowControlEvent.resume.__wrapped__  # type: ignore[attr-defined]
+    monkeypatch.setattr(FlowControlEvent, "resume", original)
+    # a mode whose event keeps no `_suspend`/`_resume`
+    monkeypatch.setattr(FlowControlEvent, "__init__", lambda self, **_: None)
     with caplog.at_level(logging.WARNING, logger="mmbee.streams.flow_resume"):
         assert install_resume_clears_only_after_suspend() is False
     assert not resume_patch_installed()
