@@ -36,7 +36,6 @@ from mmbee.schemas.topics import TOPICS
 from mmbee.settings import Settings
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
-from mmbee.streams.flow_resume import install_resume_clears_only_after_suspend
 from mmbee.streams.handoff import install_inline_handoff, uninstall_inline_handoff
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.producer_flush import install_full_flush
@@ -332,7 +331,6 @@ def build_app(
         monotonic: monotonic clock of timeouts and of the metrics' timing.
     """
     install_full_flush()  # offsets are committed only after the buffered writes were sent
-    install_resume_clears_only_after_suspend()  # recovery's final resume drops nothing
     if settings.faust_inline_handoff:
         install_inline_handoff()
     else:
