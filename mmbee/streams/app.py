@@ -40,6 +40,7 @@ from mmbee.streams.handoff import install_inline_handoff, uninstall_inline_hando
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.producer_flush import install_full_flush
 from mmbee.streams.publish import FaustPublisher, Publisher
+from mmbee.streams.recovery_order import install_sources_resume_after_flow
 
 __all__ = [
     "COMPONENTS",
@@ -331,6 +332,7 @@ def build_app(
         monotonic: monotonic clock of timeouts and of the metrics' timing.
     """
     install_full_flush()  # offsets are committed only after the buffered writes were sent
+    install_sources_resume_after_flow()  # no source message is fetched before recovery's seek
     if settings.faust_inline_handoff:
         install_inline_handoff()
     else:

@@ -18,12 +18,12 @@ from mmbee.settings import Settings  # noqa: E402
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes; every one still running is killed at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        w = WorkerProcess(settings, tmp_path / f"worker{len(started)}.log")
+    def start(settings: Settings, entry: tuple[str, ...] = ("-m", "mmbee")) -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path / f"worker{len(started)}.log", entry)
         started.append(w)
         return w
 

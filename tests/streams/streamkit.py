@@ -103,14 +103,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`python -m mmbee worker` in a subprocess, with its web API on settings.web_port."""
+    """`python -m mmbee worker` (or `python *entry worker`) in a subprocess, with its web API on
+    settings.web_port."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, entry: tuple[str, ...] = ("-m", "mmbee")
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mmbee", "worker"],
+            [sys.executable, *entry, "worker"],
             env=settings_env(settings),
             cwd=REPO,
             stdout=self._log,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from streamkit import CTX, T0, TOPIC_OF, WorkerProcess, asr, comment, content_stream, frame
+from streamkit import CTX, REPO, T0, TOPIC_OF, WorkerProcess, asr, comment, content_stream, frame
 
 from mmbee.encoders.segments import ContentItem, SegmentConfig, fold
 from mmbee.schemas import DeadLetter, SegmentClosed
@@ -20,7 +20,8 @@ from mmbee.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
 
-Start = Callable[[Settings], WorkerProcess]
+Start = Callable[..., WorkerProcess]
+SEEK_RACE = (str(REPO / "tests" / "streams" / "seek_race.py"),)
 
 
 def stream_settings(base: Settings, **overrides: Any) -> Settings:
@@ -166,6 +167,32 @@ def test_sigkill_mid_stream_then_restart_recovers_from_the_changelog(
     # changelog, not from re-reading the whole stream
     assert after["counters"]["events"] < len(events)
     second.stop()
+
+
+def test_nothing_fetched_while_recovery_seeks_is_lost(
+    broker_settings: Settings, workers: Start
+) -> None:
+    # seek_race.py holds Faust's end of recovery until the fetcher has handed a source message
+    # to a stream buffer, which Faust's final flow resume would then empty (mmbee.streams
+    # .recovery_order): the backlog must still be applied whole, on a first start and a restart
+    settings = stream_settings(broker_settings, commit_interval_s=0.2, stream_batch_max=1)
+    ensure_topics(settings)
+    events = content_stream(n_authors=3, n_per_author=30, step_ms=120, seed=5)
+    half = len(events) // 2
+    produce(settings, events[:half])
+    first = workers(settings, SEEK_RACE)
+    first.wait_for(drained(half), timeout_s=30)
+    first.stop()
+    produce(settings, events[half:])
+    # a fresh state directory: the restart recovers from the changelog, so Faust's fetcher runs
+    # during the seek (a start with nothing to recover seeks before the fetcher starts)
+    second = workers(
+        settings.model_copy(update={"data_dir": settings.data_dir.parent / "w2"}), SEEK_RACE
+    )
+    second.wait_for(drained(len(events) - half), timeout_s=30)
+    assert second.counters()["dlq"] == {}
+    second.stop()
+    assert second.proc.returncode == 0, second.tail()
 
 
 def test_bad_input_lands_in_the_dlq_while_the_worker_keeps_going(
