@@ -36,6 +36,7 @@ from mmbee.schemas.topics import TOPICS
 from mmbee.settings import Settings
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
+from mmbee.streams.fetch_scope import install_fetch_scope
 from mmbee.streams.handoff import install_inline_handoff, uninstall_inline_handoff
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.producer_flush import install_full_flush
@@ -333,6 +334,7 @@ def build_app(
     """
     install_full_flush()  # offsets are committed only after the buffered writes were sent
     install_sources_resume_after_flow()  # no source message is fetched before recovery's seek
+    install_fetch_scope()  # a fetch never takes records of partitions Faust has paused
     if settings.faust_inline_handoff:
         install_inline_handoff()
     else:
