@@ -590,6 +590,7 @@ class JoinerRuntime:
                     "watermark_ms": part.joiner.watermark_ms,
                     "held": len(part.heap),
                     "waiting": part.joiner.waiting,
+                    "unemitted": part.joiner.unemitted,
                     "users": len(part.joiner.rows),
                     "frontier": self.frontier(p),
                     "counts": dict(part.joiner.counts),

@@ -561,6 +561,12 @@ class PartitionJoiner:
         """Impressions waiting for a label or for emission."""
         return sum(len(r.pending) for r in self.rows.values())
 
+    @property
+    def unemitted(self) -> int:
+        """Impressions decided (labelled) but not emitted yet: waiting for `settle_s` or for the
+        streamer side to be complete up to them."""
+        return sum(p.decided is not None for r in self.rows.values() for p in r.pending)
+
     def forget(self, users: Iterable[str]) -> None:
         """Drop users from memory (their partition was revoked)."""
         gone = set(users)

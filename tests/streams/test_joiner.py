@@ -154,7 +154,10 @@ def test_labels_window_expiry_duplicates_and_late() -> None:
     assert j.counts.get("negatives", 0) == 0
     w.feed([watch("w5", 2 * HOUR + MIN + 1, user="u3")])
     assert j.counts["negatives"] == 1
+    # w1, w2 (positives) and w3 (negative) are decided and wait for emission; w4, w5 for labels
+    assert (j.unemitted, j.waiting) == (3, 5)
     ex = w.examples()
+    assert (j.unemitted, j.waiting) == (0, 2)
     assert (ex["w1"].label_gift, ex["w1"].gift_value, ex["w1"].emitted_at_ms) == (1, 2.0, T0 + HOUR)
     assert (ex["w2"].label_gift, ex["w2"].label_comment, ex["w2"].label_watch) == (1, 1, 0)
     assert (ex["w3"].label_gift, ex["w3"].emitted_at_ms) == (0, T0 + 2 * HOUR + MIN + 1)
