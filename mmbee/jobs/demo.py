@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from mmbee.jobs.stack import LocalStack, ScoreClient, WorkerProcess
+from mmbee.jobs.stack import (
+    LocalStack,
+    ScoreClient,
+    WorkerProcess,
+    counters_of,
+    dead_letters_of,
+)
 from mmbee.jobs.train import TrainJob, run_train
 from mmbee.schemas.events import CommentEvent, FrameEvent, ScoreRequest, WatchEvent
 from mmbee.schemas.types import encode_embedding
@@ -174,13 +180,14 @@ def _wait_consumed(
 
     def done() -> bool:
         nonlocal last, stable_since
-        c = worker.counters()
+        agents = worker.agents()  # one snapshot: counters and dead letters agree
+        c = counters_of(agents)
         now = {a: float(c.get(a, {}).get("processed", 0)) for a in expected}
         now["joiner_read_watch"] = float(c.get("joiner", {}).get("read_watch", 0))
         now["joiner_examples"] = float(c.get("joiner", {}).get("examples", 0))
         # every watch and forwarded gift/comment event applied (or dead-lettered) by the joiner:
         # its frontier can pass while forwarded events are still on `user.activity`
-        rejected = sum(worker.dead_letters().get("joiner", {}).values())
+        rejected = sum(dead_letters_of(agents).get("joiner", {}).values())
         now["joiner_settled"] = float(c.get("joiner", {}).get("applied", 0)) + rejected
         samples.append((time.monotonic() - t0, now))
         if now != last:

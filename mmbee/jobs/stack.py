@@ -33,7 +33,14 @@ from mmbee.streams.broker import NoidaBroker, free_port
 from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.topics import ensure_topics
 
-__all__ = ["worker_env", "WorkerProcess", "LocalStack", "ScoreClient"]
+__all__ = [
+    "worker_env",
+    "counters_of",
+    "dead_letters_of",
+    "WorkerProcess",
+    "LocalStack",
+    "ScoreClient",
+]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -52,6 +59,16 @@ def worker_env(settings: Settings) -> dict[str, str]:
         env["MMBEE_SASL_PASSWORD"] = settings.sasl_password.get_secret_value()
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def counters_of(agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per agent, its counters, from `WorkerProcess.agents()`."""
+    return {a: m.get("counters", {}) for a, m in agents.items()}
+
+
+def dead_letters_of(agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per agent with any, its dead letters by reason, from `WorkerProcess.agents()`."""
+    return {a: m["dlq"] for a, m in agents.items() if m.get("dlq")}
 
 
 class WorkerProcess:
@@ -95,21 +112,21 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
-    def counters(self) -> dict[str, dict[str, float]]:
-        """Per agent, its counters (empty while the web API is not up)."""
+    def agents(self) -> dict[str, dict[str, Any]]:
+        """Per agent, its metrics snapshot: `counters`, `dlq`, ... (empty while the web API is
+        not up)."""
         try:
-            snap = self.get("/mmbee/metrics/")
+            return dict(self.get("/mmbee/metrics/").get("agents", {}))
         except (OSError, ValueError):
             return {}
-        return {a: m.get("counters", {}) for a, m in snap.get("agents", {}).items()}
+
+    def counters(self) -> dict[str, dict[str, float]]:
+        """Per agent, its counters (empty while the web API is not up)."""
+        return counters_of(self.agents())
 
     def dead_letters(self) -> dict[str, dict[str, int]]:
         """Per agent, dead letters by reason."""
-        try:
-            snap = self.get("/mmbee/metrics/")
-        except (OSError, ValueError):
-            return {}
-        return {a: m.get("dlq", {}) for a, m in snap.get("agents", {}).items() if m.get("dlq")}
+        return dead_letters_of(self.agents())
 
     def alive(self) -> None:
         """Raise with the log tail when the process has exited."""
