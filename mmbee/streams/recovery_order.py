@@ -48,7 +48,8 @@ log = logging.getLogger("mmbee.streams.recovery_order")
 
 _ATTR = "_mmbee_sources_resume_after_flow"
 _METHODS = ("on_recovery_completed", "_resume_streams")
-# the calls, in this order, that each wrapped method must make (see the module docstring)
+# the calls, in this order, that each wrapped method must make (see the module docstring);
+# whitespace-free, as they are looked up in the method's source with its whitespace removed
 _ORDER = ("consumer.resume_partitions(", ".perform_seek()", "flow_control.resume()")
 
 
@@ -109,7 +110,7 @@ def sources_resume_after_flow_installed() -> bool:
 
 def _calls_in_order(source: str) -> bool:
     flat = "".join(source.split())
-    at = [flat.find("".join(c.split())) for c in _ORDER]
+    at = [flat.find(call) for call in _ORDER]
     return all(i >= 0 for i in at) and at == sorted(at)
 
 

@@ -121,14 +121,12 @@ def test_sources_resume_right_after_the_flow_resume_and_nothing_is_deleted() -> 
 def test_changelog_partitions_resume_at_once() -> None:
     app = App(Consumer({SOURCE, CHANGELOG}))
 
-    class ResumesAChangelog(Patched):
+    class ResumesAChangelog(UpstreamEnd):
+        @sources_resume_after_flow
         async def on_recovery_completed(self, generation_id: int = 0) -> None:
             self.app.consumer.resume_partitions({CHANGELOG, SOURCE})
             assert self.app.consumer.active == {CHANGELOG}
 
-    ResumesAChangelog.on_recovery_completed = sources_resume_after_flow(  # type: ignore[method-assign]
-        ResumesAChangelog.on_recovery_completed
-    )
     _run(ResumesAChangelog(app))
     # no flow resume came: the sources are resumed when the method returns
     assert app.consumer.active == {CHANGELOG, SOURCE}
