@@ -9,10 +9,14 @@ Registered on every app by `build_app` (`install`), on the worker's web port
 | `/mmbee/health/ready/` | readiness: 200 once the worker got its partitions and recovered its tables; 503 while (re)balancing or recovering, with the reason |
 | `/metrics` | Prometheus text format: events/s, errors and dead letters per agent, consumer lag per partition, segment-buffer sizes, graph size, scoring latency histogram, model version, log records by level |
 | `/mmbee/status/` | the same as one JSON summary (`mmbee status` prints it) |
+| `/` | the live page for people: top streams, events/s and lag charts, dead letters, model, health (`mmbee/streams/page/`) |
+| `/mmbee/page/` | the live page's data as JSON: the status, the last minutes of samples, the last dead letters, the top streams |
 
 Two timers feed it: consumer lag every `metrics_lag_interval_s` (end offsets from the broker,
 committed offsets from the consumer) and the agents' processed totals every second (events/s
-over `metrics_rate_window_s`).
+over `metrics_rate_window_s`). They also keep the last `PAGE_HISTORY_S` seconds of both in ring
+buffers for the page's charts; everything else the page shows is computed when it is asked
+for (the top streams at most once per 2 s however many pages are open).
 
 Example:
     >>> from mmbee.settings import Settings
@@ -28,6 +32,7 @@ import asyncio
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +49,8 @@ from mmbee.streams.observability import (
     observability,
     render_prometheus,
 )
+from mmbee.streams.page import PAGE_ASSETS, page_asset
+from mmbee.streams.page.history import DLQ_LOGGER, RecentDeadLetters, SeriesRing
 
 if TYPE_CHECKING:
     from mmbee.streams.app import StreamContext
@@ -56,6 +63,9 @@ __all__ = [
     "collect",
     "status",
     "source_partitions",
+    "PAGE_HISTORY_S",
+    "PageState",
+    "page_data",
 ]
 
 log = logging.getLogger("mmbee.streams.web")
@@ -65,11 +75,23 @@ ROUTES = {
     "ready": "/mmbee/health/ready/",
     "metrics": "/metrics",
     "status": "/mmbee/status/",
+    "page": "/",
+    "page_data": "/mmbee/page/",
 }
 """The operational routes (the deploy manifests' probes and scrape annotations use these)."""
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
+_PAGE_HEADERS = {
+    # the page loads nothing from outside the worker and runs no inline script
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+    "Cache-Control": "no-store",
+}
+
 _RUNTIME_KEY = "web"
+_PAGE_KEY = "page"
+
+PAGE_HISTORY_S = 300.0
+"""How far back the page's charts reach (seconds)."""
 
 
 @dataclass
@@ -272,12 +294,70 @@ def status(ctx: StreamContext) -> dict[str, Any]:
     }
 
 
+@dataclass
+class PageState:
+    """What the live page keeps between requests: ring buffers of processed totals per agent
+    and of lag per partition (fed by the existing timers), the last dead letters (from the DLQ
+    log lines) and the cached top-streams panel."""
+
+    processed: SeriesRing
+    lag: SeriesRing
+    letters: RecentDeadLetters
+    top: Any  # mmbee.streams.page.top.TopStreams, made on the first request
+    requests: int = 0
+
+
+def _page_state(ctx: StreamContext) -> PageState:
+    got = ctx.runtimes.get(_PAGE_KEY)
+    if got is None:
+        step = max(1.0, ctx.settings.metrics_lag_interval_s)
+        got = ctx.runtimes[_PAGE_KEY] = PageState(
+            processed=SeriesRing(PAGE_HISTORY_S, step_s=2.0),
+            lag=SeriesRing(PAGE_HISTORY_S, step_s=step),
+            letters=RecentDeadLetters(keep=8, clock_ms=ctx.clock_ms),
+            top=None,
+        )
+    assert isinstance(got, PageState)
+    return got
+
+
+async def page_data(ctx: StreamContext) -> dict[str, Any]:
+    """Everything the live page shows, as JSON-able data (`/mmbee/page/`): the status
+    (`status(ctx)`, the same numbers as `/mmbee/status/`), events/s per agent and lag per
+    partition over the last minutes (`[seconds before now, value]` points), dead letters by
+    agent and reason with the last few, and the top streams."""
+    from mmbee.streams.page.top import TopStreams
+
+    state = _page_state(ctx)
+    state.requests += 1
+    if state.top is None:
+        state.top = TopStreams(ctx, clock=ctx.monotonic)
+    now = ctx.monotonic()
+    s = status(ctx)
+    return {
+        "status": s,
+        "now_ms": ctx.clock_ms(),
+        "history_s": PAGE_HISTORY_S,
+        "rates": state.processed.rates(now),
+        "lag": state.lag.points(now),
+        "dead_letters": {
+            "by_agent": {a: v["dlq"] for a, v in s["agents"].items() if v["dlq"]},
+            "recent": state.letters.letters(),
+        },
+        "top": await state.top.get(),
+    }
+
+
 def install(ctx: StreamContext) -> None:
     """Register the health, metrics and status pages and the sampling timers on `ctx.app`."""
     app = ctx.app
     settings = ctx.settings
     obs = observability(ctx)
     health = _health(ctx)
+    page = _page_state(ctx)
+    dlq_log = logging.getLogger(DLQ_LOGGER)
+    dlq_log.addHandler(page.letters)
+    weakref.finalize(ctx, dlq_log.removeHandler, page.letters)  # one app per worker; tests make many
 
     async def on_assigned(_sender: Any, assigned: set[TP], **_: Any) -> None:
         health.assigned_once = True
@@ -304,12 +384,39 @@ def install(ctx: StreamContext) -> None:
     async def status_page(self: faust.web.View, request: faust.web.Request) -> Any:
         return self.json(status(ctx))
 
+    @app.page(ROUTES["page"], name="mmbee_page")
+    async def page_view(self: faust.web.View, request: faust.web.Request) -> Any:
+        return self.html(page_asset("index.html").decode(), headers=_PAGE_HEADERS)
+
+    @app.page(ROUTES["page_data"], name="mmbee_page_data")
+    async def page_json(self: faust.web.View, request: faust.web.Request) -> Any:
+        return self.json(await page_data(ctx), headers={"Cache-Control": "no-store"})
+
+    for asset, ctype in PAGE_ASSETS.items():
+        if asset == "index.html":
+            continue
+
+        def asset_view(name: str = asset, content_type: str = ctype) -> Any:
+            async def get(self: faust.web.View, request: faust.web.Request) -> Any:
+                return self.bytes(page_asset(name), content_type=content_type,
+                                  headers={"Cache-Control": "max-age=3600"})  # fmt: skip
+
+            return get
+
+        app.page(f"{ROUTES['page_data']}{asset}", name=f"mmbee_page_{asset}")(asset_view())
+
     interval = settings.metrics_lag_interval_s
 
     @app.timer(interval, name="mmbee.observability.lag")
     async def lag_timer() -> None:
         await sample_lag(ctx, obs, timeout_s=max(interval, 1.0))
+        if obs.lag_error is None:
+            page.lag.record(obs.clock(), {f"{x.topic}:{x.partition}": x.lag for x in obs.lag})
 
     @app.timer(1.0, name="mmbee.observability.rates")
     async def rate_timer() -> None:
         obs.sample_rates(ctx.metrics)
+        now = obs.clock()
+        if page.processed.due(now):
+            agents = ctx.metrics.snapshot()["agents"]
+            page.processed.record(now, {a: m["counters"].get("processed", 0) for a, m in agents.items()})

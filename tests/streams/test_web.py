@@ -288,6 +288,24 @@ def test_worker_serves_metrics_health_status_and_json_logs(broker_settings: Sett
         assert fetch(port, ROUTES["live"])[::2] == (200, '{"live":true,"reason":"ok"}')
         assert fetch(port, ROUTES["ready"])[::2] == (200, '{"ready":true,"reason":"ok"}')
 
+        # the live page: its HTML (nothing from outside the worker) and its data
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{ROUTES['page']}", timeout=5) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+            assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+            assert b'src="/mmbee/page/page.js"' in r.read()
+        for asset in ("page.js", "page.css"):
+            got = fetch(port, ROUTES["page_data"] + asset)
+            assert got[0] == 200 and got[1].startswith(("text/javascript", "text/css")), got[:2]
+        page = json.loads(fetch(port, ROUTES["page_data"])[2])
+        assert page["status"]["agents"]["segments"]["dlq"] == {
+            "decode_error": 1, "validation_error": 1,
+        }  # fmt: skip
+        recent = {x["reason"]: (x["topic"], x["event_id"]) for x in page["dead_letters"]["recent"]}
+        comments_topic = settings.topic("live.comments")
+        assert recent == {"validation_error": (comments_topic, "cx"),
+                          "decode_error": (comments_topic, None)}  # fmt: skip
+        assert page["top"]["streams"] == []  # no segment views on a segments-only worker
+
         cli = subprocess.run(
             [sys.executable, "-m", "mmbee", "status"], env=settings_env(settings), cwd=REPO,
             capture_output=True, text=True, timeout=60,
