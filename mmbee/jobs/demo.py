@@ -13,7 +13,11 @@
    requests over Kafka (`score.requests` -> `score.responses`) and over HTTP measure the round
    trip and the worker's own latency; **freshness** probes publish new content for a streamer
    and time how long until its score changes.
-5. **Report**: `report.md`, `report.png` and `report.json` in the output directory.
+5. **Report**: `report.md`, `report.png` and `report.json` in the output directory, and
+   `page.png`: a screenshot of the worker's live page (`/` on its web port, whose address the
+   demo prints as soon as the worker runs; open it in a browser while the demo serves), taken
+   in headless Chromium after the serving measurements (so the browser's CPU does not enter
+   them); without Chromium the report says how to get it.
 
 Only measured numbers go into the report. Example:
     >>> report = run_demo(DemoConfig(out=Path("runs/demo")))  # doctest: +SKIP
@@ -549,6 +553,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         worker = stack.start_worker(COMPONENTS)
         worker.wait_ready(config.timeout_s)
         stages["worker_start_s"] = time.monotonic() - t
+        log(f"      the worker's live page: {worker.base_url}/ (until the report is written)")
         content = sum(
             stats.per_topic.get(n, 0) for n in ("live.frames", "live.asr", "live.comments")
         )
@@ -654,6 +659,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         }
         report["latency_samples"] = {"kafka_rtt": k_rtt, "http_rtt": h_rtt, "server": k_server + h_server,
                                      "freshness": fresh}  # fmt: skip
+        report["page"] = page_screenshot(worker, out / "page.png", config.timeout_s)
+        log(f"      live page {worker.base_url}/: "
+            + (f"screenshot {out / 'page.png'}" if "path" in report["page"]
+               else report["page"]["missing"]))  # fmt: skip
 
     if not config.keep_broker_data:
         freed = stack.broker.discard_store()
@@ -711,6 +720,30 @@ def _page(worker: WorkerProcess, path: str, timeout_s: float) -> dict[str, Any]:
             error = f"{type(exc).__name__}: {exc}"
             time.sleep(1.0)
     return {"unavailable": error or "no answer"}
+
+
+def page_screenshot(worker: WorkerProcess, path: Path, timeout_s: float) -> dict[str, Any]:
+    """A screenshot of the worker's live page in headless Chromium, once the page has drawn its
+    data: `{"path", "url", "console_errors"}`, or `{"missing": why, "url"}` (without Chromium:
+    how to get it)."""
+    from mmbee.streams.page.browser import (
+        HOW_TO_GET_CHROMIUM,
+        BrowserError,
+        HeadlessPage,
+        find_chromium,
+    )
+
+    url = worker.base_url + "/"
+    if find_chromium() is None:
+        return {"missing": HOW_TO_GET_CHROMIUM, "url": url}
+    try:
+        with HeadlessPage(url, width=1440, height=1000, timeout_s=min(60.0, timeout_s)) as page:
+            page.wait_for("Number(document.body.dataset.loaded || 0) >= 1", timeout_s=timeout_s)
+            page.screenshot(path)
+            errors = list(page.errors)
+    except (BrowserError, OSError) as exc:  # TimeoutError is an OSError
+        return {"missing": f"no screenshot: {type(exc).__name__}: {exc}", "url": url}
+    return {"path": path.name, "url": url, "console_errors": errors}
 
 
 def _served_version(worker: WorkerProcess) -> str | None:
@@ -803,7 +836,19 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "![report](report.png)",
         "",
+        "## The live page",
+        "",
     ]
+    page = report.get("page", {})
+    if "path" in page:
+        lines += [
+            f"The worker's page ({page['url']} while it ran), after the serving measurements:",
+            "",
+            f"![live page]({page['path']})",
+            "",
+        ]
+    else:
+        lines += [f"No screenshot of the worker's page: {page.get('missing', 'not taken')}.", ""]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mmbee.jobs.demo import DemoConfig, partition_of, run_demo
 from mmbee.settings import Settings
+from mmbee.streams.page.browser import find_chromium
 from mmbee.streams.topics import ensure_topics
 
 pytestmark = [pytest.mark.broker, pytest.mark.models, pytest.mark.slow]
@@ -43,6 +44,12 @@ def test_demo_end_to_end_beats_popularity(tmp_path: Path) -> None:
     assert "CPU cores used by the embedded broker" in md and "n/a" not in md
     assert "Kafka request -> response" in md and (config.out / "report.png").stat().st_size > 0
     assert json.loads((config.out / "report.json").read_text())["serving"]["model_version"]
+    page = report["page"]  # the worker's live page, screenshot in headless Chromium
+    if find_chromium() is not None:
+        assert page["console_errors"] == [] and (config.out / "page.png").stat().st_size > 20_000
+        assert "![live page](page.png)" in md
+    else:
+        assert "apt-get install chromium" in page["missing"] and page["missing"] in md
     broker_dir = config.out / "stack" / "broker"  # the store is deleted, the log kept
     assert not list(broker_dir.glob("*.json")) and (broker_dir / "broker.log").is_file()
 

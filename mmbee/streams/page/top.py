@@ -11,8 +11,9 @@ the change. It works for every content encoder (MFQ, CVA, VBF++, mean-pool), mea
 score the operator sees rather than an internal weight, and costs 3 extra encoder passes over
 the top streams only (docs/operations.md, "The live page").
 
-Computed only when a page asks, at most once per `ttl_s` however many pages are open, on the
-serving executor (off the event loop).
+Computed only when a page asks, at most once per `ttl_s` however many pages are open, on a
+thread of its own (off the event loop, and not queued behind or ahead of score requests on the
+serving executor; forward passes in inference mode share the model safely).
 
 Example:
     >>> from mmbee.scorer.predict import ContentBuffer
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,22 +93,24 @@ def rank(
     content = encode_buffers(loaded, buffers, frame_dim, text_dim) if with_content else None
     full = _scores(loaded, ts_ms, user, state, sides, content)
     top = [int(i) for i in np.argsort(-full, kind="stable")[:n]]
-    out = [{"author_id": sides[i].author_id, "score": float(full[i]), "without": {},
-            "moved_by": None} for i in top]  # fmt: skip
-    if not with_content or not top:
-        return out
-    top_sides = [sides[i] for i in top]
-    for m, name in enumerate(MODALITIES):
-        present = [any(seg[m] is not None for seg in buffers[i].segments) for i in top]
-        ablated = [ablate(buffers[i], m) for i in top]
-        enc = encode_buffers(loaded, ablated, frame_dim, text_dim)
-        without = _scores(loaded, ts_ms, user, state, top_sides, enc)
-        for row, had, s in zip(out, present, without, strict=True):
-            row["without"][name] = round(float(s) - row["score"], 6) if had else None
-    for row in out:
-        moved = {k: v for k, v in row["without"].items() if v is not None}
-        if moved:
-            row["moved_by"] = max(moved, key=lambda k: abs(moved[k]))
+    scores = [float(full[i]) for i in top]
+    deltas: list[dict[str, float | None]] = [{} for _ in top]
+    if with_content and top:
+        top_sides = [sides[i] for i in top]
+        for m, name in enumerate(MODALITIES):
+            present = [any(seg[m] is not None for seg in buffers[i].segments) for i in top]
+            ablated = [ablate(buffers[i], m) for i in top]
+            enc = encode_buffers(loaded, ablated, frame_dim, text_dim)  # (n, D_enc)
+            without = _scores(loaded, ts_ms, user, state, top_sides, enc)
+            for d, had, s, base in zip(deltas, present, without, scores, strict=True):
+                d[name] = round(float(s) - base, 6) if had else None
+    out = []
+    for i, score, d in zip(top, scores, deltas, strict=True):
+        moved = {k: v for k, v in d.items() if v is not None}
+        out.append({
+            "author_id": sides[i].author_id, "score": score, "without": d,
+            "moved_by": max(moved, key=lambda k: abs(moved[k])) if moved else None,
+        })  # fmt: skip
     return out
 
 
@@ -141,6 +145,7 @@ class TopStreams:
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
         self.computed = 0
 
@@ -171,9 +176,6 @@ class TopStreams:
             return {**base, "streams": [], "note": "this worker holds no segment views "
                     "(components without joiner/serving)"}  # fmt: skip
         live = live_streams(views.segments, within)
-        rows = {a: {"author_id": a, "live_id": e.live_id, "segment": _segment(e),
-                    "segments": len(views.segments.by_author.get(a, ()))}
-                for a, e in live}  # fmt: skip
         if not live:
             return {**base, "streams": [], "note": "no closed segment yet"}
         ts = views.segments.newest_end_ms + settings.allowed_lateness_ms + 1
@@ -185,6 +187,11 @@ class TopStreams:
                 loaded = runtime.holder.current()
             except RuntimeError:  # no model yet
                 loaded = None
+        length = settings.segments_kept if loaded is None else loaded.features.segments
+        # the segment buffer a request at `ts` reads (at most L of the latest live session)
+        held = {a: views.segments.buffer(a, None, ts, length) for a, _ in live}
+        rows = {a: {"author_id": a, "live_id": e.live_id, "segment": _segment(e),
+                    "segments": len(held[a])} for a, e in live}  # fmt: skip
         if loaded is None or not isinstance(runtime, ServingRuntime):
             listed = [{**rows[a], "score": None, "moved_by": None, "without": {}}
                       for a, _ in live[: self.n]]  # fmt: skip
@@ -202,20 +209,15 @@ class TopStreams:
             for a, _ in live
         ]
         buffers = [
-            ContentBuffer(
-                a,
-                tuple(
-                    e.features
-                    for e in views.segments.buffer(a, None, ts, feats.segments)
-                    if e.features is not None
-                ),
-            )
+            ContentBuffer(a, tuple(e.features for e in held[a] if e.features is not None))
             for a, _ in live
         ]
         cfg = runtime.config
         t0 = time.perf_counter()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mmbee-page")
         ranked = await asyncio.get_running_loop().run_in_executor(
-            runtime.executor, rank, loaded, ts, user, state, sides, buffers, self.n,
+            self._executor, rank, loaded, ts, user, state, sides, buffers, self.n,
             cfg.frame_dim, cfg.text_dim,
         )  # fmt: skip
         compute_ms = (time.perf_counter() - t0) * 1000
