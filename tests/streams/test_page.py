@@ -75,6 +75,45 @@ def test_ablation_removes_one_modality_from_every_segment() -> None:
     assert ablate(buf, 2).segments[0] == (v, s, None)
 
 
+def test_rank_orders_by_score_and_its_ablation_is_the_score_without_that_modality(
+    tmp_path: Path,
+) -> None:
+    from mmbee.scorer.features import author_features, user_features
+    from mmbee.scorer.predict import encode_buffers, load_model
+    from mmbee.streams.page.top import MODALITIES, REFERENCE_VIEWER, _scores, rank
+
+    loaded = load_model(small_checkpoint(tmp_path / "m.pt", seed=0))
+    feats, ts = loaded.features, 1_700_000_100_000
+    rng = np.random.default_rng(0)
+
+    def seg(speech: bool) -> tuple[Any, ...]:
+        v = rng.normal(size=8).astype(np.float16)
+        s = rng.normal(size=4).astype(np.float16) if speech else None
+        return v, s, rng.normal(size=4).astype(np.float16)
+
+    authors = [f"a{i}" for i in range(6)]
+    buffers = [ContentBuffer(a, tuple(seg(speech=i != 2) for _ in range(3)))
+               for i, a in enumerate(authors)]  # fmt: skip
+    sides = [author_features(a, None, ts, None, None, feats) for a in authors]
+    user = user_features(REFERENCE_VIEWER, None, None, feats, ts)
+    got = rank(loaded, ts, user, None, sides, buffers, n=6, frame_dim=8, text_dim=4)
+    full = _scores(loaded, ts, user, None, sides, encode_buffers(loaded, buffers, 8, 4))
+    assert [r["author_id"] for r in got] == [authors[i] for i in np.argsort(-full, kind="stable")]
+    assert [r["score"] for r in got] == sorted(full.tolist(), reverse=True)
+    for r in got:
+        i = authors.index(r["author_id"])
+        for m, name in enumerate(MODALITIES):
+            if name == "speech" and i == 2:
+                assert r["without"][name] is None  # never had speech: nothing to remove
+                continue
+            enc = encode_buffers(loaded, [ablate(buffers[i], m)], 8, 4)
+            alone = _scores(loaded, ts, user, None, [sides[i]], enc)[0]
+            assert r["without"][name] == pytest.approx(alone - full[i], abs=1e-5)
+        moved = {k: abs(v) for k, v in r["without"].items() if v is not None}
+        assert r["moved_by"] == max(moved, key=moved.__getitem__)
+    assert len(rank(loaded, ts, user, None, sides, buffers, n=2, frame_dim=8, text_dim=4)) == 2
+
+
 # --- the page in a real browser ----------------------------------------------------------------
 
 ARTIFACTS = Path(
