@@ -45,7 +45,8 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 
 kafka: $(KAFKA_STAMP)
 
-demo: $(STAMP)
+# The demo runs on noida-db (no Java) unless MMBEE_BROKER_KIND=kafka (docs/decisions.md).
+demo: $(STAMP) $(if $(filter kafka,$(MMBEE_BROKER_KIND)),$(KAFKA_STAMP))
 	$(PY) -m mmbee demo
 
 test: $(STAMP) $(KAFKA_STAMP) lint

@@ -30,6 +30,9 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
   `demo_train_samples_per_s` is the demo's own one-epoch figure, which on ~500 subsampled
   impressions mostly times set-up.
 
+The broker is Apache Kafka (`--broker kafka`, the default; `make kafka` installs it) or noida-db
+(`--broker noida`); `broker` in the result names it, `broker_rss_mib` is its RSS at the end.
+
 Run: `OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py` (about 10 minutes here). The last line
 is one JSON object.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -144,7 +148,10 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--probes", type=int, default=30)
     ap.add_argument("--background-rate", type=float, default=2000.0)
+    ap.add_argument("--broker", choices=("kafka", "noida"), default="kafka")
     args = ap.parse_args()
+    # the demo's deployment reads its settings (broker_kind included) from MMBEE_* variables
+    os.environ["MMBEE_BROKER_KIND"] = args.broker
     report = run_demo(
         DemoConfig(
             out=args.out, n_users=args.users, n_streamers=args.streamers, days=args.days,
@@ -173,7 +180,9 @@ def main() -> None:
         "freshness_missed": v["freshness_missed"],
         "background_events_per_s": round(v["freshness_background_events_per_s"], 1),
         "cpu_cores": v["cpu_cores"],  # broker / worker, per phase (http, kafka, freshness)
+        "broker": args.broker,
         "broker_store_mib": v["broker_store_mib"],
+        "broker_rss_mib": v.get("broker_rss_mib"),
         "error_responses": v["error_count"],
         "train_samples_per_s": round(training["samples_per_s"], 1),
         "train_step_ms": round(training["step_ms"], 2),

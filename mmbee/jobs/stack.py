@@ -1,7 +1,8 @@
 """A whole mmbee deployment on one machine: the embedded broker and worker processes.
 
-`LocalStack` starts the embedded Kafka-protocol broker (noida-db on 127.0.0.1, a fresh data
-directory), provisions every topic, and runs `python -m mmbee worker` subprocesses configured
+`LocalStack` starts the broker that `settings.broker_kind` names on 127.0.0.1 with a fresh data
+directory (noida-db by default, the demo's zero-Java broker; Apache Kafka for 'kafka', as
+`bench/serve.py` runs it), provisions every topic, and runs `python -m mmbee worker` subprocesses configured
 through their `MMBEE_*` environment, exactly as a user would start them by hand. The demo and
 `bench/serve.py` drive it; `ScoreClient` sends `ScoreRequest`s over Kafka and matches the
 responses by request id.
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.settings import Settings
-from mmbee.streams.broker import NoidaBroker, free_port
+from mmbee.streams.broker import free_port, make_broker, on_broker
 from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.topics import ensure_topics
 
@@ -170,19 +171,18 @@ class WorkerProcess:
 
 
 class LocalStack:
-    """The embedded broker, the topics, and worker processes under one root directory.
+    """The broker, the topics, and worker processes under one root directory.
 
     Args:
         root: broker data in `root/broker`, worker state in `root/worker-N`, logs beside.
-        settings: the base settings; bootstrap, ports and data dirs are filled in here.
+        settings: the base settings; `broker_kind` picks the broker (noida-db or Apache Kafka);
+            bootstrap, ports and data dirs are filled in here.
     """
 
     def __init__(self, root: Path, settings: Settings) -> None:
         self.root = Path(root)
-        self.broker = NoidaBroker(self.root / "broker", free_port())
-        self.settings = settings.model_copy(
-            update={"bootstrap_servers": self.broker.bootstrap, "broker_kind": "noida"}
-        )
+        self.broker = make_broker(settings.broker_kind, self.root / "broker", free_port())
+        self.settings = on_broker(settings, self.broker)
         self.workers: list[WorkerProcess] = []
 
     def start(self) -> LocalStack:
@@ -239,10 +239,10 @@ class ScoreClient:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         s = self.settings
-        if s.profile == "dev":
-            # the embedded broker answers empty fetches at once: without the worker's client-side
-            # pause this consumer polls in a tight loop and takes a core from the worker and the
-            # broker it measures (mmbee/streams/fetch_wait.py)
+        if s.profile == "dev" and s.broker_kind == "noida":
+            # noida-db answers empty fetches at once: without the worker's client-side pause this
+            # consumer polls in a tight loop and takes a core from the worker and the broker it
+            # measures (mmbee/streams/fetch_wait.py); Apache Kafka holds them itself
             install_fetch_wait(s.embedded_fetch_wait_ms)
         kw = {"bootstrap_servers": s.bootstrap_list(), **s.kafka_client_kwargs()}
         self._producer = AIOKafkaProducer(linger_ms=0, **kw)

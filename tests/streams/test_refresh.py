@@ -29,7 +29,7 @@ from mmbee.schemas.serving import ModelVersion
 from mmbee.settings import Settings
 from mmbee.simulator.logs import MANIFEST
 from mmbee.simulator.reader import iter_events
-from mmbee.streams.broker import NoidaBroker, free_port
+from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
 from mmbee.streams.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 
@@ -57,7 +57,7 @@ def _get(worker: WorkerProcess, path: str) -> dict[str, Any]:
 
 
 def test_refresh_bootstraps_then_fine_tunes_the_served_model(
-    broker: NoidaBroker, tmp_path: Path, pytestconfig: pytest.Config
+    broker: KafkaBroker | NoidaBroker, tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     from mmbee.simulator.replay import replay_log
 
@@ -67,6 +67,7 @@ def test_refresh_bootstraps_then_fine_tunes_the_served_model(
     start_ms = int(json.loads((log / MANIFEST).read_text())["start_ms"])
     settings = Settings(
         bootstrap_servers=broker.bootstrap,
+        broker_kind=broker.kind,
         topic_prefix="trefresh.",
         app_id="trefresh-app",
         data_dir=tmp_path / "worker",

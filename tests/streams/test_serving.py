@@ -39,7 +39,7 @@ from mmbee.scorer.train import TrainConfig
 from mmbee.settings import Settings
 from mmbee.simulator.reader import iter_events
 from mmbee.simulator.replay import replay_log
-from mmbee.streams.broker import NoidaBroker, free_port
+from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
 from mmbee.streams.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 
@@ -167,7 +167,7 @@ def _train(log: Path, out: Path, seed: int, cache: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def served(
-    broker: NoidaBroker, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+    broker: KafkaBroker | NoidaBroker, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serving")
     log = make_log(root / "log", text_vectors(pytestconfig), n_users=150, n_streamers=12, days=1)
@@ -189,6 +189,7 @@ def served(
             gifts += isinstance(ev, GiftEvent)
     settings = Settings(
         bootstrap_servers=broker.bootstrap,
+        broker_kind=broker.kind,
         topic_prefix="tserving.",
         app_id="tserving-app",
         data_dir=root / "worker",

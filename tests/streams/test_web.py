@@ -226,7 +226,9 @@ def test_worker_serves_metrics_health_status_and_json_logs(broker_settings: Sett
         update=dict(
             components=("segments",), segment_ms=1_000, allowed_lateness_ms=0,
             frame_dim=CTX["frame_dim"], text_dim=CTX["text_dim"], stream_batch_wait_ms=10,
-            log_level="WARNING", log_format="json", metrics_lag_interval_s=0.5,
+            # the lag sample's ListOffsets waits behind Faust's long-poll fetch (1.5 s) on Apache
+            # Kafka: its timeout, max(interval, 1 s), must be longer than that
+            log_level="WARNING", log_format="json", metrics_lag_interval_s=3.0,
             segment_align_wait_ms=500,
         )
     )  # fmt: skip
