@@ -218,6 +218,9 @@ def _train_config(args: argparse.Namespace) -> Any:
         max_seconds=args.max_seconds,
         negative_rate=args.negative_rate,
         wide_init_steps=args.wide_init_steps,
+        stage2_epochs=args.stage2_epochs,
+        stage2_lr=args.stage2_lr,
+        val_days=args.val_days,
         progress=not args.no_progress,
     )
 
@@ -279,6 +282,7 @@ def _experiment_ablation(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         test_days=args.test_days,
         threads=args.threads,
+        diagnostics=not args.no_diagnostics,
     )
     report = run_ablation(job, log=(lambda msg: print(msg, file=sys.stderr)) if quiet else print)
     if quiet:
@@ -470,6 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=TrainConfig.wide_init_steps,
             help="L-BFGS steps of the wide term's logistic-regression warm start (0: none)",
         )
+        p.add_argument(
+            "--stage2-epochs",
+            type=int,
+            default=TrainConfig.stage2_epochs,
+            help="epochs of the second stage (id tables frozen, early-stopped; 0: none)",
+        )
+        p.add_argument("--stage2-lr", type=float, default=TrainConfig.stage2_lr)
+        p.add_argument(
+            "--val-days",
+            type=float,
+            default=TrainConfig.val_days,
+            help="last days of the training period held out for early stopping (0: none)",
+        )
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
         p.add_argument("--max-seconds", type=float, default=None, help="training time budget")
         p.add_argument("--test-days", type=float, default=1.0, help="days held out at the end")
@@ -506,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--variants", default=",".join(VARIANTS))
     a.add_argument("--seeds", type=int, default=3, help="training seeds averaged per variant")
     a.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
+    a.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="skip the truth-ceiling variants and the linear probes",
+    )
     training_args(a)
     a.set_defaults(handler=_experiment_ablation)
 

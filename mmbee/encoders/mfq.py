@@ -35,6 +35,7 @@ __all__ = [
     "ModalityCrossAttention",
     "orthogonal_residual",
     "modality_residuals",
+    "newest_and_contrast",
 ]
 
 # For modality m, the other two modalities (rows of MODALITIES): v <- (s, t), s <- (v, t), ...
@@ -166,6 +167,12 @@ class MFQConfig:
     max_segments: segment-recency embeddings (segments further back share the last one).
     op_scope / op_eps: orthogonal projection per segment or over the buffer; ridge eps relative to
         d_model (tokens are layer-normed, so |x|^2 ~ d_model).
+    now_hidden: width of the "now" path (0 = off): an MLP over each modality's newest present
+        segment and its contrast to the buffer's mean, added to the output. The paper's query
+        pools the whole buffer; what moves gifting is the moment that is live now, and the
+        newest segment carries it best (docs/scorer.md, "Presenting the signals").
+    now_dim: the now path's own per-modality projection width (0 = it reads the shared tokens
+        X_m of step 1).
     """
 
     visual_dim: int = 1280
@@ -184,6 +191,8 @@ class MFQConfig:
     op_scope: Literal["segment", "stream"] = "segment"
     op_eps: float = 1e-3
     dropout: float = 0.0
+    now_hidden: int = 0
+    now_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -207,6 +216,9 @@ class MFQEncoder(ContentEncoder):
     5. q_m = Q_0 + reshape(W_q e(author)) (n_q x d; row 0 = unknown adds nothing, so unknown
        authors use the shared Q_0); h'_m = q_m + CrossAttn(q_m, h_f) (+ FFN).
     6. h_m = query self-attention blocks; mean over the n_q tokens, LN, linear to D.
+    7. With `now_hidden` > 0, h_m += MLP([X_m(newest), X_m(newest) - mean_l X_m(l)] over m):
+       the newest present segment of each modality and how it departs from the buffer (a
+       modality that only shows category and style cancels out in the contrast).
 
     Example:
         >>> cfg = MFQConfig(visual_dim=8, speech_dim=4, comment_dim=4, d_model=16, heads=2,
@@ -245,6 +257,21 @@ class MFQEncoder(ContentEncoder):
         )
         self.out_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, c.out_dim)
+        self.now: nn.Module | None = None
+        self.now_proj: nn.ModuleList | None = None
+        if c.now_hidden > 0:
+            width = d
+            if c.now_dim > 0:
+                width = c.now_dim
+                self.now_proj = nn.ModuleList(
+                    nn.Sequential(nn.Linear(dim, width), nn.LayerNorm(width))
+                    for dim in (c.visual_dim, c.speech_dim, c.comment_dim)
+                )
+            self.now = nn.Sequential(
+                nn.Linear(2 * len(MODALITIES) * width, c.now_hidden),
+                nn.GELU(),
+                nn.Linear(c.now_hidden, c.out_dim),
+            )
 
     @property
     def out_dim(self) -> int:
@@ -297,4 +324,27 @@ class MFQEncoder(ContentEncoder):
         for blk in self.query_blocks:
             q, _ = blk(q, None)
         emb = self.head(self.out_norm(q.mean(dim=1)))  # (B, D)
+        if self.now is not None:
+            xn = x
+            if self.now_proj is not None:
+                xn = torch.stack([p(f) for p, f in zip(self.now_proj, feats, strict=True)], dim=1)
+                xn = torch.where(tok.unsqueeze(-1), xn, torch.zeros((), dtype=xn.dtype))
+            emb = emb + self.now(newest_and_contrast(xn, tok))
         return EncoderOutput(emb, extras={"query_attention": query_attention})
+
+
+def newest_and_contrast(x: Tensor, tok: Tensor) -> Tensor:
+    """Each modality's newest present token and its difference to the modality's mean token.
+
+    Shapes:
+        x: (B, M, L, d) tokens (zero where absent), oldest -> newest; tok: (B, M, L) bool.
+        Returns (B, 2 M d): [newest (M d), newest - mean (M d)], zeros for an absent modality.
+    """
+    B, M, L, d = x.shape
+    has = tok.any(dim=-1)  # (B, M)
+    pos = torch.arange(1, L + 1, device=x.device)  # (L,)
+    last = (tok.long() * pos).argmax(dim=-1)  # (B, M) index of the newest present token
+    newest = x.gather(2, last[:, :, None, None].expand(B, M, 1, d)).squeeze(2)  # (B, M, d)
+    mean = x.sum(dim=2) / tok.sum(dim=-1, keepdim=True).clamp_min(1).to(x.dtype)  # (B, M, d)
+    contrast = (newest - mean) * has.unsqueeze(-1).to(x.dtype)  # (B, M, d)
+    return torch.cat([newest.reshape(B, M * d), contrast.reshape(B, M * d)], dim=-1)

@@ -103,6 +103,8 @@ class GTRBatch:
         content: a SegmentBatch of U distinct segment buffers, and content_index (B,) int64
             (each impression's buffer); both None for models without a content encoder.
         labels: (B, T) float32 in `TASKS` order, or None at serving time.
+        extra: (B, E) float32 diagnostic inputs of the wide term (`GTRConfig.extra_wide`), or
+            None; only the ablation's ceiling variants set it.
 
     Example:
         >>> b = GTRBatch.empty_like_for_tests(batch_size=2, history=3, n=4)
@@ -123,6 +125,7 @@ class GTRBatch:
     content: SegmentBatch | None = None
     content_index: Tensor | None = None
     labels: Tensor | None = None
+    extra: Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from mmbee.encoders.base import DEFAULT_AUTHOR_BUCKETS, ContentEncoder
 from mmbee.scorer.batch import DENSE_FEATURES, KINDS, GTRBatch
 from mmbee.scorer.gie import GIE, GIEConfig
-from mmbee.scorer.layers import match_counts
+from mmbee.scorer.layers import GRAPH_MEMBERSHIP, graph_membership, match_counts
 from mmbee.scorer.mmoe import MMoE, MMoEConfig
 from mmbee.scorer.sim import SIM, SIMConfig
 
@@ -74,9 +74,15 @@ class GTRConfig:
         dropout: dropout in heads, experts and towers.
         gie_heads, nce_temperature: GIE attention heads and GraphCL InfoNCE temperature.
         wide: add a linear ("wide", as in Wide & Deep) term over the dense counters, the
-            per-kind match counts and h_m / h_g to every task logit; with few positives it
-            learns the multiplicative structure of gift rates (log factors add up in the logit:
-            a hot moment of the stream, a co-gifting neighbourhood) much faster than the MLP.
+            per-kind match counts, GIE's graph-membership features (`graph_membership`, GIE
+            variants only) and h_m / h_g to every task logit; with few positives it learns the
+            multiplicative structure of gift rates (log factors add up in the logit: a hot
+            moment of the stream, a co-gifting neighbourhood) much faster than the MLP.
+        gie_membership: with GIE, the wide term also reads `graph_membership` (parameter-free
+            list-membership features of the target and the viewer's history). Off by default:
+            on the simulator they cost UAUC (docs/scorer.md, "Presenting the signals").
+        extra_wide: width of `GTRBatch.extra`, diagnostic inputs read by the wide term only
+            (the ablation's ceiling variants feed the simulator's truth there; never shipped).
 
     Example:
         >>> c = config_for_variant("sim_mfq_gie", dim=16)
@@ -103,6 +109,8 @@ class GTRConfig:
     gie_heads: int = 1
     nce_temperature: float = 0.2
     wide: bool = True
+    gie_membership: bool = False
+    extra_wide: int = 0
 
     def __post_init__(self) -> None:
         if self.base not in ("sim", "mmoe"):
@@ -159,6 +167,8 @@ _CONTENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "out_dim": 32,
         "author_buckets": 4096,
         "author_dim": 16,
+        "now_hidden": 64,
+        "now_dim": 64,
     },
     "cva+text": {
         "latent_dim": 64,
@@ -292,7 +302,7 @@ class GTRModel(nn.Module):
         self.register_buffer("logit_offset", torch.zeros(len(self.base.tasks)))
         self.wide: nn.Linear | None = None
         if config.wide:
-            self.wide = nn.Linear(len(DENSE_FEATURES) + len(KINDS) + side, len(self.base.tasks))
+            self.wide = nn.Linear(self.n_fixed_wide + side, len(self.base.tasks))
             nn.init.zeros_(self.wide.weight)
             nn.init.zeros_(self.wide.bias)
 
@@ -305,6 +315,40 @@ class GTRModel(nn.Module):
                 if task in rates:
                     r = min(max(rates[task], 1e-6), 1 - 1e-6)
                     self.wide.bias[i] = float(torch.logit(torch.tensor(r)))
+
+    @property
+    def n_fixed_wide(self) -> int:
+        """Width of `fixed_wide_inputs`: the wide term's columns that hold no learned part."""
+        graph = len(GRAPH_MEMBERSHIP) if self.config.gie and self.config.gie_membership else 0
+        return len(DENSE_FEATURES) + len(KINDS) + graph + self.config.extra_wide
+
+    def fixed_wide_inputs(self, batch: GTRBatch) -> Tensor:
+        """The wide term's parameter-free inputs: dense counters, match counts, GIE's
+        graph-membership features (GIE variants) and diagnostic extras: (B, n_fixed_wide).
+
+        The training wrapper's logistic-regression warm start fits the wide term on exactly
+        these columns, so it reads them through this method too."""
+        cols = [
+            batch.dense,
+            match_counts(batch.hist_author, batch.hist_kind, batch.hist_mask, batch.author),
+        ]
+        if self.config.gie and self.config.gie_membership:
+            cols.append(
+                graph_membership(
+                    batch.exp_ids,
+                    batch.exp_weight,
+                    batch.exp_mask,
+                    batch.author,
+                    batch.hist_author,
+                    batch.hist_kind,
+                    batch.hist_mask,
+                )
+            )
+        if self.config.extra_wide:
+            if batch.extra is None or batch.extra.shape[-1] != self.config.extra_wide:
+                raise ValueError(f"the model reads {self.config.extra_wide} extra inputs")
+            cols.append(batch.extra)
+        return torch.cat(cols, dim=-1)  # (B, n_fixed_wide)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -358,8 +402,8 @@ class GTRModel(nn.Module):
                 aux["graphcl_nce"] = self.gie.nce_loss(batch)
         logits = self.base(batch, torch.cat(side, dim=-1) if side else None)  # (B, T)
         if self.wide is not None:
-            counts = match_counts(batch.hist_author, batch.hist_kind, batch.hist_mask, batch.author)
-            logits = logits + self.wide(torch.cat([batch.dense, counts, *side], dim=-1))  # (B, T)
+            fixed = self.fixed_wide_inputs(batch)  # (B, n_fixed_wide)
+            logits = logits + self.wide(torch.cat([fixed, *side], dim=-1))  # (B, T)
         logits = logits + self.logit_offset
         return GTROutput(logits={t: logits[:, i] for i, t in enumerate(self.tasks)}, aux_losses=aux)
 

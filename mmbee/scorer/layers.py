@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbee.scorer.batch import AGE_BUCKETS, KINDS
+from mmbee.scorer.batch import AGE_BUCKETS, EXPANSIONS, KINDS
 
 __all__ = [
     "mlp",
@@ -20,6 +20,8 @@ __all__ = [
     "BehaviourEmbedding",
     "masked_mean",
     "match_counts",
+    "graph_membership",
+    "GRAPH_MEMBERSHIP",
     "same_rows",
 ]
 
@@ -73,6 +75,78 @@ def match_counts(
     same = (hist_author == author.unsqueeze(1)) & hist_mask  # (B, H)
     onehot = F.one_hot(hist_kind, len(KINDS)).to(torch.float32)  # (B, H, 3)
     return torch.log1p((onehot * same.unsqueeze(-1)).sum(dim=1))  # (B, 3)
+
+
+_TARGET_LISTS = ("u2a2u2a", "u2a2a")
+_NEIGHBOUR_LISTS = ("a2a", "a2u2a")
+GRAPH_MEMBERSHIP = (
+    *(f"{e}_{s}" for e in _TARGET_LISTS for s in ("hit", "log_rel_weight", "inv_sqrt_rank")),
+    *(f"{e}_{k}_in_history" for e in _NEIGHBOUR_LISTS for k in ("watch", "gift")),
+    *(f"{e}_present" for e in EXPANSIONS),
+)
+"""Names of the columns of `graph_membership` (15)."""
+
+
+def graph_membership(
+    exp_ids: Tensor,
+    exp_weight: Tensor,
+    exp_mask: Tensor,
+    author: Tensor,
+    hist_author: Tensor,
+    hist_kind: Tensor,
+    hist_mask: Tensor,
+) -> Tensor:
+    """Explicit graph-membership features of the target streamer, parameter-free: (B, 15).
+
+    What GIE's attention has to discover from a few thousand positives, written out so a linear
+    term can read it at once (docs/scorer.md, "Presenting the signals"):
+
+    - for the viewer's author lists u2a2u2a and u2a2a (where co-gifting users, or authors close
+      to the viewer's own, send gifts): whether the target is in the list, its log weight
+      relative to the list's largest (0 at the top, <= 0 below) and 1/sqrt(1 + rank);
+    - for the target's author lists a2a and a2u2a (its co-gifting neighbourhood): log1p of how
+      many of the viewer's watches and gifts went to streamers of that neighbourhood. This
+      reaches viewers who never gifted, through what they watched;
+    - whether each of the five lists is present.
+
+    Shapes:
+        exp_ids, exp_weight, exp_mask: (B, P, N) or (1, P, N) broadcast over B; author (B,);
+        hist_author, hist_kind, hist_mask: (B, H) or (1, H). Returns (B, 15) float32.
+
+    Example:
+        >>> ids = torch.zeros(2, 5, 3, dtype=torch.long); ids[0, 1, 1] = 7
+        >>> w = torch.ones(2, 5, 3); m = ids > 0
+        >>> h = torch.zeros(2, 4, dtype=torch.long)
+        >>> f = graph_membership(ids, w, m, torch.tensor([7, 8]), h, h, h > 0)
+        >>> f.shape, float(f[0, 0]), float(f[1, 0])
+        (torch.Size([2, 15]), 1.0, 0.0)
+    """
+    b = author.shape[0]
+    out: list[Tensor] = []
+    logw = torch.log(exp_weight.clamp_min(1e-9))  # (B, P, N)
+    for name in _TARGET_LISTS:
+        p = EXPANSIONS.index(name)
+        mask = exp_mask[:, p]  # (B, N)
+        hit = (exp_ids[:, p] == author.unsqueeze(1)) & mask  # (B, N)
+        found = hit.any(dim=-1)  # (B,)
+        top = logw[:, p].masked_fill(~mask, -1e9).amax(dim=-1)  # (B,)
+        rel = (logw[:, p] - top.unsqueeze(-1)).masked_fill(~hit, 0.0).sum(-1)  # (B,)
+        # rank among the present entries by weight (0 = heaviest); ties share the lower rank
+        heavier = (logw[:, p].unsqueeze(-1) < logw[:, p].unsqueeze(-2)) & mask.unsqueeze(-2)
+        rank = heavier.sum(-1).to(torch.float32)  # (B, N)
+        inv = (hit.to(torch.float32) / torch.sqrt(1.0 + rank)).sum(-1)  # (B,)
+        out += [found.to(torch.float32).expand(b), rel.expand(b), inv.expand(b)]
+    kinds = [KINDS.index("watch"), KINDS.index("gift")]
+    for name in _NEIGHBOUR_LISTS:
+        p = EXPANSIONS.index(name)
+        ids, mask = exp_ids[:, p], exp_mask[:, p]  # (B, N)
+        in_list = ((hist_author.unsqueeze(-1) == ids.unsqueeze(-2)) & mask.unsqueeze(-2)).any(-1)
+        in_list = in_list & hist_mask  # (B, H)
+        for k in kinds:
+            n = (in_list & (hist_kind == k)).sum(-1).to(torch.float32)  # (B,)
+            out.append(torch.log1p(n).expand(b))
+    present = exp_mask.any(dim=-1).to(torch.float32)  # (B, P)
+    return torch.cat([torch.stack(out, dim=-1), present.expand(b, -1)], dim=-1)  # (B, 15)
 
 
 class TargetAttention(nn.Module):

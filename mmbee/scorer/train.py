@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmbee.scorer.batch import KINDS, TASKS, GTRBatch
+from mmbee.scorer.batch import TASKS, GTRBatch
 from mmbee.scorer.dataset import ExampleTable, Rows
 from mmbee.scorer.features import MemorySegmentStore
 from mmbee.scorer.gtr import GTRConfig, GTRModel, save_checkpoint
@@ -49,6 +49,9 @@ __all__ = [
     "resolve_device",
     "train_model",
     "score_table",
+    "validation_split",
+    "validation_loss",
+    "freeze_for_stage2",
 ]
 
 
@@ -79,6 +82,16 @@ class TrainConfig:
         prior_init_examples: for a content encoder with a k-means-initialised prior (VBF++'s
             context-aware mixture prior), how many training impressions' buffers feed the
             k-means before training (0: keep the encoder's own initialisation).
+        stage2_epochs: epochs of a second stage that trains only the content and graph
+            branches and the wide term, without their id embedding tables (`freeze_for_stage2`):
+            one epoch leaves those branches barely trained, while the id tables and the base
+            overfit from a second pass on ~1 % positives; 0 = no second stage.
+        stage2_lr: AdamW learning rate of the second stage.
+        val_days: the last `val_days` days of the training impressions are held out as a
+            validation split (never the test days): both stages train on the rest, and the
+            second stage stops early on the validation log loss, keeping its best epoch. 0 = no
+            split (the second stage then runs all its epochs).
+        patience: second-stage epochs without a better validation loss before it stops.
         progress: show a tqdm progress bar.
 
     Example:
@@ -101,6 +114,10 @@ class TrainConfig:
     wide_init_steps: int = 200
     wide_init_l2: float = 1e-5
     prior_init_examples: int = 4096
+    stage2_epochs: int = 3
+    stage2_lr: float = 3e-3
+    val_days: float = 0.25
+    patience: int = 1
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +136,8 @@ class TrainResult:
         losses: mean training loss parts per epoch.
         samples: impressions seen; seconds: wall time of the optimisation loop.
         device: where it ran.
+        val_losses: validation log loss before the second stage and after each of its epochs
+            (empty without a validation split); best_stage2_epoch: the epoch kept (0 = none).
     """
 
     model: GTRModel
@@ -126,6 +145,8 @@ class TrainResult:
     samples: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    val_losses: list[float] = field(default_factory=list)
+    best_stage2_epoch: int = 0
 
     @property
     def samples_per_s(self) -> float:
@@ -284,9 +305,12 @@ def train_model(
 ) -> TrainResult:
     """Train a fresh model of `model_config` on examples `train_idx` of `table`.
 
-    Seeded (same seed, same data, same device -> same weights). Writes a checkpoint
-    `{"config": {"model", "train", **extra_config}, "state_dict"}` to `checkpoint` after every
-    epoch when given. `on_epoch(epoch, model)` is called after each epoch (e.g. validation).
+    Stage 1: `epochs` passes over everything (after the wide warm start). Stage 2
+    (`stage2_epochs` > 0): the id tables frozen, more passes of the rest, early-stopped on the
+    validation split (`val_days`). Seeded (same seed, same data, same device -> same weights).
+    Writes a checkpoint `{"config": {"model", "train", **extra_config}, "state_dict"}` to
+    `checkpoint` after every epoch when given (and the kept one at the end).
+    `on_epoch(epoch, model)` is called after each epoch of either stage (e.g. validation).
     """
     from tqdm.auto import tqdm
 
@@ -294,17 +318,16 @@ def train_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = GTRModel(model_config)
-    labels = table.column("labels")[np.asarray(train_idx)]
+    if not 0.0 < config.negative_rate <= 1.0:
+        raise ValueError(f"negative_rate must be in (0, 1], got {config.negative_rate}")
+    fit_idx, val_idx = validation_split(table, np.asarray(train_idx), config.val_days)
+    labels = table.column("labels")[fit_idx]
     if len(labels):
         model.init_output_bias({t: float(labels[:, i].mean()) for i, t in enumerate(TASKS)})
     model.to(device).train()
-    opt = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
     rows = rows_for(model)
-    train_idx = np.asarray(train_idx)
-    if not 0.0 < config.negative_rate <= 1.0:
-        raise ValueError(f"negative_rate must be in (0, 1], got {config.negative_rate}")
-    positive = table.column("labels")[train_idx, TASKS.index("gift")] > 0
+    positive = table.column("labels")[fit_idx, TASKS.index("gift")] > 0
     if config.negative_rate < 1.0:
         # Train on subsampled negatives with the model's offset at 0 (see below).
         model.init_output_bias(
@@ -315,28 +338,31 @@ def train_model(
                 )
             }
         )
-    _fit_wide(model, table, train_idx, config)
-    _init_content_prior(model, table, store, train_idx, rows, config, device)
+    _fit_wide(model, table, fit_idx, config)
+    _init_content_prior(model, table, store, fit_idx, rows, config, device)
     result = TrainResult(model=model, device=str(device))
     per_epoch = int(positive.sum() + round((~positive).sum() * config.negative_rate))
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     bar = tqdm(
-        total=config.epochs * steps_per_epoch,
+        total=(config.epochs + config.stage2_epochs) * steps_per_epoch,
         desc=f"train {model_config.variant}",
         disable=not config.progress,
         unit="batch",
         leave=False,
     )
     t0 = time.perf_counter()
-    stop = False
-    try:
-        for epoch in range(config.epochs):
+    deadline = None if config.max_seconds is None else t0 + config.max_seconds
+
+    def run_epochs(opt: torch.optim.Optimizer, epochs: int, first: int) -> bool:
+        """Train `epochs` epochs; after each, call `after(epoch)`; True when out of time."""
+        for epoch in range(first, first + epochs):
             sums: dict[str, float] = {}
             steps = 0
-            epoch_idx = train_idx
+            epoch_idx = fit_idx
             if config.negative_rate < 1.0:
-                keep = positive | (rng.random(len(train_idx)) < config.negative_rate)
-                epoch_idx = train_idx[keep]
+                keep = positive | (rng.random(len(fit_idx)) < config.negative_rate)
+                epoch_idx = fit_idx[keep]
+            out_of_time = False
             for chunk in _batches(len(epoch_idx), config.batch_size, rng):
                 batch = table.batch(epoch_idx[chunk], rows, store).to(device)
                 parts = train_step(model, opt, batch, config)
@@ -346,8 +372,8 @@ def train_model(
                 result.samples += len(chunk)
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['total']:.4f}", refresh=False)
-                if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
-                    stop = True
+                if deadline is not None and time.perf_counter() > deadline:
+                    out_of_time = True
                     break
             result.losses.append({k: v / max(steps, 1) for k, v in sums.items()})
             if checkpoint is not None:
@@ -355,34 +381,161 @@ def train_model(
             if on_epoch is not None:
                 on_epoch(epoch, model)
                 model.train()
-            if stop:
-                break
+            if after(epoch) or out_of_time:
+                return True
+        return False
+
+    def after(epoch: int) -> bool:
+        """Stage 2's early stopping: remember the best epoch; True to stop."""
+        if epoch < config.epochs or not len(val_idx):
+            return False
+        loss = validation_loss(model, table, store, val_idx, config.negative_rate)
+        model.train()
+        result.val_losses.append(loss)
+        if loss < min(result.val_losses[:-1], default=float("inf")):
+            best[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            result.best_stage2_epoch = epoch - config.epochs + 1
+            return False
+        since = epoch - config.epochs + 1 - result.best_stage2_epoch
+        return since >= config.patience
+
+    best: list[dict[str, Tensor] | None] = [None]
+    try:
+        stop = run_epochs(make_optimizer(model, config), config.epochs, 0)
+        params: list[Tensor] = []
+        undo: Callable[[], None] | None = None
+        if config.stage2_epochs > 0:
+            params, undo = freeze_for_stage2(model)
+        try:
+            if params and not stop:  # a base variant has no content or graph branch to train
+                if len(val_idx):  # stage 1 is the epoch to beat
+                    result.val_losses.append(
+                        validation_loss(model, table, store, val_idx, config.negative_rate)
+                    )
+                    model.train()
+                    best[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                # no weight decay: it would also shrink the wide term's frozen columns
+                opt2 = torch.optim.AdamW(params, lr=config.stage2_lr, weight_decay=0.0)
+                run_epochs(opt2, config.stage2_epochs, config.epochs)
+                if best[0] is not None:
+                    model.load_state_dict(best[0])
+        finally:
+            if undo is not None:
+                undo()
     finally:
         bar.close()
     result.seconds = time.perf_counter() - t0
     model.eval()
     _set_offset(model, config.negative_rate)
+    if checkpoint is not None and result.val_losses:
+        _save(checkpoint, model, config, extra_config)
+        _set_offset(model, config.negative_rate)
     return result
+
+
+def validation_split(
+    table: ExampleTable, train_idx: np.ndarray, val_days: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices: validation = the training impressions of the last `val_days`
+    days before the newest training impression. Empty for 0, and when the training impressions
+    span less than 4 x `val_days` (too short a log to give a quarter of it away)."""
+    if val_days <= 0 or not len(train_idx):
+        return train_idx, train_idx[:0]
+    ts = table.column("ts")[train_idx]
+    span = int(val_days * 86_400_000)
+    if int(ts.max()) - int(ts.min()) < 4 * span:
+        return train_idx, train_idx[:0]
+    cut = int(ts.max()) - span
+    return train_idx[ts <= cut], train_idx[ts > cut]
+
+
+STAGE2_PREFIXES = ("content.", "content_proj.", "gie.")
+"""What the second stage trains besides the wide term's h_m / h_g columns: the content and
+graph branches."""
+
+
+def freeze_for_stage2(model: GTRModel) -> tuple[list[Tensor], Callable[[], None]]:
+    """Freeze everything but the content and graph branches and the wide term's h_m / h_g
+    columns; within the branches also the id embedding tables (GIE's Theta, MFQ's author
+    queries: the embeddings with a padding row, row 0 = unknown id), which memorise who gifted
+    rather than why from a second pass on ~1 % positives (docs/scorer.md, "One epoch"). The
+    wide term's other columns and its bias keep their warm-started and stage-1 values (a hook
+    zeroes their gradient). Returns the parameters left to train and a function that undoes
+    all of it."""
+    ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None
+    }
+    train: list[Tensor] = []
+    for name, p in model.named_parameters():
+        keep = name.startswith(STAGE2_PREFIXES) and id(p) not in ids
+        p.requires_grad_(keep)
+        if keep:
+            train.append(p)
+    hooks = []
+    wide = model.wide
+    if wide is not None and wide.in_features > model.n_fixed_wide:
+        mask = torch.zeros_like(wide.weight)
+        mask[:, model.n_fixed_wide :] = 1.0
+        wide.weight.requires_grad_(True)
+        hooks.append(wide.weight.register_hook(lambda g: g * mask))
+        train.append(wide.weight)
+
+    def undo() -> None:
+        for h in hooks:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    return train, undo
+
+
+@torch.no_grad()
+def validation_loss(
+    model: GTRModel,
+    table: ExampleTable,
+    store: MemorySegmentStore | None,
+    idx: np.ndarray,
+    negative_rate: float,
+) -> float:
+    """Mean gift log loss of examples `idx` under calibrated probabilities (the gift logit
+    shifted by log(negative_rate), as served)."""
+    saved = model.logit_offset.clone()
+    _set_offset(model, negative_rate)
+    try:
+        p = score_table(model, table, store, idx)
+    finally:
+        model.logit_offset.copy_(saved)
+    y = table.column("labels")[idx, TASKS.index("gift")]
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def _fixed_wide_matrix(
+    model: GTRModel, table: ExampleTable, idx: np.ndarray, chunk: int = 8192
+) -> Tensor:
+    """`model.fixed_wide_inputs` of examples `idx`, computed in chunks on the CPU: (E, W)."""
+    rows = replace(rows_for(model), with_content=False)
+    parts = []
+    with torch.no_grad():
+        for c in _batches(len(idx), chunk, None):
+            parts.append(model.fixed_wide_inputs(table.batch(idx[c], rows, None)).float())
+    return torch.cat(parts) if parts else torch.zeros(0, model.n_fixed_wide)
 
 
 def _fit_wide(
     model: GTRModel, table: ExampleTable, train_idx: np.ndarray, config: TrainConfig
 ) -> None:
-    """Warm start of the wide term: a logistic regression per task on the dense counters and
-    the per-kind match counts of all training impressions (full batch, L-BFGS), its gift bias
-    shifted by -log(negative_rate) to the subsampled training distribution. The side-vector
-    (h_m, h_g) weights stay zero. Deterministic (no randomness)."""
+    """Warm start of the wide term: a logistic regression per task on its parameter-free inputs
+    (`GTRModel.fixed_wide_inputs`: dense counters, match counts, graph membership) over all
+    training impressions (full batch, L-BFGS), its gift bias shifted by -log(negative_rate) to
+    the subsampled training distribution. The side-vector (h_m, h_g) weights stay zero.
+    Deterministic (no randomness)."""
     if model.wide is None or config.wide_init_steps <= 0 or not len(train_idx):
         return
     idx = np.asarray(train_idx)
-    dense = table.column("dense")[idx].astype(np.float32)  # (E, F)
-    hist = table.column("hist_author")[idx]  # (E, H) vocab indices, -1 padding
-    kinds = table.column("hist_kind")[idx]
-    same = (hist == table.column("author")[idx][:, None]) & (hist >= 0)  # (E, H)
-    counts = np.stack(
-        [np.log1p((same & (kinds == k)).sum(1)) for k in range(len(KINDS))], axis=1
-    ).astype(np.float32)  # (E, 3), as `match_counts`
-    x = torch.from_numpy(np.hstack([dense, counts]))  # (E, F + 3)
+    x = _fixed_wide_matrix(model, table, idx)  # (E, W)
     labels = table.column("labels")[idx]
     y = torch.from_numpy(labels[:, [TASKS.index(t) for t in model.tasks]].astype(np.float32))
     n_in = x.shape[1]

@@ -24,6 +24,7 @@ from mmbee.simulator.reader import (
     iter_encoded,
     iter_events,
     read_communities,
+    read_hidden_state,
     read_log,
     read_truth,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "iter_encoded",
     "iter_events",
     "read_communities",
+    "read_hidden_state",
     "read_log",
     "read_truth",
     "ReplayStats",

@@ -62,6 +62,7 @@ __all__ = [
     "count_events",
     "read_truth",
     "read_communities",
+    "read_hidden_state",
     "event_id",
     "user_key",
     "author_key",
@@ -132,6 +133,7 @@ _SPECS: dict[str, list[tuple[str, Kind]]] = {
 _OPTIONAL_COLUMNS: dict[str, list[tuple[str, Kind]]] = {
     # the gift rate at unit propensity (> 0, checked like a price): `mmbee.simulator.oracle`
     "truth/impressions.csv": [("unit_rate", "price")],
+    "truth/users.csv": [("idol_streamer_id", "id")],
     "mmbee_speech.csv": [("audio_offset", "nonneg"), ("audio_bytes", "nonneg")],
     "mmbee_frames.csv": [("jpeg_offset", "nonneg"), ("jpeg_bytes", "nonneg")],
 }
@@ -571,6 +573,26 @@ def read_truth(logdir: LogBundle | Path | str) -> dict[str, float]:
         event_id(log_id, "click", r): p
         for r, p in zip(table["click_row"].tolist(), table["p_gift_1h"].tolist(), strict=True)
     }
+
+
+def read_hidden_state(logdir: LogBundle | Path | str) -> tuple[dict[str, str], dict[str, str]]:
+    """(watch enter event id -> the stream's moment at the impression, user id -> idol author id)
+    from the truth side files; for diagnostics only (models never read the truth)."""
+    root = logdir.root if isinstance(logdir, LogBundle) else Path(logdir)
+    imp, bad = _read_csv(root, "truth/impressions.csv")
+    users, bad_users = _read_csv(root, "truth/users.csv")
+    if imp is None or users is None or bad or bad_users or "idol_streamer_id" not in users.columns:
+        raise LogError("truth/impressions.csv or truth/users.csv unreadable or without idols")
+    log_id = json.loads((root / MANIFEST).read_text())["log_id"]
+    moments = {
+        event_id(log_id, "click", r): m
+        for r, m in zip(imp["click_row"].tolist(), list(imp["moment"]), strict=True)
+    }
+    idols = {
+        user_key(u): author_key(a)
+        for u, a in zip(users["user_id"].tolist(), users["idol_streamer_id"].tolist(), strict=True)
+    }
+    return moments, idols
 
 
 def read_communities(logdir: LogBundle | Path | str) -> dict[str, int]:

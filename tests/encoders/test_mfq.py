@@ -194,3 +194,37 @@ def test_mfq_learns_a_one_modality_signal_that_mean_pooling_dilutes() -> None:
     )
     assert mfq > 0.88, f"MFQ AUC {mfq:.3f}"
     assert mfq > pooled + 0.05, f"MFQ AUC {mfq:.3f} vs mean-pool {pooled:.3f}"
+
+
+def test_now_path_reads_the_newest_segment_and_ignores_padding() -> None:
+    from mmbee.encoders.mfq import newest_and_contrast
+
+    x = torch.zeros(1, 3, 4, 2)
+    tok = torch.tensor([[[True, True, False, False], [True, True, True, True], [False] * 4]])
+    x[0, 0, 0], x[0, 0, 1] = torch.tensor([1.0, 0.0]), torch.tensor([3.0, 2.0])
+    x[0, 1] = torch.arange(8.0).view(4, 2)
+    out = newest_and_contrast(x, tok).view(2, 3, 2)
+    assert torch.equal(out[0, 0], torch.tensor([3.0, 2.0]))  # newest present visual segment
+    assert torch.equal(out[1, 0], torch.tensor([1.0, 1.0]))  # minus the mean of the two
+    assert torch.equal(out[0, 1], torch.tensor([6.0, 7.0]))
+    assert torch.equal(out[1, 1], torch.tensor([3.0, 3.0]))
+    assert torch.equal(out[:, 2], torch.zeros(2, 2))  # an absent modality adds nothing
+    enc = MFQEncoder(MFQConfig(**{**TINY, "now_hidden": 8}))
+    enc.eval()
+    b = synthetic_batch(
+        3,
+        5,
+        visual_dim=DV,
+        speech_dim=DS,
+        comment_dim=DT,
+        author_buckets=8,
+        full=True,
+        generator=_gen(0),
+    )
+    ref = enc(b).embedding
+    b.segment_mask[:, :2] = False  # the two oldest slots become padding holding garbage
+    b.visual[:, :2] = float("nan")
+    again = enc(b).embedding
+    b.visual[:, :2] = 123.0
+    assert torch.equal(again, enc(b).embedding) and torch.isfinite(again).all()
+    assert not torch.equal(ref, again)

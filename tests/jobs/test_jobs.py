@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mmbee.cli import main
-from mmbee.jobs.ablation import summary_json, targets
+from mmbee.jobs.ablation import paired, summary_json, targets
+from mmbee.jobs.diagnostics import CEILINGS
 from mmbee.jobs.train import BuildConfig, build_examples, load_or_build, split_by_time
 from mmbee.schemas import WatchEvent
 from mmbee.scorer.features import FeatureConfig
@@ -90,28 +91,44 @@ def test_ablation_json_and_files(
                 "--out",
                 str(out),
                 "--json",
+                "--seeds",
+                "2",
                 "--variants",
                 "sim,sim_mfq,sim_gie,sim_mfq_gie",
             ]
         )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary) == {
-        "sim",
-        "sim_mfq",
-        "sim_gie",
-        "sim_mfq_gie",
+    rows = {"sim", "sim_mfq", "sim_gie", "sim_mfq_gie", *CEILINGS}
+    assert set(summary) == rows | {
         "popularity",
         "oracle",
         "observable_oracle",
+        "targets",
+        "probes",
+        "seconds",
     }
-    assert all(set(v) == {"auc", "uauc", "gauc"} for v in summary.values())
+    for name in rows:
+        assert set(summary[name]) == {"auc", "uauc", "gauc", "auc_std", "uauc_std", "gauc_std"}
+    paired = summary["targets"]["sim"]["paired"]
+    assert set(paired) == {"base<mfq", "base<gie", "gie<full"}
+    for d in paired.values():
+        assert set(d) == {"auc", "uauc", "gauc"}
+        assert all(v["se"] is not None and v["se"] >= 0 for v in d.values())
+    assert set(summary["targets"]["sim"]["gap_ratio"]) <= {"auc", "uauc", "gauc"}
+    probes = summary["probes"]
+    assert "moment <- newest segment (raw)" in probes
+    assert any(k.startswith("moment <- h_m") for k in probes)
+    assert any(k.startswith("community <- h_g") for k in probes)
+    for p in probes.values():
+        assert 0.0 <= p["balanced_accuracy"] <= 1.0 and p["classes"] >= 2
     assert (out / "ablation.png").stat().st_size > 1000
     md = (out / "ablation.md").read_text()
-    assert "| sim_mfq_gie |" in md and "oracle-gap ratio" in md
+    assert "| sim_mfq_gie |" in md and "| sim+true_moment |" in md and "+-" in md
+    assert "observable-oracle-gap ratio" in md and "beats popularity" in md
+    assert "Linear probes" in md
     report = json.loads((out / "ablation.json").read_text())
     assert summary_json(report) == summary
-    assert "sim" in report["targets"] and "oracle_gap_ratio" in report["targets"]["sim"]
-    assert "observable-oracle-gap ratio" in md and "beats popularity" in md
+    assert len(report["per_seed"]["sim"]) == 2
     assert summary["observable_oracle"]["auc"] < summary["oracle"]["auc"]
 
 
@@ -122,14 +139,31 @@ def test_targets_logic() -> None:
         m[k] = {x: m["sim"][x] + bump for x in ("auc", "uauc", "gauc")}
     t = targets(m)
     assert t["sim"]["all_hold"] and not t["mmoe"]["all_hold"]
-    assert t["sim"]["oracle_gap_ratio"] == pytest.approx(0.5)
+    assert t["sim"]["oracle_gap_ratio"]["auc"] == pytest.approx(0.5)
     m["observable_oracle"] = {"auc": 0.95, "uauc": 0.9, "gauc": 0.9}
     m["popularity"] = {"auc": 0.85, "uauc": 0.805, "gauc": 0.79}
     t = targets(m)
-    assert t["sim"]["observable_gap_ratio"]["auc"] == pytest.approx(1.0)
+    assert t["sim"]["gap_ratio"]["auc"] == pytest.approx(1.0)
     assert t["sim"]["beats_popularity"] == {
         "sim": False,
         "sim_mfq": True,
         "sim_gie": True,
         "sim_mfq_gie": True,
     }
+
+
+def test_paired_differences_need_more_than_two_standard_errors() -> None:
+    base = [{"auc": 0.90, "uauc": 0.80, "gauc": 0.80} for _ in range(3)]
+    steady = [{k: v + 0.01 + 0.001 * i for k, v in b.items()} for i, b in enumerate(base)]
+    noisy = [{k: v + d for k, v in b.items()} for b, d in zip(base, (0.03, -0.02, 0.0), strict=True)]
+    p = paired(base, steady)
+    assert p["uauc"]["mean"] == pytest.approx(0.011) and p["uauc"]["holds"]
+    assert p["uauc"]["se"] == pytest.approx(0.001 / 3**0.5)
+    q = paired(base, noisy)
+    assert q["auc"]["mean"] > 0 and not q["auc"]["holds"]
+    per_seed = {v: base for v in VARIANTS}
+    per_seed["sim_mfq"] = per_seed["sim_gie"] = steady
+    per_seed["sim_mfq_gie"] = [{k: v + 0.01 for k, v in s.items()} for s in steady]
+    means = {v: {k: float(sum(s[k] for s in r) / 3) for k in r[0]} for v, r in per_seed.items()}
+    t = targets(means, per_seed)
+    assert t["sim"]["all_hold"] and not t["mmoe"]["all_hold"]

@@ -159,3 +159,72 @@ def test_config_names_and_errors() -> None:
     with pytest.raises(ValueError, match="base"):
         GTRConfig(base="dlrm")  # type: ignore[arg-type]
     assert id_row("u1", 64) == id_row("u1", 64) and 1 <= id_row("u1", 64) < 64
+
+
+def test_graph_membership_matches_a_brute_force_reading() -> None:
+    from mmbee.scorer.batch import EXPANSIONS, KINDS
+    from mmbee.scorer.layers import GRAPH_MEMBERSHIP, graph_membership
+
+    g = torch.Generator().manual_seed(0)
+    b, n, h = 7, 5, 6
+    ids = torch.randint(1, 9, (b, len(EXPANSIONS), n), generator=g)
+    weight = torch.rand(b, len(EXPANSIONS), n, generator=g) + 0.01
+    mask = torch.rand(b, len(EXPANSIONS), n, generator=g) < 0.7
+    author = torch.randint(1, 9, (b,), generator=g)
+    hist = torch.randint(1, 9, (b, h), generator=g)
+    kind = torch.randint(0, len(KINDS), (b, h), generator=g)
+    hmask = torch.rand(b, h, generator=g) < 0.8
+    f = graph_membership(ids, weight, mask, author, hist, kind, hmask)
+    assert f.shape == (b, len(GRAPH_MEMBERSHIP))
+    col = {name: i for i, name in enumerate(GRAPH_MEMBERSHIP)}
+    for r in range(b):
+        for e in ("u2a2u2a", "u2a2a"):
+            p = EXPANSIONS.index(e)
+            entries = [
+                (float(weight[r, p, j]), int(ids[r, p, j])) for j in range(n) if mask[r, p, j]
+            ]
+            hits = [w for w, a in entries if a == int(author[r])]
+            assert f[r, col[f"{e}_hit"]] == float(bool(hits))
+            if hits:
+                top = max(w for w, _ in entries)
+                rel = sum(torch.log(torch.tensor(w / top)).item() for w in hits)
+                assert f[r, col[f"{e}_log_rel_weight"]].item() == pytest.approx(rel, abs=1e-5)
+                ranks = [sum(1 for w2, _ in entries if w2 > w) for w in hits]
+                inv = sum(1 / (1 + k) ** 0.5 for k in ranks)
+                assert f[r, col[f"{e}_inv_sqrt_rank"]].item() == pytest.approx(inv, abs=1e-5)
+        for e in ("a2a", "a2u2a"):
+            p = EXPANSIONS.index(e)
+            members = {int(ids[r, p, j]) for j in range(n) if mask[r, p, j]}
+            for k in ("watch", "gift"):
+                count = sum(
+                    1
+                    for j in range(h)
+                    if hmask[r, j]
+                    and int(kind[r, j]) == KINDS.index(k)
+                    and int(hist[r, j]) in members
+                )
+                got = f[r, col[f"{e}_{k}_in_history"]].item()
+                assert got == pytest.approx(torch.log1p(torch.tensor(float(count))).item())
+        for p, e in enumerate(EXPANSIONS):
+            assert f[r, col[f"{e}_present"]] == float(bool(mask[r, p].any()))
+
+
+def test_graph_membership_broadcasts_a_shared_user_side() -> None:
+    from mmbee.scorer.layers import graph_membership
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 9, (1, 5, 4), generator=g)
+    w, m = torch.rand(1, 5, 4, generator=g), torch.ones(1, 5, 4, dtype=torch.bool)
+    hist, kind = torch.randint(1, 9, (1, 3), generator=g), torch.zeros(1, 3, dtype=torch.long)
+    author = torch.arange(1, 9)
+    shared = graph_membership(ids, w, m, author, hist, kind, hist > 0)
+    rows = graph_membership(
+        ids.expand(8, -1, -1),
+        w.expand(8, -1, -1),
+        m.expand(8, -1, -1),
+        author,
+        hist.expand(8, -1),
+        kind.expand(8, -1),
+        (hist > 0).expand(8, -1),
+    )
+    assert torch.allclose(shared, rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from mmbee.scorer.features import (
 )
 from mmbee.scorer.gtr import config_for_variant, load_checkpoint
 from mmbee.scorer.metrics import auc
-from mmbee.scorer.train import TrainConfig, score_table, train_model
+from mmbee.scorer.train import TrainConfig, score_table, train_model, validation_split
 
 CFG = FeatureConfig(history=5, segments=2, expansion_n=3)
 T = 1_700_000_000_000
@@ -68,7 +69,13 @@ def test_learns_a_planted_signal_and_beats_popularity(variant: str, tmp_path: Pa
     idx = np.arange(len(table))
     train, test = idx[:2400], idx[2400:]
     cfg = TrainConfig(
-        epochs=6, batch_size=128, lr=1e-2, progress=False, device="cpu", negative_rate=1.0
+        epochs=6,
+        batch_size=128,
+        lr=1e-2,
+        progress=False,
+        device="cpu",
+        negative_rate=1.0,
+        stage2_epochs=0,
     )
     ckpt = tmp_path / "m.pt"
     res = train_model(
@@ -150,3 +157,44 @@ def test_negative_subsampling_keeps_ranking_and_calibration(tmp_path: Path) -> N
     assert float(sub.model.logit_offset[-1]) == pytest.approx(np.log(0.25))
     loaded, _ = load_checkpoint(tmp_path / "m.pt")
     assert np.allclose(score_table(loaded, table, None, test), p_sub, atol=1e-6)
+
+
+def test_second_stage_keeps_id_tables_and_base_early_stops_and_keeps_its_best_epoch() -> None:
+    table = planted_table(3000, seed=2)
+    idx = np.arange(len(table))
+    # the planted table spans 3 s of event time: hold out its last second
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=128,
+        progress=False,
+        device="cpu",
+        stage2_epochs=3,
+        val_days=700 / 86_400_000,
+        patience=3,
+    )
+    one = train_model(small("sim_gie"), table, None, idx, replace(cfg, stage2_epochs=0))
+    two = train_model(small("sim_gie"), table, None, idx, cfg)
+    a, b = one.model.state_dict(), two.model.state_dict()
+    frozen = [k for k in a if not k.startswith(("gie.", "wide.")) or "theta" in k]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    # the wide term keeps its warm-started columns and bias; only its h_g columns may move
+    fixed = two.model.n_fixed_wide
+    assert torch.equal(a["wide.weight"][:, :fixed], b["wide.weight"][:, :fixed])
+    assert torch.equal(a["wide.bias"], b["wide.bias"])
+    assert all(p.requires_grad for p in two.model.parameters())
+    # 1 + the stage-1 baseline + up to 3 second-stage validation losses; the kept epoch is the best
+    assert 2 <= len(two.val_losses) <= 4
+    assert two.best_stage2_epoch == int(np.argmin(two.val_losses))
+    if two.best_stage2_epoch > 0:
+        assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("gie."))
+
+
+def test_validation_split_takes_the_last_days_of_training() -> None:
+    table = planted_table(100)
+    idx = np.arange(len(table))
+    fit, val = validation_split(table, idx, 20 / 86_400_000)
+    ts = table.column("ts")
+    assert len(val) == 20 and ts[fit].max() < ts[val].min()
+    assert validation_split(table, idx, 0.0)[1].size == 0
+    # a span shorter than four validation windows keeps everything for fitting
+    assert validation_split(table, idx, 30 / 86_400_000)[1].size == 0
