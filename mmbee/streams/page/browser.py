@@ -45,6 +45,7 @@ CHROMIUM_FLAGS = (
     "--disable-default-apps",
     "--mute-audio",
     "--hide-scrollbars",
+    "--disable-dev-shm-usage",  # containers often give /dev/shm 64 MiB
 )
 """Flags every Chromium started here gets (besides a fresh --user-data-dir)."""
 

@@ -37,6 +37,8 @@ class SeriesRing:
     """
 
     def __init__(self, keep_s: float = 300.0, step_s: float = 2.0) -> None:
+        if not (keep_s > 0 and step_s > 0):
+            raise ValueError(f"keep_s and step_s must be > 0, not {keep_s}, {step_s}")
         self.keep_s, self.step_s = keep_s, step_s
         self._samples: deque[tuple[float, dict[str, float]]] = deque(
             maxlen=max(2, int(keep_s / step_s) + 2)
