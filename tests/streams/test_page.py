@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from streamkit import CTX, content_stream
+from streamkit import CTX, T0, content_stream
 from test_serving import small_checkpoint
 from test_worker import produce
 
+from mmbee.schemas import ScoreRequest
 from mmbee.scorer.predict import ContentBuffer
 from mmbee.settings import Settings
 from mmbee.streams.dlq import DeadLetterSink
@@ -26,6 +27,7 @@ from mmbee.streams.page.browser import HeadlessPage, find_chromium
 from mmbee.streams.page.history import DLQ_LOGGER, RecentDeadLetters, SeriesRing
 from mmbee.streams.page.top import ablate
 from mmbee.streams.publish import MemoryPublisher
+from mmbee.streams.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 from mmbee.streams.web import ROUTES
 
@@ -140,6 +142,7 @@ READ_PAGE = """(() => {
             moved: td[7] && td[7].textContent};
   });
   return {health: v('health'), model: v('model-version'), scored: Number(v('scored')),
+          p50: Number(v('p50')), p99: Number(v('p99')),
           lag_total: Number(v('lag-total')), assigned: Number(v('assigned')),
           dlq_total: Number(v('dlq-total')), agents, dlq, recent, top,
           instance: document.getElementById('instance').textContent,
@@ -155,6 +158,8 @@ def expected_from(status: dict[str, Any]) -> dict[str, Any]:
         "health": "ready" if status["worker"]["ready"] else "not ready",
         "model": status["model"]["version"],
         "scored": status["scoring"]["requests"],
+        "p50": status["scoring"]["p50_ms"],
+        "p99": status["scoring"]["p99_ms"],
         "lag_total": status["partitions"]["lag_total"],
         "assigned": len(status["partitions"]["assigned"]),
         "dlq_total": sum(a["errors"] for a in agents.values()),
@@ -185,6 +190,7 @@ def test_the_page_in_headless_chromium_shows_what_the_worker_sees(
             stream_batch_wait_ms=10, log_level="WARNING", metrics_lag_interval_s=0.5,
             segment_align_wait_ms=500, serving_model_path=model, serving_poll_s=0.2,
             segments_kept=5, joiner_history=20, graph_top_n=10, joiner_settle_s=0.0,
+            serving_reject_unknown_users=False, serving_reject_unknown_authors=False,
         )
     )  # fmt: skip
     ensure_topics(settings)
@@ -214,6 +220,14 @@ def test_the_page_in_headless_chromium_shows_what_the_worker_sees(
         assert time.monotonic() < deadline, f"{json.dumps(data)[:3000]}\n{worker.tail()}"
         time.sleep(0.5)
 
+    for i in range(5):  # scoring latency for the page to show
+        req = ScoreRequest(request_id=f"page-{i}", user_id="u1", ts_ms=T0 + 10_000,
+                           candidate_author_ids=sorted(authors))  # fmt: skip
+        post = urllib.request.Request(f"http://127.0.0.1:{port}{SCORE_PATH}",
+                                      data=req.model_dump_json().encode(), method="POST")  # fmt: skip
+        with urllib.request.urlopen(post, timeout=30) as resp:
+            assert resp.status == 200
+
     with HeadlessPage(f"http://127.0.0.1:{port}{ROUTES['page']}", width=1440, height=1000) as p:
         p.wait_for("Number(document.body.dataset.loaded || 0) >= 1", timeout_s=30)
         deadline = time.monotonic() + 30
@@ -230,6 +244,7 @@ def test_the_page_in_headless_chromium_shows_what_the_worker_sees(
 
     assert not errors, errors
     assert shown["health"] == "ready" and shown["model"] and shown["loaded"] >= 1
+    assert shown["scored"] == 5 and 0 < shown["p50"] <= shown["p99"]
     listed = [row["author"] for row in shown["top"]]
     assert len(listed) == 4 and set(listed) == authors, listed
     scores = [float(row["score"]) for row in shown["top"]]
