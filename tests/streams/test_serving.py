@@ -35,6 +35,7 @@ from mmbee.jobs.train import BuildConfig, TrainJob, run_train
 from mmbee.schemas import DeadLetter, GiftEvent, ScoreRequest, ScoreResponse, WatchEvent
 from mmbee.schemas.serving import ModelVersion
 from mmbee.scorer.features import FeatureConfig
+from mmbee.scorer.gtr import load_checkpoint
 from mmbee.scorer.train import TrainConfig
 from mmbee.settings import Settings
 from mmbee.simulator.reader import iter_events
@@ -150,8 +151,10 @@ def quiet(s: Served, seconds: float) -> Callable[[], bool]:
 
 
 def _train(log: Path, out: Path, seed: int, cache: Path) -> Path:
-    """A small sim_mfq_gie checkpoint (1 epoch, dim 16) on the log; the first call builds the
-    examples, the second reuses them."""
+    """A small sim_mfq_gie checkpoint (dim 16, the default two training stages) on the log; the
+    first call builds the examples, the second reuses them. GIE's graph-membership features
+    (off by default) are on, and MFQ's now path is on by default, so the parity checks below
+    cover every input the model reads."""
     job = TrainJob(
         logdir=log,
         out=out,
@@ -160,9 +163,12 @@ def _train(log: Path, out: Path, seed: int, cache: Path) -> Path:
         train=TrainConfig(progress=False, seed=seed, device="cpu"),
         test_days=0.25,
         cache_dir=cache,
-        model_overrides={"dim": 16},
+        model_overrides={"dim": 16, "gie_membership": True},
     )  # fmt: skip
-    return Path(run_train(job, log=lambda _m: None)["checkpoint"])
+    path = Path(run_train(job, log=lambda _m: None)["checkpoint"])
+    model, _ = load_checkpoint(path)
+    assert model.config.gie_membership and getattr(model.content, "now", None) is not None
+    return path
 
 
 @pytest.fixture(scope="module")
