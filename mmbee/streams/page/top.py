@@ -114,6 +114,13 @@ def rank(
     return out
 
 
+def _timed_rank(*args: Any) -> tuple[list[dict[str, Any]], float]:
+    """`rank(*args)` and the CPU seconds this thread spent on it."""
+    t0 = time.thread_time()
+    out = rank(*args)
+    return out, time.thread_time() - t0
+
+
 def _segment(e: SegmentEntry) -> dict[str, Any]:
     return {
         "start_ms": e.start_ms,
@@ -164,6 +171,7 @@ class TopStreams:
         from mmbee.streams.serving import ServingRuntime
         from mmbee.streams.views import Views
 
+        cpu0 = time.thread_time()
         settings = self.ctx.settings
         within = self.live_within_ms or 10 * settings.segment_ms
         views = self.ctx.runtimes.get("views")
@@ -213,14 +221,16 @@ class TopStreams:
             for a, _ in live
         ]
         cfg = runtime.config
+        loop_cpu_s = time.thread_time() - cpu0
         t0 = time.perf_counter()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="mmbee-page")
-        ranked = await asyncio.get_running_loop().run_in_executor(
-            self._executor, rank, loaded, ts, user, state, sides, buffers, self.n,
+        ranked, rank_cpu_s = await asyncio.get_running_loop().run_in_executor(
+            self._executor, _timed_rank, loaded, ts, user, state, sides, buffers, self.n,
             cfg.frame_dim, cfg.text_dim,
         )  # fmt: skip
         compute_ms = (time.perf_counter() - t0) * 1000
         streams = [{**rows[r["author_id"]], **r} for r in ranked]
         return {**base, "streams": streams, "model": loaded.version, "scored": len(live),
-                "compute_ms": round(compute_ms, 1)}  # fmt: skip
+                "compute_ms": round(compute_ms, 1),
+                "cpu_ms": round(1000 * (loop_cpu_s + rank_cpu_s), 2)}  # fmt: skip
