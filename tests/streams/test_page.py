@@ -114,6 +114,12 @@ def test_rank_orders_by_score_and_its_ablation_is_the_score_without_that_modalit
         moved = {k: abs(v) for k, v in r["without"].items() if v is not None}
         assert r["moved_by"] == max(moved, key=moved.__getitem__)
     assert len(rank(loaded, ts, user, None, sides, buffers, n=2, frame_dim=8, text_dim=4)) == 2
+    # serving's cached encoder outputs stand in for encoding those buffers again
+    enc = encode_buffers(loaded, buffers, 8, 4)
+    half = [enc[i] if i % 2 else None for i in range(len(authors))]
+    again = rank(loaded, ts, user, None, sides, buffers, n=6, frame_dim=8, text_dim=4, cached=half)
+    assert [r["author_id"] for r in again] == [r["author_id"] for r in got]
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in got], abs=1e-6)
 
 
 # --- the page in a real browser ----------------------------------------------------------------

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from mmbee.schemas.events import MAX_CANDIDATES, ScoreRequest
 from mmbee.scorer.features import AuthorFeatures, author_features
@@ -83,14 +85,25 @@ def _scores(
 def rank(
     loaded: LoadedModel, ts_ms: int, user: Any, state: Any, sides: Sequence[AuthorFeatures],
     buffers: Sequence[ContentBuffer], n: int, frame_dim: int, text_dim: int,
+    cached: Sequence[Tensor | None] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Score every streamer of `sides` for the reference viewer; return the top `n`, best
     first, each with its score and, when the model reads content, the score change when each
     modality is removed (`without`: modality -> score without it minus score with it, None when
     the buffer never had that modality) and the modality that moved it most (`moved_by`).
-    Runs the encoder and the model (call it off the event loop)."""
+    `cached`: content encoder outputs (D_enc,) already computed for these buffers (serving's
+    cache), None where there is none. Runs the encoder and the model (call it off the event
+    loop)."""
     with_content = loaded.rows.with_content
-    content = encode_buffers(loaded, buffers, frame_dim, text_dim) if with_content else None
+    content = None
+    if with_content:
+        have = list(cached) if cached is not None else [None] * len(buffers)
+        todo = [i for i, c in enumerate(have) if c is None]
+        if todo:
+            enc = encode_buffers(loaded, [buffers[i] for i in todo], frame_dim, text_dim)
+            for i, vec in zip(todo, enc, strict=True):
+                have[i] = vec
+        content = torch.stack(have)  # type: ignore[arg-type]  # (B, D_enc)
     full = _scores(loaded, ts_ms, user, state, sides, content)
     top = [int(i) for i in np.argsort(-full, kind="stable")[:n]]
     scores = [float(full[i]) for i in top]
@@ -220,6 +233,13 @@ class TopStreams:
             ContentBuffer(a, tuple(e.features for e in held[a] if e.features is not None))
             for a, _ in live
         ]
+        # serving's content cache, where it was computed from the same segments (its keys are
+        # the buffer's segment starts, as here)
+        cached = []
+        for a, _ in live:
+            hit = loaded.content.get(a)
+            keys = tuple(e.start_ms for e in held[a])
+            cached.append(hit[1] if hit is not None and hit[0] == keys else None)
         cfg = runtime.config
         loop_cpu_s = time.thread_time() - cpu0
         t0 = time.perf_counter()
@@ -227,10 +247,11 @@ class TopStreams:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="mmbee-page")
         ranked, rank_cpu_s = await asyncio.get_running_loop().run_in_executor(
             self._executor, _timed_rank, loaded, ts, user, state, sides, buffers, self.n,
-            cfg.frame_dim, cfg.text_dim,
+            cfg.frame_dim, cfg.text_dim, cached,
         )  # fmt: skip
         compute_ms = (time.perf_counter() - t0) * 1000
         streams = [{**rows[r["author_id"]], **r} for r in ranked]
         return {**base, "streams": streams, "model": loaded.version, "scored": len(live),
+                "content_cached": sum(c is not None for c in cached),
                 "compute_ms": round(compute_ms, 1),
                 "cpu_ms": round(1000 * (loop_cpu_s + rank_cpu_s), 2)}  # fmt: skip
