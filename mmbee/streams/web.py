@@ -311,9 +311,10 @@ class PageState:
 def _page_state(ctx: StreamContext) -> PageState:
     got = ctx.runtimes.get(_PAGE_KEY)
     if got is None:
-        step = max(1.0, ctx.settings.metrics_lag_interval_s)
+        # a little under the timers' periods, so a timer firing early does not skip a sample
+        step = max(1.0, 0.9 * ctx.settings.metrics_lag_interval_s)
         got = ctx.runtimes[_PAGE_KEY] = PageState(
-            processed=SeriesRing(PAGE_HISTORY_S, step_s=2.0),
+            processed=SeriesRing(PAGE_HISTORY_S, step_s=1.9),
             lag=SeriesRing(PAGE_HISTORY_S, step_s=step),
             letters=RecentDeadLetters(keep=8, clock_ms=ctx.clock_ms),
             top=None,
