@@ -306,8 +306,9 @@ def train_model(
     """Train a fresh model of `model_config` on examples `train_idx` of `table`.
 
     Stage 1: `epochs` passes over everything (after the wide warm start). Stage 2
-    (`stage2_epochs` > 0): the id tables frozen, more passes of the rest, early-stopped on the
-    validation split (`val_days`). Seeded (same seed, same data, same device -> same weights).
+    (`stage2_epochs` > 0): more passes of the content and graph branches and the wide term's
+    h_m / h_g columns only (`freeze_for_stage2`), early-stopped on the validation split
+    (`val_days`, `validation_split`), keeping the best epoch (stage 1's included). Seeded (same seed, same data, same device -> same weights).
     Writes a checkpoint `{"config": {"model", "train", **extra_config}, "state_dict"}` to
     `checkpoint` after every epoch when given (and the kept one at the end).
     `on_epoch(epoch, model)` is called after each epoch of either stage (e.g. validation).
