@@ -1,8 +1,13 @@
 """Scale-out benchmark: replay throughput with 1 and 2 workers on one broker, failover time, RSS.
 
 Run:   OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py [--streamers 100] [--runs 3] [--quick]
+       [--brokers kafka,noida]
 
-One embedded broker, one simulated log (preset `tiny` widened to `--streamers` streamers, one
+Every figure below is measured once per broker, in the same run and on the same log: Apache
+Kafka (`make kafka`; its noida-db workarounds off) and noida-db, one after the other, each on a
+fresh data directory; the JSON has one object per broker, with the broker's CPU cores and RSS.
+
+One broker, one simulated log (preset `tiny` widened to `--streamers` streamers, one
 day: frames with 1280-d embeddings, comments and ASR text with cached 384-d embeddings, gifts),
 every figure from the same run:
 
@@ -25,8 +30,8 @@ every figure from the same run:
   reports those partitions assigned and itself ready (tables recovered).
   `all_committed_seconds`: until the group's committed offset moved on each of them (admin API;
   the segment agent commits an event only once a table write covers it).
-  On the embedded broker the dead member is removed by the survivors' watchdog after
-  `session_timeout_s` (mmbee/streams/watchdog.py); on Kafka the broker does it after the same time.
+  On noida-db the dead member is removed by the survivors' watchdog after `session_timeout_s`
+  (mmbee/streams/watchdog.py); on Kafka the broker does it after the same time.
 * RSS of each worker (VmRSS at the end of a run, VmHWM peak), and of the survivor after it
   took every partition (for the Kubernetes resource requests).
 
@@ -66,8 +71,8 @@ from mmbee.simulator.logs import write_log  # noqa: E402
 from mmbee.simulator.reader import iter_encoded, read_log  # noqa: E402
 from mmbee.simulator.replay import publish  # noqa: E402
 from mmbee.simulator.world import generate_world  # noqa: E402
-from mmbee.streams.broker import NoidaBroker, free_port  # noqa: E402
-from mmbee.streams.topics import ensure_topics  # noqa: E402
+from mmbee.streams.broker import free_port, make_broker, on_broker  # noqa: E402
+from mmbee.streams.deployment import provision  # noqa: E402
 
 CONSUMED = ("live.frames", "live.comments", "live.asr", "live.gifts")
 CONTENT = ("live.frames", "live.comments", "live.asr")
@@ -252,7 +257,7 @@ def throughput_run(
 ) -> dict[str, Any]:
     """One deployment of `n_workers` reading the whole log as a backlog (see the docstring)."""
     settings = run_settings(base, name, workdir, session_timeout_s=60.0)
-    ensure_topics(settings)
+    provision(settings)  # every topic before the workers subscribe (RUNBOOK section 12)
     workers = [
         Worker(settings.model_copy(update={"web_port": free_port(), "data_dir": workdir / f"{name}-{i}"}),
                workdir / f"{name}-{i}.log")
@@ -313,17 +318,17 @@ def throughput_run(
 
 
 def failover_run(
-    base: Settings, messages: list[Any], n_consumed: int, workdir: Path
+    base: Settings, messages: list[Any], n_consumed: int, workdir: Path, name: str = "failover"
 ) -> dict[str, Any]:
     """Two workers on a backlog; SIGKILL the graph owner at 20 %; time until its partitions
     commit again on the survivor."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    settings = run_settings(base, "failover", workdir)
-    ensure_topics(settings)
+    settings = run_settings(base, name, workdir)
+    provision(settings)  # every topic before the workers subscribe (RUNBOOK section 12)
     workers = [
-        Worker(settings.model_copy(update={"web_port": free_port(), "data_dir": workdir / f"fo-{i}"}),
-               workdir / f"fo-{i}.log")
+        Worker(settings.model_copy(update={"web_port": free_port(), "data_dir": workdir / f"{name}-{i}"}),
+               workdir / f"{name}-{i}.log")
         for i in range(2)
     ]  # fmt: skip
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_list())
@@ -403,47 +408,25 @@ def failover_run(
             w.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streamers", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="30 streamers, one run")
-    args = parser.parse_args()
-    if args.quick:
-        args.streamers, args.runs = 30, 1
-
-    workdir = Path(tempfile.mkdtemp(prefix="mmbee-bench-scale-"))
-    broker = NoidaBroker(workdir / "broker", free_port())
+def measure(kind: str, args: argparse.Namespace, messages: list[Any], workdir: Path) -> dict[str, Any]:
+    """Every figure of the docstring on a fresh broker of `kind` ('kafka' or 'noida')."""
+    n_consumed = sum(1 for m in messages if m[0] in CONSUMED)
+    broker = make_broker(kind, workdir / f"broker-{kind}", free_port())  # type: ignore[arg-type]
     broker.start()
-    result: dict[str, Any] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "load_avg_1m": [round(os.getloadavg()[0], 2)],
-    }
+    result: dict[str, Any] = {"broker": kind}
     try:
-        messages = make_log(workdir / "log", args.streamers, args.seed)
-        n_consumed = sum(1 for m in messages if m[0] in CONSUMED)
-        result["log"] = {
-            "streamers": args.streamers,
-            "messages": len(messages),
-            "consumed_messages": n_consumed,
-            "by_topic": {t: sum(1 for m in messages if m[0] == t) for t in sorted({m[0] for m in messages})},
-            "mean_consumed_bytes": round(
-                sum(len(m[2]) for m in messages if m[0] in CONSUMED) / n_consumed
-            ),
-        }  # fmt: skip
-        base = Settings(
-            bootstrap_servers=broker.bootstrap, partitions=8, components=("segments", "graph"),
-            store="rocksdb://", log_level="WARNING", web_port=free_port(),
-        )  # fmt: skip
+        base = on_broker(Settings(
+            partitions=8, components=("segments", "graph"), store="rocksdb://",
+            log_level="WARNING", web_port=free_port(),
+        ), broker)  # fmt: skip
+        assert broker._proc is not None
+        pid = broker._proc.pid
         runs: list[dict[str, Any]] = []
         for r in range(args.runs):
             for n in (1, 2):
-                got = throughput_run(
-                    base, f"r{r}w{n}", n, messages, n_consumed, workdir, broker._proc.pid
-                )
+                got = throughput_run(base, f"{kind}r{r}w{n}", n, messages, n_consumed, workdir, pid)
                 runs.append(got)
-                print(json.dumps({"run": r, **got}), file=sys.stderr)
+                print(json.dumps({"broker": kind, "run": r, **got}), file=sys.stderr)
         one = [x["rate"] for x in runs if x["workers"] == 1]
         two = [x["rate"] for x in runs if x["workers"] == 2]
         result["one_worker_per_s"] = round(statistics.median(one))
@@ -469,16 +452,62 @@ def main() -> None:
             "two": max(max(x["rss_mib"]) for x in runs if x["workers"] == 2),
             "peak": max(max(x["peak_rss_mib"]) for x in runs),
         }
+        usage = broker.usage()
+        result["broker_rss_mib_after_throughput"] = usage.rss_mib
+        result["broker_store_mib_after_throughput"] = round(usage.store_mib, 1)
         result["runs"] = [
             {k: v for k, v in x.items() if k != "dlq"} | {"rate": round(x["rate"])} for x in runs
         ]
         result["dead_letters"] = [x["dlq"] for x in runs]
-        fo = failover_run(base, messages, n_consumed, workdir)
+        fo = failover_run(base, messages, n_consumed, workdir, f"{kind}failover")
         result.update(fo)
+        usage = broker.usage()
+        result["broker_rss_mib_end"] = usage.rss_mib
+        result["broker_cpu_s_total"] = usage.cpu_s
     finally:
         broker.stop()
+        broker.discard_store()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streamers", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="30 streamers, one run")
+    parser.add_argument(
+        "--brokers", default="kafka,noida", help="comma-separated, in order: kafka, noida"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.streamers, args.runs = 30, 1
+    kinds = [k.strip() for k in args.brokers.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"kafka", "noida"}:
+        parser.error("--brokers: kafka and/or noida")
+
+    workdir = Path(tempfile.mkdtemp(prefix="mmbee-bench-scale-"))
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "load_avg_1m": [round(os.getloadavg()[0], 2)],
+    }
+    try:
+        messages = make_log(workdir / "log", args.streamers, args.seed)
+        n_consumed = sum(1 for m in messages if m[0] in CONSUMED)
+        result["log"] = {
+            "streamers": args.streamers,
+            "messages": len(messages),
+            "consumed_messages": n_consumed,
+            "by_topic": {t: sum(1 for m in messages if m[0] == t) for t in sorted({m[0] for m in messages})},
+            "mean_consumed_bytes": round(
+                sum(len(m[2]) for m in messages if m[0] in CONSUMED) / n_consumed
+            ),
+        }  # fmt: skip
+        for kind in kinds:
+            result[kind] = measure(kind, args, messages, workdir)
+            result["load_avg_1m"].append(round(os.getloadavg()[0], 2))
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["load_avg_1m"].append(round(os.getloadavg()[0], 2))
     print(json.dumps(result))
 
 

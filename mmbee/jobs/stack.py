@@ -31,6 +31,7 @@ from typing import IO, Any
 from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.settings import Settings
 from mmbee.streams.broker import free_port, make_broker, on_broker
+from mmbee.streams.deployment import provision
 from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.topics import ensure_topics
 
@@ -188,7 +189,12 @@ class LocalStack:
     def start(self) -> LocalStack:
         """Start the broker and create every topic."""
         self.broker.start()
-        ensure_topics(self.settings)
+        if self.broker.kind == "kafka":
+            # the internal topics and changelogs too: on Kafka a topic Faust creates at start-up
+            # can miss the consumer's first metadata and then waits minutes (RUNBOOK section 12)
+            provision(self.settings)
+        else:
+            ensure_topics(self.settings)
         return self
 
     def start_worker(self, components: Sequence[str], **overrides: Any) -> WorkerProcess:

@@ -104,7 +104,8 @@ class BrokerUsage:
     Attributes:
         cpu_s: user + system CPU seconds since the broker started.
         rss_mib: resident memory now.
-        store_mib: size of its store file(s) in the data directory now.
+        store_mib: disk space of its store (noida-db: its store file; Kafka: its log
+            directory) now.
     """
 
     cpu_s: float | None
@@ -295,9 +296,11 @@ def _refuse_busy(port: int) -> None:
 
 
 def _dir_mib(path: Path) -> float:
+    """Disk space the files under `path` take (allocated blocks: Kafka preallocates 10 MiB
+    sparse index files per partition, whose apparent size says nothing)."""
     if not path.exists():
         return 0.0
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 class NoidaBroker:
