@@ -87,6 +87,9 @@ class TrainConfig:
             one epoch leaves those branches barely trained, while the id tables and the base
             overfit from a second pass on ~1 % positives; 0 = no second stage.
         stage2_lr: AdamW learning rate of the second stage.
+        stage2_branches: which branches the second stage trains ("content", "graph"). Only
+            the content branch by default: GIE's overfits in its first stage-2 epoch on the
+            simulator, and training it jointly cut MFQ's gain (docs/scorer.md, "Two stages").
         val_days: the last `val_days` days of the training impressions are held out as a
             validation split (never the test days): both stages train on the rest, and the
             second stage stops early on the validation log loss, keeping its best epoch. 0 = no
@@ -116,6 +119,7 @@ class TrainConfig:
     prior_init_examples: int = 4096
     stage2_epochs: int = 3
     stage2_lr: float = 3e-3
+    stage2_branches: tuple[str, ...] = ("content",)
     val_days: float = 0.25
     patience: int = 1
     progress: bool = True
@@ -124,6 +128,7 @@ class TrainConfig:
         """Plain dict for checkpoints and reports."""
         d = asdict(self)
         d["task_weights"] = list(self.task_weights)
+        d["stage2_branches"] = list(self.stage2_branches)
         return d
 
 
@@ -406,7 +411,7 @@ def train_model(
         params: list[Tensor] = []
         undo: Callable[[], None] | None = None
         if config.stage2_epochs > 0:
-            params, undo = freeze_for_stage2(model)
+            params, undo = freeze_for_stage2(model, config.stage2_branches)
         try:
             if params and not stop:  # a base variant has no content or graph branch to train
                 if len(val_idx):  # stage 1 is the epoch to beat
@@ -450,19 +455,24 @@ def validation_split(
     return train_idx[ts <= cut], train_idx[ts > cut]
 
 
-STAGE2_PREFIXES = ("content.", "content_proj.", "gie.")
-"""What the second stage trains besides the wide term's h_m / h_g columns: the content and
-graph branches."""
+STAGE2_BRANCHES = {"content": ("content.", "content_proj."), "graph": ("gie.",)}
+"""The branches the second stage can train, by the prefixes of their parameter names."""
 
 
-def freeze_for_stage2(model: GTRModel) -> tuple[list[Tensor], Callable[[], None]]:
-    """Freeze everything but the content and graph branches and the wide term's h_m / h_g
-    columns; within the branches also the id embedding tables (GIE's Theta, MFQ's author
-    queries: the embeddings with a padding row, row 0 = unknown id), which memorise who gifted
-    rather than why from a second pass on ~1 % positives (docs/scorer.md, "One epoch"). The
-    wide term's other columns and its bias keep their warm-started and stage-1 values (a hook
-    zeroes their gradient). Returns the parameters left to train and a function that undoes
-    all of it."""
+def freeze_for_stage2(
+    model: GTRModel, branches: tuple[str, ...] = tuple(STAGE2_BRANCHES)
+) -> tuple[list[Tensor], Callable[[], None]]:
+    """Freeze everything but the given branches (content: the encoder and its projection;
+    graph: GIE) and their columns of the wide term (h_m, h_g); within the branches also the id
+    embedding tables (GIE's Theta, MFQ's author queries: the embeddings with a padding row,
+    row 0 = unknown id), which memorise who gifted rather than why from a second pass on ~1 %
+    positives (docs/scorer.md, "Two stages"). The wide term's other columns and its bias keep
+    their warm-started and stage-1 values (a hook zeroes their gradient). Returns the
+    parameters left to train and a function that undoes all of it."""
+    unknown = sorted(set(branches) - set(STAGE2_BRANCHES))
+    if unknown:
+        raise ValueError(f"unknown stage-2 branches {unknown}; valid: {sorted(STAGE2_BRANCHES)}")
+    prefixes = tuple(p for b in branches for p in STAGE2_BRANCHES[b])
     ids = {
         id(m.weight)
         for m in model.modules()
@@ -470,15 +480,23 @@ def freeze_for_stage2(model: GTRModel) -> tuple[list[Tensor], Callable[[], None]
     }
     train: list[Tensor] = []
     for name, p in model.named_parameters():
-        keep = name.startswith(STAGE2_PREFIXES) and id(p) not in ids
+        keep = name.startswith(prefixes) and id(p) not in ids
         p.requires_grad_(keep)
         if keep:
             train.append(p)
+    # the wide term's side columns, in forward's order: h_m (content), then h_g (graph)
+    d, start, cols = model.config.dim, model.n_fixed_wide, []
+    for branch, present in (("content", model.content is not None), ("graph", model.gie is not None)):
+        if present:
+            if branch in branches:
+                cols.append((start, start + d))
+            start += d
     hooks = []
     wide = model.wide
-    if wide is not None and wide.in_features > model.n_fixed_wide:
+    if wide is not None and cols:
         mask = torch.zeros_like(wide.weight)
-        mask[:, model.n_fixed_wide :] = 1.0
+        for a, b in cols:
+            mask[:, a:b] = 1.0
         wide.weight.requires_grad_(True)
         hooks.append(wide.weight.register_hook(lambda g: g * mask))
         train.append(wide.weight)

@@ -169,6 +169,7 @@ def test_second_stage_keeps_id_tables_and_base_early_stops_and_keeps_its_best_ep
         progress=False,
         device="cpu",
         stage2_epochs=3,
+        stage2_branches=("graph",),
         val_days=700 / 86_400_000,
         patience=3,
     )
@@ -182,6 +183,13 @@ def test_second_stage_keeps_id_tables_and_base_early_stops_and_keeps_its_best_ep
     assert torch.equal(a["wide.weight"][:, :fixed], b["wide.weight"][:, :fixed])
     assert torch.equal(a["wide.bias"], b["wide.bias"])
     assert all(p.requires_grad for p in two.model.parameters())
+    # the default trains the content branch only: a model without one skips stage 2
+    default = train_model(
+        small("sim_gie"), table, None, idx, replace(cfg, stage2_branches=("content",))
+    )
+    assert default.val_losses == [] and all(
+        torch.equal(a[k], default.model.state_dict()[k]) for k in a
+    )
     # 1 + the stage-1 baseline + up to 3 second-stage validation losses; the kept epoch is the best
     assert 2 <= len(two.val_losses) <= 4
     assert two.best_stage2_epoch == int(np.argmin(two.val_losses))
