@@ -812,6 +812,18 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {label} | {m['auc']:.4f} | {m['uauc']:.4f} | {m['gauc']:.4f} | "
             f"{m.get('recall@10', float('nan')):.4f} | {m.get('ndcg@10', float('nan')):.4f} |"
         )
+    if "test" in q and "popularity" in q:
+        margins = {k: q["test"][k] - q["popularity"][k] for k in ("auc", "uauc", "gauc")}
+        lines += [
+            "",
+            "Against popularity: "
+            + ", ".join(f"{k.upper()} {v:+.4f}" for k, v in margins.items())
+            + (
+                " (the model beats it on all three)."
+                if all(v > 0 for v in margins.values())
+                else " (the model does NOT beat it on every metric)."
+            ),
+        ]
     lines += [
         "",
         "## Serving",
