@@ -32,11 +32,12 @@ import subprocess
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, Literal, Protocol, Self
 
 from mmbee.settings import Settings
 
@@ -303,7 +304,58 @@ def _dir_mib(path: Path) -> float:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-class NoidaBroker:
+class _BrokerProcess(ABC):
+    """What both launchers share: the broker's process (in its own group, see `_spawn`), its
+    log file, stopping, `running` and the process's CPU and RSS."""
+
+    data_dir: Path
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def _launch(self, cmd: list[str], cwd: Path | None = None) -> None:
+        self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in _end)
+        self._proc = _spawn(cmd, self._log, cwd=cwd)
+
+    def _end(self, timeout_s: float, kill: bool = False) -> None:
+        """Stop the process (SIGTERM, SIGKILL after `timeout_s`; at once with `kill`), reap it
+        and close the log."""
+        proc, self._proc = self._proc, None
+        if kill and proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        _stop_process(proc, timeout_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _cpu_rss(self) -> tuple[float | None, float | None]:
+        proc = self._proc
+        return process_usage(proc.pid) if proc is not None and self.running else (None, None)
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the broker and wait until it answers."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the broker and leave no process behind."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NoidaBroker(_BrokerProcess):
     """noida-db started as `noida-db start --only kafka` on 127.0.0.1.
 
     The binary inside the `noida_db` package is started directly: the package's console script
@@ -319,11 +371,10 @@ class NoidaBroker:
     kind: BrokerKind = "noida"
 
     def __init__(self, data_dir: Path, port: int, startup_timeout_s: float = 30.0) -> None:
+        super().__init__()
         self.data_dir = Path(data_dir)
         self.port = port
         self.startup_timeout_s = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -345,11 +396,10 @@ class NoidaBroker:
         return path
 
     def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _refuse_busy(self.port)
-        self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in stop)
         cmd = [
             str(self.binary()),
             "start",
@@ -358,11 +408,11 @@ class NoidaBroker:
             "--kafka-port", str(self.port),
             "--host", LOOPBACK,
         ]  # fmt: skip
-        self._proc = _spawn(cmd, self._log)
+        self._launch(cmd)
         try:
             wait_until_answers(self.bootstrap, self.startup_timeout_s)
         except BrokerError:
-            code = self._proc.poll()
+            code = self._proc.poll() if self._proc is not None else None
             self.stop()
             tail = (self.data_dir / "broker.log").read_text(errors="replace")[-2000:]
             raise BrokerError(
@@ -370,22 +420,11 @@ class NoidaBroker:
             ) from None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        _stop_process(proc, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        self._end(timeout_s)
 
     def usage(self) -> BrokerUsage:
         """CPU seconds and RSS of the broker process, and the size of its store file."""
-        proc = self._proc
-        alive = proc is not None and proc.poll() is None
-        cpu_s, rss_mib = process_usage(proc.pid) if proc is not None and alive else (None, None)
+        cpu_s, rss_mib = self._cpu_rss()
         store = sum(f.stat().st_size for f in self._store_files())
         return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=store / 2**20)
 
@@ -407,13 +446,6 @@ class NoidaBroker:
             freed += f.stat().st_size
             f.unlink()
         return freed / 2**20
-
-    def __enter__(self) -> NoidaBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def kafka_libs(version: str = KAFKA_VERSION) -> Path:
@@ -476,7 +508,7 @@ logger.change.level = WARN
 """Kafka's log, on stdout into `broker.log`: INFO, less the per-partition and config dumps."""
 
 
-class KafkaBroker:
+class KafkaBroker(_BrokerProcess):
     """Apache Kafka (KRaft, broker and controller in one JVM) on 127.0.0.1.
 
     Runs `java -cp 'libs/*' kafka.Kafka server.properties` from the jars of `make kafka`, after
@@ -522,6 +554,7 @@ class KafkaBroker:
         startup_timeout_s: float = 90.0,
         libs: Path | None = None,
     ) -> None:
+        super().__init__()
         self.data_dir = Path(data_dir)
         self.port = port
         self.controller_port = controller_port if controller_port is not None else free_port()
@@ -533,8 +566,6 @@ class KafkaBroker:
         self.overrides = dict(overrides or {})
         self.startup_timeout_s = startup_timeout_s
         self.libs = libs
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -616,8 +647,7 @@ class KafkaBroker:
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         self._format(config)
-        self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in stop)
-        self._proc = _spawn(self._java("kafka.Kafka", str(config)), self._log, cwd=self.data_dir)
+        self._launch(self._java("kafka.Kafka", str(config)), cwd=self.data_dir)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Return once the broker answers a metadata request; stop it and raise if it does not."""
@@ -639,33 +669,15 @@ class KafkaBroker:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Controlled shutdown (SIGTERM to its process group); SIGKILL after `timeout_s`."""
-        proc, self._proc = self._proc, None
-        _stop_process(proc, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._end(timeout_s)
 
     def kill(self) -> None:
         """SIGKILL the broker (a crash: no controlled shutdown)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _stop_process(proc, 10.0)  # reaps it
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        """True while the JVM is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        self._end(10.0, kill=True)
 
     def usage(self) -> BrokerUsage:
         """CPU seconds and RSS of the JVM, and the size of Kafka's data directory."""
-        proc = self._proc
-        alive = proc is not None and proc.poll() is None
-        cpu_s, rss_mib = process_usage(proc.pid) if proc is not None and alive else (None, None)
+        cpu_s, rss_mib = self._cpu_rss()
         return BrokerUsage(cpu_s=cpu_s, rss_mib=rss_mib, store_mib=_dir_mib(self.log_dir))
 
     def discard_store(self) -> float:
@@ -680,13 +692,6 @@ class KafkaBroker:
         freed = _dir_mib(self.log_dir)
         shutil.rmtree(self.log_dir, ignore_errors=True)
         return freed
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class KafkaCluster:
