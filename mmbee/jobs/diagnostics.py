@@ -40,8 +40,6 @@ CEILINGS: dict[str, tuple[str, ...]] = {
 }
 """Ceiling variants: SIM plus these truth columns as wide inputs."""
 
-_COMMUNITY_CLASSES = ("none", "neighbour", "home")
-
 
 @dataclass(frozen=True)
 class Truth:
