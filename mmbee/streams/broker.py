@@ -309,10 +309,16 @@ class _BrokerProcess(ABC):
     log file, stopping, `running` and the process's CPU and RSS."""
 
     data_dir: Path
+    port: int
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """`host:port` of the broker's Kafka listener (loopback only)."""
+        return f"{LOOPBACK}:{self.port}"
 
     def _launch(self, cmd: list[str], cwd: Path | None = None) -> None:
         self._log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 (closed in _end)
@@ -375,10 +381,6 @@ class NoidaBroker(_BrokerProcess):
         self.data_dir = Path(data_dir)
         self.port = port
         self.startup_timeout_s = startup_timeout_s
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     @staticmethod
     def binary() -> Path:
@@ -566,10 +568,6 @@ class KafkaBroker(_BrokerProcess):
         self.overrides = dict(overrides or {})
         self.startup_timeout_s = startup_timeout_s
         self.libs = libs
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     @property
     def log_dir(self) -> Path:
