@@ -322,14 +322,20 @@ def markdown_table(report: dict[str, Any]) -> str:
         if "beats_popularity" in t:
             lines.append(
                 "- beats popularity on AUC, UAUC and GAUC: "
-                + ", ".join(f"{n} {'yes' if ok else 'NO'}" for n, ok in t["beats_popularity"].items())
+                + ", ".join(
+                    f"{n} {'yes' if ok else 'NO'}" for n, ok in t["beats_popularity"].items()
+                )
             )
         lines.append("")
     probes = report.get("probes")
     if probes:
-        lines.append("**Linear probes** (test-day impressions; balanced accuracy, chance = 1/classes)")
+        lines.append(
+            "**Linear probes** (test-day impressions; balanced accuracy, chance = 1/classes)"
+        )
         lines.append("")
-        lines.append("| probe | classes | balanced accuracy | majority-class share | n train / test |")
+        lines.append(
+            "| probe | classes | balanced accuracy | majority-class share | n train / test |"
+        )
         lines.append("|---|---|---|---|---|")
         for name, p in probes.items():
             lines.append(
@@ -346,7 +352,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in [*report["variants"], *report.get("ceilings", [])] if n in report["metrics"]]
+    names = [
+        n for n in [*report["variants"], *report.get("ceilings", [])] if n in report["metrics"]
+    ]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.4 * len(METRICS), 4.0))
     for ax, m in zip(axes, METRICS, strict=True):
         vals = [report["metrics"][n][m] for n in names]
@@ -412,9 +420,15 @@ def run_ablation(job: AblationJob, log: Callable[[str], None] = print) -> dict[s
     truth = load_truth(logdir, built) if job.diagnostics else None
     if truth is not None:
         for name, columns in CEILINGS.items():
-            table = with_extra(built.table, truth.wide_columns(columns))
+            extra = truth.wide_columns(columns)  # (E, C)
             runs, t, _ = _train_variant(
-                job, built, "sim", train_idx, test_idx, table, len(truth.wide_columns(columns)[0])
+                job,
+                built,
+                "sim",
+                train_idx,
+                test_idx,
+                with_extra(built.table, extra),
+                extra.shape[1],
             )
             record(name, runs, t)
             ceilings.append(name)

@@ -391,6 +391,12 @@ def train_model(
                 return True
         return False
 
+    best: dict[str, Tensor] | None = None  # the kept state of stage 2's early stopping
+
+    def keep_best() -> None:
+        nonlocal best
+        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     def after(epoch: int) -> bool:
         """Stage 2's early stopping: remember the best epoch; True to stop."""
         if epoch < config.epochs or not len(val_idx):
@@ -399,13 +405,12 @@ def train_model(
         model.train()
         result.val_losses.append(loss)
         if loss < min(result.val_losses[:-1], default=float("inf")):
-            best[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            keep_best()
             result.best_stage2_epoch = epoch - config.epochs + 1
             return False
         since = epoch - config.epochs + 1 - result.best_stage2_epoch
         return since >= config.patience
 
-    best: list[dict[str, Tensor] | None] = [None]
     try:
         stop = run_epochs(make_optimizer(model, config), config.epochs, 0)
         params: list[Tensor] = []
@@ -419,12 +424,12 @@ def train_model(
                         validation_loss(model, table, store, val_idx, config.negative_rate)
                     )
                     model.train()
-                    best[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    keep_best()
                 # no weight decay: it would also shrink the wide term's frozen columns
                 opt2 = torch.optim.AdamW(params, lr=config.stage2_lr, weight_decay=0.0)
                 run_epochs(opt2, config.stage2_epochs, config.epochs)
-                if best[0] is not None:
-                    model.load_state_dict(best[0])
+                if best is not None:
+                    model.load_state_dict(best)
         finally:
             if undo is not None:
                 undo()
@@ -486,7 +491,10 @@ def freeze_for_stage2(
             train.append(p)
     # the wide term's side columns, in forward's order: h_m (content), then h_g (graph)
     d, start, cols = model.config.dim, model.n_fixed_wide, []
-    for branch, present in (("content", model.content is not None), ("graph", model.gie is not None)):
+    for branch, present in (
+        ("content", model.content is not None),
+        ("graph", model.gie is not None),
+    ):
         if present:
             if branch in branches:
                 cols.append((start, start + d))
