@@ -404,11 +404,10 @@ class Background:
 
 
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as in kafka-python, aiokafka and the
-    Java client) gives a keyed record."""
-    from kafka.partitioner.default import murmur2
+    """The partition Kafka's default partitioner gives a keyed record (`partition_for`)."""
+    from mmbee.schemas.topics import partition_for
 
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+    return partition_for(key, partitions)
 
 
 @contextlib.contextmanager

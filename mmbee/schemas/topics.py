@@ -2,7 +2,8 @@
 
 Names here are suffixes; the streams layer prepends the configured prefix (default "mmbee.").
 Partition counts are settings, not contract: topics that are joined or looked up together share
-a key and a partition count (`co_partitioned_groups`).
+a key and a partition count (`co_partitioned_groups`); `partition_for` is where Kafka's default
+partitioner puts a keyed record.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "TOPICS",
     "topic_spec",
     "co_partitioned_groups",
+    "partition_for",
     "export_json_schemas",
 ]
 
@@ -109,6 +111,37 @@ def co_partitioned_groups() -> dict[str, list[str]]:
         if spec.key != "none":
             groups.setdefault(spec.key, []).append(spec.name)
     return groups
+
+
+def _murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`, seed 0x9747B28C), as
+    an unsigned 32-bit int (kafka-python's and aiokafka's `murmur2` return the same)."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    n = len(data)
+    h = (0x9747B28C ^ n) & mask
+    tail = n & ~3
+    for i in range(0, tail, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    rest = n & 3
+    if rest:
+        h = ((h ^ int.from_bytes(data[tail:], "little")) * m) & mask
+    h = ((h ^ (h >> 13)) * m) & mask
+    return h ^ (h >> 15)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (the Java client's, kafka-python's and
+    aiokafka's) gives a record with this non-null key: positive murmur2 modulo `partitions`.
+
+    Example:
+        >>> partition_for(b"u1", 4) == partition_for(b"u1", 4) < 4
+        True
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    return (_murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def export_json_schemas(directory: Path) -> list[Path]:

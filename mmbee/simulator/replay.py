@@ -1,16 +1,16 @@
 """Replay a log directory into Kafka in event-time order, at real time, N x, or full speed.
 
-Events come from `reader.iter_encoded` (merged across files, ties broken by topic rank and
-source row), go to `settings.topic(<catalogue name>)` keyed by the catalogue's key field, on
-the partition Kafka's default partitioner picks for the key (murmur2, as the Java client,
-kafka-python, aiokafka and Faust do). They are packed into record batches per partition with
-aiokafka's C batch builder and sent with `send_batch`, so the per-event cost is the encoding,
+Events come from `reader.iter_encoded` (merged across files, ties broken by topic rank and source
+row), go to `settings.topic(<catalogue name>)` keyed by the catalogue's key field, on the partition
+Kafka's default partitioner picks for the key (`schemas.topics.partition_for`: murmur2, as the Java
+client, kafka-python, aiokafka and Faust do). They are packed into record batches per partition
+with aiokafka's C batch builder and sent with `send_batch`, so the per-event cost is the encoding,
 not a producer call. Pacing uses an injected clock and sleep: event time advances `speed` times
-faster than the clock (`speed=None`: as fast as the broker takes them); before any pause the
-open batches are sent, so paced events are not held back. A replay resumes from an event time
+faster than the clock (`speed=None`: as fast as the broker takes them); before any pause the open
+batches are sent, so paced events are not held back. A replay resumes from an event time
 (`start_ms`); events at exactly that time are sent again, which consumers absorb because every
-event id is stable (state is idempotent by event id). `end_ms` stops before an event time, so a
-log replays a day (or any window) at a time: `[a, b)` then `[b, c)` sends what `[a, c)` sends.
+event id is stable (state is idempotent by event id). `end_ms` stops before an event time, so a log
+replays a day (or any window) at a time: `[a, b)` then `[b, c)` sends what `[a, c)` sends.
 
 Example:
     >>> stats = replay_log(Path("logs/tiny"), load_settings(), speed=None)  # doctest: +SKIP
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mmbee.schemas.topics import partition_for
 from mmbee.settings import Settings
 from mmbee.simulator.reader import count_events, iter_encoded, read_log
 
@@ -150,7 +151,6 @@ async def _publish(
     max_request_bytes: int,
 ) -> ReplayStats:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import murmur2
 
     producer = AIOKafkaProducer(**_producer_kwargs(settings, max_request_bytes))
     await producer.start()
@@ -169,7 +169,7 @@ async def _publish(
                 raise ReplayError(f"topic {full!r} has no partitions (create the topics first)")
             n = n_parts[full] = len(parts)
         # a null key (no catalogue topic here has one) would go to partition 0
-        p = 0 if key is None else (murmur2(key) & 0x7FFFFFFF) % n
+        p = 0 if key is None else partition_for(key, n)
         part_of[(full, key)] = p
         return p
 

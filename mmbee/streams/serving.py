@@ -50,6 +50,7 @@ from faust.types import TP, EventT, StreamT
 
 from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.schemas.serving import ModelVersion
+from mmbee.schemas.topics import partition_for
 from mmbee.scorer.features import AuthorFeatures, author_features
 from mmbee.scorer.predict import (
     ContentBuffer,
@@ -73,7 +74,6 @@ __all__ = [
     "ServingConfig",
     "serving_config",
     "ServingRuntime",
-    "partition_of",
     "register",
 ]
 
@@ -135,18 +135,6 @@ def serving_config(settings: Settings) -> ServingConfig:
         frame_dim=settings.frame_dim,
         text_dim=settings.text_dim,
     )
-
-
-def _murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's, kafka-python's and aiokafka's default partitioner)."""
-    from kafka.partitioner.default import murmur2
-
-    return int(murmur2(data))
-
-
-def partition_of(user_id: str, partitions: int) -> int:
-    """The partition of a user-keyed message (the default partitioner's choice)."""
-    return (_murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _request_ids(raw: bytes | None) -> tuple[str, str]:
@@ -573,7 +561,7 @@ def register(ctx: StreamContext) -> None:
             t0 = runtime.clock()
             raw = await request.read()
             _, uid = _request_ids(raw)
-            partition = partition_of(uid, settings.partitions) if uid else 0
+            partition = partition_for(uid.encode(), settings.partitions) if uid else 0
             if uid and TP(requests_topic, partition) not in _assigned_requests(ctx):
                 resp = runtime._error(
                     _request_ids(raw)[0], uid,

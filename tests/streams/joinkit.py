@@ -16,10 +16,10 @@ from mmbee.encoders.segments import ContentItem, SegmentBuffer, SegmentConfig, u
 from mmbee.jobs.train import BuildConfig, BuiltExamples
 from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, GiftEvent, WatchEvent
 from mmbee.schemas.scoring import TrainingExample
+from mmbee.schemas.topics import partition_for
 from mmbee.scorer.dataset import ExampleTable
 from mmbee.scorer.examples import from_message, to_message
 from mmbee.streams.author_state import Timeline
-from mmbee.streams.serving import partition_of
 from mmbee.streams.user_state import JoinerConfig, PartitionJoiner, complete
 from mmbee.streams.views import AuthorView, ExpansionView, SegmentView, ViewSources
 
@@ -91,7 +91,7 @@ def drive(log: Path, build: BuildConfig, partitions: int = 4) -> list[TrainingEx
             tl = timelines.setdefault(ev.author_id, Timeline(ev.author_id))
             tl.add("gift" if isinstance(ev, GiftEvent) else "watch", ev.event_id, ev.ts_ms, FAR)
             authors.put(tl.message())
-        joiners[partition_of(ev.user_id, partitions)].apply(ev, 0.0)
+        joiners[partition_for(ev.user_id.encode(), partitions)].apply(ev, 0.0)
     out = []
     for j in joiners:
         out.extend(to_message(complete(u, p, sources, build.features)) for u, p in j.due(FAR))
