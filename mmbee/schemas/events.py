@@ -1,9 +1,10 @@
 """Pydantic models of every message on mmbee's Kafka topics: the only contract between agents.
 
 Each model rejects bad input with a reason (pydantic's error message names the field and why).
-Models are frozen and forbid unknown fields. Embeddings travel as base64 float32
-(`mmbee.schemas.types.encode_embedding`); JPEG and PCM payloads are `bytes`
-(base64 in JSON).
+Models are frozen and forbid unknown fields. Off the wire (`mmbee.streams.codec`) they validate
+strictly, as their published JSON Schema says: no string/number/boolean coercion. Embeddings
+travel as base64 float32 (`mmbee.schemas.types.encode_embedding`, base64 text only in JSON);
+JPEG and PCM payloads are `bytes` (base64 in JSON).
 
 Example:
     >>> g = GiftEvent(event_id="g1", ts_ms=1_700_000_000_000, user_id="u1", author_id="a1",

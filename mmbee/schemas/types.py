@@ -135,12 +135,22 @@ def _tiny_weights(dim: int) -> np.ndarray:
     return out
 
 
-def _to_b64(value: Any) -> Any:
-    """Accept a list/tuple/ndarray of floats and turn it into the wire string."""
+def _to_b64(value: Any, info: ValidationInfo) -> Any:
+    """Accept a list/tuple/ndarray of floats built in Python and turn it into the wire string.
+
+    On the wire (JSON input) an embedding is base64 text only, as the published schema says: a
+    JSON list is refused, not converted."""
     if type(value) is str:  # the wire form (every message off a topic): nothing to do
         return value
+    if info.mode == "json":
+        if isinstance(value, list):
+            raise ValueError("embedding must be base64 text on the wire, not a JSON list")
+        return value  # not a string: the str validator refuses it, strictly
     if isinstance(value, list | tuple | np.ndarray):
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int beyond float range
+            raise ValueError(f"embedding is not a vector of floats: {exc}") from None
         if arr.ndim != 1:
             raise ValueError(f"embedding must be 1-d, got shape {arr.shape}")
         if not np.isfinite(arr).all():
@@ -194,7 +204,7 @@ def _embedding_type(ctx_key: str, default_dim: int) -> Any:
         AfterValidator(check),
         Field(
             description=f"{default_dim} float32 values (width set by the featurizer), base64 "
-            "little-endian; a JSON list of floats is accepted on input and converted",
+            "little-endian",
             json_schema_extra={"contentEncoding": "base64"},
         ),
     ]

@@ -5,6 +5,11 @@ which returns either the validated model or a `Rejected` with the dead-letter re
 message reaches the DLQ with its original bytes instead of crashing inside Faust's own
 deserialiser. Embedding widths come from the settings through pydantic's validation context.
 
+Validation is strict, as the published JSON Schema (`mmbee schemas export`) is: no coercion
+between strings, numbers and booleans (`"gift_value": "2"` and `"ts_ms": true` are refused), an
+integer field takes a JSON integer (`1.0` is refused: the one place the validator is narrower
+than the schema, which cannot tell `1.0` from `1`), a number field takes any JSON number.
+
 Example:
     >>> codec = EventCodec(frame_dim=4, text_dim=3)
     >>> from mmbee.schemas import GiftEvent
@@ -105,7 +110,7 @@ class EventCodec:
                 "oversized", f"message is {len(raw)} bytes, at most {max_bytes}", _event_id_of(raw)
             )
         try:
-            return model.model_validate_json(raw, context=self.context)
+            return model.model_validate_json(raw, strict=True, context=self.context)
         except ValidationError as exc:
             types = {e["type"] for e in exc.errors(include_url=False, include_input=False)}
             if types and types <= _DECODE_TYPES:
