@@ -16,9 +16,10 @@ every figure from the same run:
   start on empty topics and are SIGSTOPped once the group is stable (every worker ready, the
   partitions spread); the log is then replayed into the topics with mmbee's replayer and the
   workers SIGCONTed: they read a backlog with a settled group, and the replayer does not compete
-  with them for the CPU. Rate = consumed messages (content topics + gifts) / (latest batch -
-  earliest batch over all workers), from the workers' own metrics (monotonic clock; same method
-  as bench/ingest.py). `scale_ratio` = median 2-worker rate / median 1-worker rate. The CPU time
+  with them for the CPU. The replay starts `FETCH_SETTLE_S` after the SIGSTOP, once the fetch
+  each worker had in flight has been answered empty (see `pause`). Rate = consumed messages
+  (content topics + gifts) / (latest batch - earliest batch over all workers), from the workers'
+  own metrics (monotonic clock; same method as bench/ingest.py). `scale_ratio` = median 2-worker rate / median 1-worker rate. The CPU time
   each worker used is read from /proc, so `events_per_worker_cpu_s` shows whether a worker does
   the same work per CPU second alone or beside another (the design scales) even when the box has
   no free core to give it.
@@ -77,6 +78,8 @@ from mmbee.streams.deployment import provision  # noqa: E402
 CONSUMED = ("live.frames", "live.comments", "live.asr", "live.gifts")
 CONTENT = ("live.frames", "live.comments", "live.asr")
 AGENTS = ("segments", "graph_gifts")
+FAUST_FETCH_MAX_WAIT_S = 1.5  # faust's aiokafka driver: fetch_max_wait_ms=1500
+FETCH_SETTLE_S = FAUST_FETCH_MAX_WAIT_S + 1.0
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -214,6 +217,31 @@ def stable(workers: list[Worker], partitions: int) -> bool:
     )
 
 
+def pause(workers: list[Worker]) -> None:
+    """SIGSTOP the workers, then wait until no fetch of theirs is pending at the broker.
+
+    Apache Kafka holds an idle consumer's fetch for up to fetch.max.wait.ms and answers it as
+    soon as data lands. A fetch sent just before the SIGSTOP is therefore answered by the first
+    produce request of the replay, with the first record batches only (the replayer fills a
+    512 KiB batch per topic partition, so those are ~75 frames, 20 minutes of event time, of
+    partitions 0 and 7) and high watermarks of 0 for the comment and ASR partitions, which had
+    nothing yet. On SIGCONT the segment agent reads that stale answer, takes the empty sources for
+    quiet (read to their high watermark), releases the frames and closes their segments; the
+    comments and ASR segments that then arrive are dead-lettered `late` (311 on the 30-streamer
+    log, every run). Waiting past fetch.max.wait.ms lets the broker answer that fetch empty
+    before the replay starts, so the first fetch after SIGCONT sees the whole backlog. noida-db
+    answers every fetch at once, so it never showed the fault. A worker fed while it runs still
+    has it (issue 21, item 4: per-partition watermarks with an idle timeout)."""
+    for w in workers:
+        w.signal(signal.SIGSTOP)
+    time.sleep(FETCH_SETTLE_S)
+
+
+def dead_letters(metrics: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """{agent: {reason: count}} of one worker's metrics, agents with none left out."""
+    return {agent: dict(a["dlq"]) for agent, a in sorted(metrics.items()) if a.get("dlq")}
+
+
 def settled_status(w: Worker, timeout_s: float = 30.0) -> dict[str, Any]:
     """The worker's status, retried while a loaded machine makes it time out."""
     deadline = time.monotonic() + timeout_s
@@ -265,8 +293,7 @@ def throughput_run(
     ]  # fmt: skip
     try:
         wait_for(lambda: stable(workers, settings.partitions), "a stable group", workers, 120)
-        for w in workers:
-            w.signal(signal.SIGSTOP)
+        pause(workers)
         stats = publish(messages, settings)
         cpu0 = [w.cpu_s() for w in workers]
         broker0, box0 = proc_cpu_s(broker_pid), box_jiffies()
@@ -295,7 +322,7 @@ def throughput_run(
         ]
         cpu = [w.cpu_s() - c for w, c in zip(workers, cpu0, strict=True)]
         rss = [w.rss_mib() for w in workers]
-        dlq = [a.get("segments", {}).get("dlq", {}) for a in spans]
+        dlq = [dead_letters(a) for a in spans]
         return {
             "workers": n_workers,
             "rate": n_consumed / (last - first),
@@ -334,8 +361,7 @@ def failover_run(
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_list())
     try:
         wait_for(lambda: stable(workers, settings.partitions), "a stable group", workers, 120)
-        for w in workers:
-            w.signal(signal.SIGSTOP)
+        pause(workers)
         publish(messages, settings)
         for w in workers:
             w.signal(signal.SIGCONT)
@@ -392,6 +418,7 @@ def failover_run(
             time.sleep(0.1)
         wait_for(lambda: consumed([survivor])[1] == 0, "the survivor to settle", [survivor], 600)
         rss, peak = survivor.rss_mib()
+        survivor_dlq = dead_letters(survivor.metrics())
         return {
             "failover_seconds": None if failover is None else round(failover, 2),
             "takeover_seconds": None if takeover is None else round(takeover, 2),
@@ -401,6 +428,8 @@ def failover_run(
             "survivor_rss_mib": rss,
             "survivor_peak_rss_mib": peak,
             "session_timeout_s": settings.session_timeout_s,
+            # redelivered gifts show as `duplicate` after a crash (RUNBOOK section 10)
+            "survivor_dead_letters": survivor_dlq,
         }
     finally:
         admin.close()
@@ -408,7 +437,9 @@ def failover_run(
             w.stop()
 
 
-def measure(kind: str, args: argparse.Namespace, messages: list[Any], workdir: Path) -> dict[str, Any]:
+def measure(
+    kind: str, args: argparse.Namespace, messages: list[Any], workdir: Path
+) -> dict[str, Any]:
     """Every figure of the docstring on a fresh broker of `kind` ('kafka' or 'noida')."""
     n_consumed = sum(1 for m in messages if m[0] in CONSUMED)
     broker = make_broker(kind, workdir / f"broker-{kind}", free_port())  # type: ignore[arg-type]
@@ -458,7 +489,10 @@ def measure(kind: str, args: argparse.Namespace, messages: list[Any], workdir: P
         result["runs"] = [
             {k: v for k, v in x.items() if k != "dlq"} | {"rate": round(x["rate"])} for x in runs
         ]
-        result["dead_letters"] = [x["dlq"] for x in runs]
+        result["dead_letters"] = [x["dlq"] for x in runs]  # per run, per worker, per agent
+        result["late_dead_letters"] = sum(
+            reasons.get("late", 0) for x in runs for w in x["dlq"] for reasons in w.values()
+        )
         fo = failover_run(base, messages, n_consumed, workdir, f"{kind}failover")
         result.update(fo)
         usage = broker.usage()
