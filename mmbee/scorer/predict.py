@@ -12,12 +12,11 @@ from start to end and never sees a half-loaded one.
 forward pass over all candidates. Bad requests come back as a ScoreResponse with `error` set.
 Latency is measured with an injected clock.
 
-Content embeddings without the encoder per request: `load_model` wraps the model's content
-encoder so a batch may carry `PrecomputedContent` (encoder outputs computed earlier) instead of
-segment features; `encode_buffers` computes those outputs for a list of segment buffers (the
-serving worker does it when a segment closes and for every author before a model swap), and
-`score_request(..., content=...)` scores with them: the rest of `GTRModel.forward` (projection,
-GIE, base, wide term) runs unchanged, so scores equal the full forward (tested).
+Content embeddings without the encoder per request: `encode_buffers` computes the content
+encoder's outputs for a list of segment buffers (the serving worker does it when a segment closes
+and for every author before a model swap), and `score_request(..., content=...)` scores with them
+through `GTRModel.forward(content_embedding=...)`: the rest of the forward pass (projection, GIE,
+base, wide term) runs unchanged, so scores equal the full forward (tested).
 
 Example:
     >>> holder = ModelHolder()  # doctest: +SKIP
@@ -39,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmbee.encoders.base import EncoderOutput, SegmentBatch
+from mmbee.encoders.base import SegmentBatch
 from mmbee.schemas.events import AuthorScore, ScoreRequest, ScoreResponse
 from mmbee.scorer.batch import id_row
 from mmbee.scorer.dataset import RowCache, Rows, collate, collate_request
@@ -61,7 +60,6 @@ __all__ = [
     "NoModelError",
     "ModelLoadError",
     "LoadedModel",
-    "PrecomputedContent",
     "ContentBuffer",
     "encode_buffers",
     "checkpoint_features",
@@ -98,7 +96,8 @@ RuntimeError on weights that do not fit the model."""
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """One loaded checkpoint, ready to serve (never mutated after creation).
+    """One loaded checkpoint, ready to serve. No field is reassigned after creation; `cache` and
+    `content` are caches that fill up while it serves.
 
     Attributes:
         version: identifies the weights (given, or a digest of the checkpoint file).
@@ -149,47 +148,7 @@ def load_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    if model.content is not None:
-        model.content = _CachedContent(model.content)  # type: ignore[assignment]
     return LoadedModel(version, model, features, rows, config)
-
-
-@dataclass(frozen=True)
-class PrecomputedContent:
-    """Content encoder outputs computed earlier, in place of a batch's `SegmentBatch`.
-
-    Shapes:
-        embedding: (U, D_enc) one encoder output per content buffer (`GTRBatch.content_index`
-            points into it).
-    """
-
-    embedding: Tensor
-
-    def to(self, device: torch.device | str) -> PrecomputedContent:
-        return PrecomputedContent(self.embedding.to(device))
-
-
-class _CachedContent(nn.Module):
-    """The model's content encoder, passing `PrecomputedContent` through unchanged."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    @property
-    def config(self) -> Any:
-        return self.encoder.config
-
-    @property
-    def out_dim(self) -> int:
-        return int(self.encoder.out_dim)  # type: ignore[arg-type]
-
-    def forward(self, content: SegmentBatch | PrecomputedContent) -> EncoderOutput:
-        """Shapes: see `SegmentBatch`; output embedding (U, D_enc)."""
-        if isinstance(content, PrecomputedContent):
-            return EncoderOutput(content.embedding)
-        out: EncoderOutput = self.encoder(content)
-        return out
 
 
 @dataclass(frozen=True)
@@ -240,10 +199,9 @@ def encode_buffers(
         author_ids=torch.tensor([id_row(b.author_id, rows) for b in buffers], dtype=torch.long),
         segment_modality_mask=torch.from_numpy(present),
     )
-    inner = encoder.encoder if isinstance(encoder, _CachedContent) else encoder
     device = loaded.model.logit_offset.device
     with torch.inference_mode():
-        out: Tensor = inner(batch.to(device)).embedding  # (U, D_enc)
+        out: Tensor = encoder(batch.to(device)).embedding  # (U, D_enc)
         return out
 
 
@@ -309,14 +267,16 @@ def predict_snapshots(
         batch = collate_request(snapshots, loaded.features, rows, store, loaded.cache)
     else:
         batch = collate(snapshots, loaded.features, rows, store)
+    device = loaded.model.logit_offset.device
     if content is not None and loaded.rows.with_content:
         if content.shape[0] != len(snapshots):
             raise ValueError(f"content has {content.shape[0]} rows for {len(snapshots)} snapshots")
-        batch.content = PrecomputedContent(content)  # type: ignore[assignment]
-        batch.content_index = torch.arange(len(snapshots))
-    device = loaded.model.logit_offset.device
+        batch = replace(batch, content_index=torch.arange(len(snapshots)))  # buffer i: impression i
+        content = content.to(device)  # (N, D_enc)
+    else:
+        content = None
     with torch.inference_mode():
-        logits = loaded.model(batch.to(device)).logits["gift"]  # model is in eval mode
+        logits = loaded.model(batch.to(device), content_embedding=content).logits["gift"]
         return torch.sigmoid(logits).double().cpu().numpy()
 
 

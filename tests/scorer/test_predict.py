@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from mmbee.schemas import ScoreRequest
 from mmbee.scorer.features import FeatureConfig, FeatureState, MemorySegmentStore
-from mmbee.scorer.gtr import GTRModel, config_for_variant, save_checkpoint
+from mmbee.scorer.gtr import GTRModel, config_for_variant, default_content_config, save_checkpoint
 from mmbee.scorer.predict import (
     ModelHolder,
     NoModelError,
@@ -75,6 +75,50 @@ def test_scores_match_the_training_forward(world: FeatureState, tmp_path: Path) 
     assert np.allclose([s.score for s in resp.scores], expected.numpy(), atol=1e-6)
     assert np.allclose(predict_snapshots(loaded, snaps, world.store), expected.numpy(), atol=1e-6)
     assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_precomputed_content_scores_equal_the_full_forward(
+    world: FeatureState, tmp_path: Path
+) -> None:
+    """Serving's path: encoder outputs computed earlier, passed as `content_embedding`. MFQ with
+    its now path, and a wide term whose h_m columns are not zero, so every use of h_m counts."""
+    torch.manual_seed(0)
+    cfg = config_for_variant(
+        "sim_mfq_gie", dim=8, user_rows=64, author_rows=64, hidden=(16,),
+        content_config=default_content_config("mfq", 8, 4) | {"d_model": 8, "out_dim": 8},
+    )  # fmt: skip
+    model = GTRModel(cfg)
+    assert model.content is not None and getattr(model.content, "now", None) is not None
+    assert model.wide is not None
+    with torch.no_grad():
+        model.wide.weight.normal_()  # h_m's and h_g's columns included
+    loaded = load_model(save_checkpoint_to(tmp_path / "mfq.pt", model))
+    assert loaded.model.content is not None and type(loaded.model.content) is type(model.content)
+    req, sides, user = request_for(world, n=4)
+    snaps = [
+        world.snapshot(f"x{i}", "u1", a, None, req.ts_ms)
+        for i, a in enumerate(req.candidate_author_ids)
+    ]
+    from mmbee.scorer.dataset import collate
+
+    full = collate(snaps, FEATURES, rows_for(loaded.model), world.store)
+    assert full.content is not None and full.content_index is not None
+    expected = loaded.model.predict(full).numpy()
+    with torch.no_grad():
+        content = loaded.model.content(full.content).embedding[full.content_index]  # (N, D_enc)
+    got = predict_snapshots(loaded, snaps, world.store, content=content)
+    assert np.allclose(got, expected, atol=1e-6)
+    resp = score_request(loaded, req, user, sides, world.users["u1"], None, content=content)
+    assert np.allclose([s.score for s in resp.scores], expected, atol=1e-6)
+    moved = predict_snapshots(loaded, snaps, world.store, content=torch.roll(content, 1, dims=0))
+    assert not np.allclose(moved, expected, atol=1e-6), "the given embeddings are the ones used"
+    with pytest.raises(ValueError, match="rows"):
+        predict_snapshots(loaded, snaps, world.store, content=content[:2])
+
+
+def save_checkpoint_to(path: Path, model: GTRModel) -> Path:
+    save_checkpoint(path, model, {"build": BUILD})
+    return path
 
 
 def test_bad_requests_get_an_error_response(world: FeatureState, tmp_path: Path) -> None:
