@@ -9,9 +9,10 @@ split (train on the first days, test on the last):
   -VE (z = mu: no sampling, no KL). AUC / UAUC / GAUC / Recall@10 / NDCG@10, mean and standard
   deviation over training seeds. MFQ, fixed fusion and the base are trained by the scorer's own
   `train_model` (exactly as in `mmbee experiment ablation`); the VBF++ rows by `train_vbf`, the
-  same loop (same seeds, negative subsampling, example order, wide-term learning rate, output
-  bias and calibration offset) with `VBFTrainer.train_step` (RAR + ELBO + rec loss) in place of
-  the plain step and, with meta-learning, a MAML step on category domains every few steps.
+  same `train_model` loop (same seeds, negative subsampling, example order, wide-term learning
+  rate, output bias and calibration offset) with `VBFTrainer.train_step` (RAR + ELBO + rec
+  loss) as its step (`train_model(step=...)`) and, with meta-learning, a MAML step on category
+  domains every few steps.
 - **Fusion weights per category** (the paper's Fig. 4 claim): mean alpha over streams of each
   simulated category against the modality that carries the moment signal there.
 - **Posterior variance of mixed vs pure streams**: the simulator has one category per streamer,
@@ -33,9 +34,8 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,14 +55,12 @@ from mmbee.jobs.train import (
     split_by_time,
     test_report,
 )
-from mmbee.scorer import train as scorer_train
-from mmbee.scorer.batch import TASKS
+from mmbee.scorer.batch import TASKS, GTRBatch
 from mmbee.scorer.gtr import GTRConfig, GTRModel, default_content_config
 from mmbee.scorer.metrics import evaluate_scores
 from mmbee.scorer.train import (
     ContentRecLoss,
     TrainConfig,
-    resolve_device,
     rows_for,
     score_table,
     train_model,
@@ -303,6 +301,79 @@ def _domain_task(
     return DomainTask(sb.content, sb, qb.content, qb)
 
 
+class _VBFStep:
+    """`train_model`'s step for a scorer with a VBF++ content encoder (a `TrainStep`).
+
+    `VBFTrainer.train_step`: a discriminator step, then one Adam step (the scorer: AdamW, weight
+    decay 1e-6) of encoder + scorer on -ELBO + L_rec + lambda_quality L_adv + L_sparse +
+    L_smooth, where L_rec is the scorer's per-impression loss averaged per content buffer
+    (`ContentRecLoss`; the scorer averages over impressions), the wide term at `wide_lr_mult` x
+    lr. With `meta`, every `meta.every` steps one MAML step (eq. 22) on `meta.tasks` categories of
+    the current epoch's examples. The prior's k-means runs on the trainer's generator.
+    """
+
+    def __init__(
+        self,
+        model: GTRModel,
+        built: BuiltExamples,
+        train: TrainConfig,
+        vbf_train: VBFTrainConfig,
+        meta: MetaConfig | None,
+    ) -> None:
+        encoder = model.content
+        assert isinstance(encoder, VBFEncoder)  # train_vbf checked the config
+        self.built, self.meta, self.rows = built, meta, rows_for(model)
+        self.device = model.logit_offset.device
+        wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith(("wide.", "content."))]
+        self.trainer = VBFTrainer(
+            encoder,
+            ContentRecLoss(model, train.task_weights),
+            replace(vbf_train, lr=train.lr, seed=train.seed),
+            rec_parameters=rest,
+            rec_param_groups=[{"params": wide, "lr": train.lr * train.wide_lr_mult}],
+        )
+        self.meta_rng = np.random.default_rng([train.seed, 2])
+        self.domains: list[np.ndarray] = []
+        self.steps = self.meta_steps = 0
+        self.last: dict[str, float] = {}
+
+    def init_prior(self, batches: Iterable[SegmentBatch]) -> None:
+        self.trainer.initialise_prior(batches)
+
+    def start_epoch(self, idx: np.ndarray) -> None:
+        """The epoch's meta-training domains: categories with a positive and enough examples."""
+        self.domains = []
+        if self.meta is None:
+            return
+        cats, gift = self.built.table.column("category"), self.built.table.column("labels")
+        for c in np.unique(cats[idx]):
+            pool = idx[cats[idx] == c]
+            if (
+                c >= 0
+                and (gift[pool, _GIFT] > 0).any()
+                and len(pool) >= self.meta.support + self.meta.query
+            ):
+                self.domains.append(pool)
+
+    def __call__(self, batch: GTRBatch) -> dict[str, float]:
+        self.last = self.trainer.train_step(batch.content, batch)  # type: ignore[arg-type]
+        self.steps += 1
+        meta = self.meta
+        if meta is not None and self.domains and self.steps % meta.every == 0:
+            n = min(meta.tasks, len(self.domains))
+            picks = self.meta_rng.choice(len(self.domains), n, replace=False)
+            tasks = [
+                _domain_task(
+                    self.built, self.rows, self.domains[i], meta, self.meta_rng, self.device
+                )
+                for i in picks
+            ]
+            self.trainer.meta_train_step(tasks)
+            self.meta_steps += 1
+        return self.last
+
+
 def train_vbf(
     model_cfg: GTRConfig,
     built: BuiltExamples,
@@ -313,107 +384,25 @@ def train_vbf(
 ) -> VBFRun:
     """Train a GTR model whose content encoder is VBF++ with the full VBF++ objective.
 
-    The loop is `mmbee.scorer.train.train_model`'s (same seeded init, output-bias init, wide
-    warm start where the scorer has one, negative subsampling draw and example order, wide term
-    at `wide_lr_mult` x lr, calibrated offset at the end) with `VBFTrainer.train_step` as the
-    step: a discriminator step, then one Adam step (the scorer: AdamW, weight decay 1e-6) of
-    encoder + scorer on -ELBO + L_rec + lambda_quality L_adv + L_sparse + L_smooth, where L_rec
-    is the scorer's per-impression loss averaged per content buffer (`ContentRecLoss`; the
-    scorer averages over impressions). With `meta`, every
-    `meta.every` steps one MAML step (eq. 22) on `meta.tasks` categories of the current epoch's
-    examples. The k-means prior initialisation uses the scorer's sample
-    (`TrainConfig.prior_init_examples`).
+    `mmbee.scorer.train.train_model`'s loop (seeded init, output-bias init, wide warm start,
+    negative subsampling draw and example order, the prior's k-means sample, calibrated offset
+    at the end) with `_VBFStep` as its step, on all of `train_idx` (no validation split) and
+    without the scorer's second stage.
     """
-    device = resolve_device(train.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(train.seed)
-        model = GTRModel(model_cfg)
-    if not isinstance(model.content, VBFEncoder):
+    if model_cfg.content_encoder != "vbf++":
         raise ValueError(
             f"train_vbf needs a VBF++ content encoder, got {model_cfg.content_encoder}"
         )
-    table, store = built.table, built.store
-    train_idx = np.asarray(train_idx)
-    labels = table.column("labels")[train_idx]
-    model.init_output_bias({t: float(labels[:, i].mean()) for i, t in enumerate(TASKS)})
-    positive = labels[:, _GIFT] > 0
-    rate = train.negative_rate
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"negative_rate must be in (0, 1], got {rate}")
-    if rate < 1.0:
-        p = float(positive.mean())
-        model.init_output_bias({"gift": p / (p + (1 - p) * rate)})
-    # the scorer's warm start of the wide term, where `train_model` has one (so that VBF++ rows
-    # and `train_model` rows start alike); looked up, as it is a private step of that loop
-    fit_wide = getattr(scorer_train, "_fit_wide", None)
-    if fit_wide is not None:
-        fit_wide(model, table, train_idx, train)
-    model.to(device).train()
-    encoder = model.content
-    loss = ContentRecLoss(model, train.task_weights)
-    wide = [p for n, p in model.named_parameters() if n.startswith("wide.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(("wide.", "content."))]
-    trainer = VBFTrainer(
-        encoder,
-        loss,
-        replace(vbf_train, lr=train.lr, seed=train.seed),
-        rec_parameters=rest,
-        rec_param_groups=[{"params": wide, "lr": train.lr * train.wide_lr_mult}],
-    )
-    rows = rows_for(model)
-    if encoder.config.prior == "mixture" and train.prior_init_examples > 0 and len(train_idx):
-        init_rng = np.random.default_rng([train.seed, 1])  # the scorer's sample
-        n = min(train.prior_init_examples, len(train_idx))
-        sample = np.sort(init_rng.choice(train_idx, n, replace=False))
-        chunks = [sample[i : i + train.batch_size] for i in range(0, n, train.batch_size)]
-        trainer.initialise_prior(
-            table.batch(c, rows, store).to(device).content  # type: ignore[misc]
-            for c in chunks
-        )
-    rng = np.random.default_rng(train.seed)
-    meta_rng = np.random.default_rng([train.seed, 2])
-    cats = table.column("category")
-    run = VBFRun(model=model, trainer=trainer)
-    t0 = time.perf_counter()
-    for _epoch in range(train.epochs):
-        epoch_idx = train_idx
-        if rate < 1.0:
-            keep = positive | (rng.random(len(train_idx)) < rate)
-            epoch_idx = train_idx[keep]
-        order = rng.permutation(len(epoch_idx))
-        domains: list[np.ndarray] = []
-        if meta is not None:
-            for c in np.unique(cats[epoch_idx]):
-                pool = epoch_idx[cats[epoch_idx] == c]
-                has_pos = (table.column("labels")[pool, _GIFT] > 0).any()
-                if c >= 0 and has_pos and len(pool) >= meta.support + meta.query:
-                    domains.append(pool)
-        for start in range(0, len(order), train.batch_size):
-            chunk = epoch_idx[order[start : start + train.batch_size]]
-            batch = table.batch(chunk, rows, store).to(device)
-            run.last = trainer.train_step(batch.content, batch)  # type: ignore[arg-type]
-            run.steps += 1
-            run.samples += len(chunk)
-            if meta is not None and domains and run.steps % meta.every == 0:
-                picks = meta_rng.choice(len(domains), min(meta.tasks, len(domains)), replace=False)
-                tasks = [
-                    _domain_task(built, rows, domains[i], meta, meta_rng, device) for i in picks
-                ]
-                trainer.meta_train_step(tasks)
-                run.meta_steps += 1
-            if train.max_seconds is not None and time.perf_counter() - t0 > train.max_seconds:
-                break
-    run.seconds = time.perf_counter() - t0
-    model.eval()
-    _set_offset(model, rate)
-    return run
+    made: list[_VBFStep] = []
 
+    def step(model: GTRModel) -> _VBFStep:
+        made.append(_VBFStep(model, built, train, vbf_train, meta))
+        return made[-1]
 
-def _set_offset(model: GTRModel, negative_rate: float) -> None:
-    """The served gift logit: the trained one plus log(keep rate) (as the scorer's loop)."""
-    with torch.no_grad():
-        model.logit_offset.zero_()
-        model.logit_offset[model.tasks.index("gift")] = math.log(negative_rate)
+    config = replace(train, val_days=0.0, stage2_epochs=0)
+    res = train_model(model_cfg, built.table, built.store, train_idx, config, step=step)
+    (s,) = made
+    return VBFRun(res.model, s.trainer, res.samples, res.seconds, s.steps, s.meta_steps, s.last)
 
 
 @torch.no_grad()

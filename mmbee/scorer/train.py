@@ -3,7 +3,8 @@
 The loss is binary cross-entropy per task (SIM: gift; MMoE: watch, comment and gift, weighted
 by `task_weights`), plus lambda * GraphCL's L_NCE when GIE is on (MMBee Algorithm 1:
 L = L_CE + lambda L_NCE), plus any auxiliary loss the content encoder returns. The model itself
-holds no loss: serving calls `GTRModel.predict`.
+holds no loss: serving calls `GTRModel.predict`. A content encoder with its own objective (VBF++)
+trains in the same loop through `train_model(step=...)`: a `TrainStep` replaces the AdamW step.
 
 Example:
     >>> from mmbee.scorer.gtr import GTRModel, config_for_variant
@@ -21,17 +22,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmbee.encoders.base import SegmentBatch
 from mmbee.scorer.batch import TASKS, GTRBatch
 from mmbee.scorer.dataset import ExampleTable, Rows
 from mmbee.scorer.features import MemorySegmentStore
@@ -43,6 +45,8 @@ __all__ = [
     "gtr_loss",
     "make_optimizer",
     "train_step",
+    "TrainStep",
+    "AdamWStep",
     "impression_losses",
     "ContentRecLoss",
     "rows_for",
@@ -293,6 +297,63 @@ def train_step(
     return parts
 
 
+class TrainStep(Protocol):
+    """The optimiser step of `train_model`'s first stage, replaceable (`train_model(step=...)`).
+
+    `train_model` builds it once the model is ready (seeded init, output bias, wide warm start,
+    on the training device, train mode), then calls `init_prior` once (only for an encoder with
+    a k-means-initialised prior), `start_epoch` before each epoch and the step itself per batch.
+    """
+
+    def init_prior(self, batches: Iterable[SegmentBatch]) -> None:
+        """k-means initialisation of the content encoder's prior from `batches` (a seeded
+        sample of training buffers, `TrainConfig.prior_init_examples`)."""
+        ...
+
+    def start_epoch(self, idx: np.ndarray) -> None:
+        """The epoch's examples (after negative subsampling), before its first step."""
+        ...
+
+    def __call__(self, batch: GTRBatch) -> dict[str, float]:
+        """One step on a labeled batch; returns the loss parts as floats (with "total")."""
+        ...
+
+
+class AdamWStep:
+    """The default `TrainStep`: AdamW (`make_optimizer`, or `opt`) on `gtr_loss`.
+
+    Example:
+        >>> from mmbee.scorer.gtr import config_for_variant
+        >>> m = GTRModel(config_for_variant("sim", dim=8, user_rows=16, author_rows=16))
+        >>> b = GTRBatch.empty_like_for_tests(4, history=3, n=2)
+        >>> b.labels = torch.zeros(4, 3)
+        >>> sorted(AdamWStep(m, TrainConfig())(b))
+        ['gift', 'total']
+    """
+
+    def __init__(
+        self, model: GTRModel, config: TrainConfig, opt: torch.optim.Optimizer | None = None
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.opt = make_optimizer(model, config) if opt is None else opt
+
+    @torch.no_grad()
+    def init_prior(self, batches: Iterable[SegmentBatch]) -> None:
+        """`init_prior_from_features` of the encoder on its `prior_features` of `batches`,
+        k-means seeded with `TrainConfig.seed`."""
+        enc = cast(Any, self.model.content)  # an encoder with a prior (VBF++)
+        feats = torch.cat([enc.prior_features(b) for b in batches])  # (N, P)
+        gen = torch.Generator(device=feats.device).manual_seed(self.config.seed)
+        enc.init_prior_from_features(feats, generator=gen)
+
+    def start_epoch(self, idx: np.ndarray) -> None:
+        """Nothing to prepare."""
+
+    def __call__(self, batch: GTRBatch) -> dict[str, float]:
+        return train_step(self.model, self.opt, batch, self.config)
+
+
 def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i : i + size] for i in range(0, n, size)]
@@ -307,6 +368,7 @@ def train_model(
     checkpoint: str | PathLike[str] | None = None,
     extra_config: Mapping[str, Any] | None = None,
     on_epoch: Callable[[int, GTRModel], None] | None = None,
+    step: Callable[[GTRModel], TrainStep] | None = None,
 ) -> TrainResult:
     """Train a fresh model of `model_config` on examples `train_idx` of `table`.
 
@@ -317,6 +379,8 @@ def train_model(
     Writes a checkpoint `{"config": {"model", "train", **extra_config}, "state_dict"}` to
     `checkpoint` after every epoch when given (and the kept one at the end).
     `on_epoch(epoch, model)` is called after each epoch of either stage (e.g. validation).
+    `step(model)` builds stage 1's `TrainStep` (default: `AdamWStep`, AdamW on `gtr_loss`), e.g.
+    a content encoder's own trainer; stage 2, if any, always takes AdamW steps.
     """
     from tqdm.auto import tqdm
 
@@ -345,7 +409,8 @@ def train_model(
             }
         )
     _fit_wide(model, table, fit_idx, config)
-    _init_content_prior(model, table, store, fit_idx, rows, config, device)
+    first_step = AdamWStep(model, config) if step is None else step(model)
+    _init_content_prior(model, table, store, fit_idx, rows, config, device, first_step)
     result = TrainResult(model=model, device=str(device))
     per_epoch = int(positive.sum() + round((~positive).sum() * config.negative_rate))
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
@@ -359,7 +424,7 @@ def train_model(
     t0 = time.perf_counter()
     deadline = None if config.max_seconds is None else t0 + config.max_seconds
 
-    def run_epochs(opt: torch.optim.Optimizer, epochs: int, first: int) -> bool:
+    def run_epochs(step: TrainStep, epochs: int, first: int) -> bool:
         """Train `epochs` epochs; after each, call `after(epoch)`; True when out of time."""
         for epoch in range(first, first + epochs):
             sums: dict[str, float] = {}
@@ -369,9 +434,10 @@ def train_model(
                 keep = positive | (rng.random(len(fit_idx)) < config.negative_rate)
                 epoch_idx = fit_idx[keep]
             out_of_time = False
+            step.start_epoch(epoch_idx)
             for chunk in _batches(len(epoch_idx), config.batch_size, rng):
                 batch = table.batch(epoch_idx[chunk], rows, store).to(device)
-                parts = train_step(model, opt, batch, config)
+                parts = step(batch)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps += 1
@@ -412,7 +478,7 @@ def train_model(
         return since >= config.patience
 
     try:
-        stop = run_epochs(make_optimizer(model, config), config.epochs, 0)
+        stop = run_epochs(first_step, config.epochs, 0)
         params: list[Tensor] = []
         undo: Callable[[], None] | None = None
         if config.stage2_epochs > 0:
@@ -427,7 +493,7 @@ def train_model(
                     keep_best()
                 # no weight decay: it would also shrink the wide term's frozen columns
                 opt2 = torch.optim.AdamW(params, lr=config.stage2_lr, weight_decay=0.0)
-                run_epochs(opt2, config.stage2_epochs, config.epochs)
+                run_epochs(AdamWStep(model, config, opt2), config.stage2_epochs, config.epochs)
                 if best is not None:
                     model.load_state_dict(best)
         finally:
@@ -602,9 +668,11 @@ def _init_content_prior(
     rows: Rows,
     config: TrainConfig,
     device: torch.device,
+    step: TrainStep,
 ) -> None:
     """k-means initialisation of a content encoder's prior (VBF++: `init_prior_from_features`)
-    from the buffers of a seeded sample of training impressions; a no-op for other encoders."""
+    from the buffers of a seeded sample of training impressions, by `step.init_prior`; a no-op
+    for other encoders."""
     enc = model.content
     init = getattr(enc, "init_prior_from_features", None)
     feats_of = getattr(enc, "prior_features", None)
@@ -615,12 +683,10 @@ def _init_content_prior(
     rng = np.random.default_rng([config.seed, 1])
     n = min(config.prior_init_examples, len(train_idx))
     sample = np.sort(rng.choice(train_idx, n, replace=False))
-    feats = []
-    for chunk in _batches(n, config.batch_size, None):
-        b = table.batch(sample[chunk], rows, store).to(device)
-        feats.append(feats_of(b.content))  # (U, P)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    init(torch.cat(feats), generator=gen)
+    step.init_prior(
+        cast(SegmentBatch, table.batch(sample[chunk], rows, store).to(device).content)
+        for chunk in _batches(n, config.batch_size, None)
+    )
 
 
 def _set_offset(model: GTRModel, negative_rate: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmbee.encoders.base import SegmentBatch
 from mmbee.scorer.baselines import popularity_scores
+from mmbee.scorer.batch import GTRBatch
 from mmbee.scorer.dataset import ExampleTable
 from mmbee.scorer.features import (
     GIFT,
@@ -19,9 +22,15 @@ from mmbee.scorer.features import (
     FeatureSnapshot,
     UserFeatures,
 )
-from mmbee.scorer.gtr import config_for_variant, load_checkpoint
+from mmbee.scorer.gtr import GTRModel, config_for_variant, load_checkpoint
 from mmbee.scorer.metrics import auc
-from mmbee.scorer.train import TrainConfig, score_table, train_model, validation_split
+from mmbee.scorer.train import (
+    AdamWStep,
+    TrainConfig,
+    score_table,
+    train_model,
+    validation_split,
+)
 
 CFG = FeatureConfig(history=5, segments=2, expansion_n=3)
 T = 1_700_000_000_000
@@ -115,6 +124,40 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
     ).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_replacement_step_sees_every_epoch_and_batch_and_trains_in_the_same_loop() -> None:
+    """`train_model(step=...)`: a step that wraps the default one gives the default's weights,
+    and sees each epoch's subsampled examples before their batches."""
+    table = planted_table(600)
+    idx = np.arange(len(table))
+    cfg = TrainConfig(epochs=2, batch_size=64, negative_rate=0.5, progress=False, device="cpu")
+    calls: list[tuple[str, int]] = []
+
+    class Counting:
+        def __init__(self, model: GTRModel) -> None:
+            self.inner = AdamWStep(model, cfg)
+
+        def init_prior(self, batches: Iterable[SegmentBatch]) -> None:
+            raise AssertionError("no prior to initialise without a content encoder")
+
+        def start_epoch(self, epoch_idx: np.ndarray) -> None:
+            calls.append(("epoch", len(epoch_idx)))
+
+        def __call__(self, batch: GTRBatch) -> dict[str, float]:
+            calls.append(("step", batch.batch_size))
+            return self.inner(batch)
+
+    plain = train_model(small("sim_gie"), table, None, idx, cfg)
+    hooked = train_model(small("sim_gie"), table, None, idx, cfg, step=Counting)
+    a, b = plain.model.state_dict(), hooked.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.losses == hooked.losses and plain.val_losses == hooked.val_losses
+    epochs = [i for i, (kind, _) in enumerate(calls) if kind == "epoch"]
+    assert len(epochs) == cfg.epochs and epochs[0] == 0
+    for start, end in zip(epochs, [*epochs[1:], len(calls)], strict=True):
+        assert sum(n for _, n in calls[start + 1 : end]) == calls[start][1]
+    assert sum(n for kind, n in calls if kind == "step") == hooked.samples
 
 
 def test_time_budget_stops_early() -> None:
