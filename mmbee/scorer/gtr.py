@@ -366,9 +366,11 @@ class GTRModel(nn.Module):
         """Task logits and auxiliary losses.
 
         `content_embedding` replaces the content encoder's output: the scorer then runs no
-        encoder and adds none of its auxiliary losses (VBF++'s trainer computes the embedding
-        itself, with its own sampling, and needs the recommendation loss given it; see
-        `mmbee.scorer.train.ContentRecLoss`).
+        encoder and adds none of its auxiliary losses; everything after the encoder (projection
+        to h_m, the base, the wide term's h_m columns) is the same. Serving passes embeddings it
+        computed earlier (`mmbee.scorer.predict.encode_buffers`); VBF++'s trainer computes the
+        embedding itself, with its own sampling, and needs the recommendation loss given it
+        (`mmbee.scorer.train.ContentRecLoss`).
 
         Shapes:
             batch: see `GTRBatch` (content: U buffers, content_index (B,)).
