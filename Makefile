@@ -49,7 +49,7 @@ kafka: $(KAFKA_STAMP)
 demo: $(STAMP) $(if $(filter kafka,$(MMBEE_BROKER_KIND)),$(KAFKA_STAMP))
 	$(PY) -m mmbee demo
 
-test: $(STAMP) $(KAFKA_STAMP) lint
+test: $(STAMP) $(KAFKA_STAMP) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # failover tests that are known to fail intermittently on the embedded broker (RUNBOOK section 11)

@@ -54,7 +54,13 @@ class Settings(BaseSettings):
     faust_inline_handoff: bool = Field(
         default=True,
         description="hand fetched messages to the agents' buffers inline instead of through four "
-        "tasks per message (mmbee/streams/handoff.py); off restores Faust's own hand-off",
+        "tasks per message (mmbee/streams/runtime/compat.py); off restores Faust's own hand-off",
+    )
+    faust_patches: bool = Field(
+        default=True,
+        description="install mmbee's patches of faust/aiokafka internals, which need the exact "
+        "versions pinned in pyproject (the worker refuses to start on others); false runs any "
+        "version without them, losing the at-least-once fixes (mmbee/streams/runtime/compat.py)",
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -112,7 +118,7 @@ class Settings(BaseSettings):
         le=500,
         description="dev profile only: consumers wait this long after an empty fetch, because "
         "the embedded broker ignores fetch.max.wait.ms and an idle worker would spin a core "
-        "(mmbee/streams/fetch_wait.py); 0 disables it; never applied in production",
+        "(mmbee/streams/runtime/compat.py); 0 disables it; never applied in production",
     )
     rebalance_timeout_s: float = Field(
         default=15.0,

@@ -32,7 +32,7 @@ from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.settings import Settings
 from mmbee.streams.broker import free_port, make_broker, on_broker
 from mmbee.streams.deployment import provision
-from mmbee.streams.fetch_wait import install_fetch_wait
+from mmbee.streams.runtime.compat import install_fetch_wait
 from mmbee.streams.topics import ensure_topics
 
 __all__ = [
@@ -248,7 +248,7 @@ class ScoreClient:
         if s.profile == "dev" and s.broker_kind == "noida":
             # noida-db answers empty fetches at once: without the worker's client-side pause this
             # consumer polls in a tight loop and takes a core from the worker and the broker it
-            # measures (mmbee/streams/fetch_wait.py); Apache Kafka holds them itself
+            # measures (mmbee/streams/runtime/compat.py); Apache Kafka holds them itself
             install_fetch_wait(s.embedded_fetch_wait_ms)
         kw = {"bootstrap_servers": s.bootstrap_list(), **s.kafka_client_kwargs()}
         self._producer = AIOKafkaProducer(linger_ms=0, **kw)

@@ -34,13 +34,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import faust
 import numpy as np
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT, TableT
 
 from mmbee.encoders.segments import (
@@ -68,8 +67,15 @@ from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
 from mmbee.settings import Settings
 from mmbee.streams.acks import AckSequencer
 from mmbee.streams.align import Aligner
-from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.codec import Rejected
+from mmbee.streams.runtime.compat import pause_fetching
+from mmbee.streams.runtime.context import (
+    Sample,
+    StreamContext,
+    clear_event_context,
+    in_event_context,
+)
+from mmbee.streams.runtime.progress import caught_up
 
 if TYPE_CHECKING:
     from mmbee.encoders.featurizers import FrameEmbedder, SpeechRecognizer, TextEmbedder, Transcript
@@ -416,54 +422,20 @@ class SegmentRuntime:
         return tps
 
     def _quiet_sources(self, partition: int, aligner: Aligner) -> set[int]:
-        """Sources of `partition` with nothing more to deliver now: the agent has seen the
-        offset just below the high watermark (or, before it saw anything, the consumer starts
-        at the high watermark). Unknown (no fetch yet, no consumer under test_context): not
-        quiet."""
+        """Sources of `partition` with nothing more to deliver now (`runtime.progress`);
+        unknown (no fetch yet, no consumer under test_context): not quiet."""
         consumer = self.ctx.app.consumer
-        read_offsets = getattr(consumer, "_read_offset", {})  # faust: next offset per TP
-        quiet = set()
-        for i, tp in enumerate(self._tps(partition)):
-            try:
-                hw = consumer.highwater(tp)
-            except (ConsumerNotStarted, AssertionError, KeyError):
-                continue
-            if hw is None:
-                continue
-            seen = aligner.last_offset(i)
-            if seen is not None:
-                if seen + 1 >= hw:
-                    quiet.add(i)
-            else:
-                start = read_offsets.get(tp)
-                if hw == 0 or (start is not None and start >= hw):
-                    quiet.add(i)
-        return quiet
+        return {
+            i
+            for i, tp in enumerate(self._tps(partition))
+            if caught_up(consumer, tp, aligner.last_offset(i))
+        }
 
     async def _fetching(self, tp: TP, on: bool) -> bool:
-        """Pause (on=False) or resume fetching one partition at the Kafka client.
-
-        This goes to aiokafka's own pause/resume, in the consumer's thread: it drops what was
-        buffered for the partition and later fetches again from the consumed position. Faust's
-        `Consumer.pause_partitions` must not be used mid-stream: its `getmany` silently drops the
-        records of a fetch in flight when the partition was paused (faust 0.15.3), and they
-        never come back. False when there is no started Kafka consumer (test_context)."""
-        from aiokafka import TopicPartition
-        from aiokafka.errors import IllegalStateError
-
-        thread = getattr(self.ctx.app.consumer, "_thread", None)
-        if thread is None:
-            return False
-        try:
-            client = thread._ensure_consumer()
-        except ConsumerNotStarted:
-            return False
-        fn = client.resume if on else client.pause
-        try:
-            await thread.call_thread(fn, TopicPartition(tp.topic, tp.partition))
-        except (AssertionError, KeyError, IllegalStateError):  # not assigned (any more)
-            return False
-        return True
+        """Pause (on=False) or resume fetching one partition at the Kafka client
+        (`compat.pause_fetching` says why not Faust's own pause). False when there is no
+        started Kafka consumer (test_context) or the partition is not assigned."""
+        return await pause_fetching(self.ctx.app.consumer, tp, paused=not on)
 
     async def _backpressure(self, partition: int, aligner: Aligner) -> None:
         """Pause fetching a source that has run far ahead of the others in event time (its
@@ -675,8 +647,21 @@ class SegmentRuntime:
         for ready in self._acks.done_many(done):
             await stream.ack(ready)
 
-    # --- inspection -----------------------------------------------------------------------
-    def describe(self, author_id: str) -> dict[str, Any]:
+    # --- inspection (runtime.context.Inspectable) -----------------------------------------
+    def samples(self) -> Iterator[Sample]:
+        """The buffers' gauges for `/metrics`."""
+        entries = list(self.entries.values())
+        yield "mmbee_segment_buffer_streams", {}, float(len(entries))
+        yield "mmbee_segment_buffer_open_segments", {}, float(sum(len(e.buffer.open) for e in entries))
+        yield "mmbee_segment_buffer_closed_segments", {}, float(sum(len(e.refs) for e in entries))
+        yield "mmbee_segment_buffer_held_events", {}, float(self.held)
+        yield "mmbee_segment_buffer_unpersisted_events", {}, float(self.pending)
+
+    def describe(self) -> dict[str, Any]:
+        """This worker's buffers in numbers (one stream: `describe_author`)."""
+        return {name.removeprefix("mmbee_segment_buffer_"): v for name, _, v in self.samples()}
+
+    def describe_author(self, author_id: str) -> dict[str, Any]:
         """The stream's buffer as JSON-able data: stored closed segments, open segments (the
         in-memory ones when this worker holds the stream), watermark, unpersisted events."""
         clear_event_context()
@@ -883,7 +868,7 @@ def register_segments(ctx: StreamContext) -> None:
     async def segment_buffer(
         self: faust.web.View, request: faust.web.Request, author_id: str
     ) -> Any:
-        return self.json(runtime.describe(author_id))
+        return self.json(runtime.describe_author(author_id))
 
 
 def register_asr(ctx: StreamContext) -> None:

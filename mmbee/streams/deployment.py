@@ -1,4 +1,4 @@
-"""Running mmbee on a cluster: every topic a deployment needs, start-up checks, RocksDB budget.
+"""Running mmbee on a cluster: every topic a deployment needs, and the start-up checks.
 
 The catalogue (`mmbee.schemas.topics`) names the topics clients write and read. A worker also
 needs Faust's *internal* topics: one compacted changelog per table (`<app_id>-<table>-changelog`)
@@ -14,10 +14,6 @@ component is provisioned without touching this module.
   refuse when a changelog or internal topic has a partition count other than its table's or
   agent's (a table is co-partitioned with the topics its agent reads), and, in production,
   when any planned topic is missing (run `mmbee topics create --profile production`).
-* `apply_rocksdb_budget(ctx)`: with `rocksdb_memory_budget_mib` set, size every table
-  partition's block cache and write buffers so a worker holding *all* table partitions (the
-  survivor of a failover) stays within the budget.
-
 Example:
     >>> from mmbee.settings import Settings
     >>> plans = plan_all_topics(Settings(store="memory://"))  # doctest: +SKIP
@@ -29,10 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mmbee.settings import Settings
+from mmbee.streams.app import build_app
+from mmbee.streams.runtime.context import Component, StreamContext
 from mmbee.streams.topics import (
     CoPartitioningError,
     TopicPlan,
@@ -42,23 +39,16 @@ from mmbee.streams.topics import (
     plan_topics,
 )
 
-if TYPE_CHECKING:
-    from mmbee.streams.app import Component, StreamContext
-
 __all__ = [
     "CHANGELOG_MAX_MESSAGE_BYTES",
     "INTERNAL_RETENTION_MS",
     "MissingTopicsError",
-    "RocksDBShare",
     "internal_topic_plans",
     "plan_all_topics",
     "provision",
     "check_deployment",
     "internal_partition_problems",
     "verify_worker_topics",
-    "rocksdb_share",
-    "apply_rocksdb_budget",
-    "install",
 ]
 
 log = logging.getLogger("mmbee.streams.deployment")
@@ -76,8 +66,6 @@ class MissingTopicsError(RuntimeError):
 
 def _internal_topics(settings: Settings, components: Sequence[str | Component] | None) -> Any:
     """(changelog topics of tables, internal agent topics) of the app these settings build."""
-    from mmbee.streams.app import build_app  # the app layer sits above this helper's callers
-
     ctx = build_app(settings.model_copy(update={"store": "memory://"}), components)
     try:
         changelogs = [t.changelog_topic for t in ctx.app.tables.values()]
@@ -224,107 +212,3 @@ def verify_worker_topics(ctx: StreamContext) -> None:
                 + ", ".join(missing)
                 + ". Provision them first: `mmbee topics create --profile production`."
             )
-
-
-# --- RocksDB memory budget -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RocksDBShare:
-    """Memory of one RocksDB table partition under a worker budget.
-
-    Attributes:
-        table_partitions: table partitions the budget is divided over.
-        block_cache_bytes: LRU block cache of the partition.
-        write_buffer_bytes: size of one memtable.
-        max_write_buffers: memtables kept (the share holds all of them).
-
-    Example:
-        >>> s = rocksdb_share(budget_mib=1024, table_partitions=17, max_write_buffers=2,
-        ...                   write_buffer_mib=8)
-        >>> s.block_cache_bytes // 2**20, s.write_buffer_bytes // 2**20
-        (44, 8)
-    """
-
-    table_partitions: int
-    block_cache_bytes: int
-    write_buffer_bytes: int
-    max_write_buffers: int
-
-    @property
-    def per_partition_bytes(self) -> int:
-        """Block cache plus all memtables of one partition."""
-        return self.block_cache_bytes + self.write_buffer_bytes * self.max_write_buffers
-
-
-def rocksdb_share(
-    *, budget_mib: int, table_partitions: int, max_write_buffers: int, write_buffer_mib: int
-) -> RocksDBShare:
-    """Split a worker's RocksDB budget evenly over `table_partitions`: memtables get at most
-    half of a share (and no more than `write_buffer_mib` each), the block cache the rest.
-    Raises ValueError when a share would be under 2 MiB (1 MiB cache + 2 x 512 KiB memtables)."""
-    if table_partitions < 1:
-        raise ValueError("table_partitions must be >= 1")
-    share = budget_mib * _MIB // table_partitions
-    if share < 2 * _MIB:
-        raise ValueError(
-            f"MMBEE_ROCKSDB_MEMORY_BUDGET_MIB={budget_mib} gives {share / _MIB:.2f} MiB to each of "
-            f"{table_partitions} table partitions; at least 2 MiB each is needed "
-            f"(raise the budget to >= {2 * table_partitions} MiB or use fewer partitions)"
-        )
-    per_buffer = min(write_buffer_mib * _MIB, share // 2 // max_write_buffers)
-    per_buffer = max(per_buffer, _MIB // 2)
-    return RocksDBShare(
-        table_partitions=table_partitions,
-        block_cache_bytes=share - per_buffer * max_write_buffers,
-        write_buffer_bytes=per_buffer,
-        max_write_buffers=max_write_buffers,
-    )
-
-
-def apply_rocksdb_budget(ctx: StreamContext) -> RocksDBShare | None:
-    """Resize every RocksDB table's options to the worker budget (None when no budget is set
-    or the store is not RocksDB). Runs after all components registered their tables, before
-    any store is opened; tables keep their other options."""
-    settings = ctx.settings
-    budget = settings.rocksdb_memory_budget_mib
-    if budget is None or not settings.store.startswith("rocksdb"):
-        return None
-    tables = list(ctx.app.tables.values())
-    if not tables:
-        return None
-    share = rocksdb_share(
-        budget_mib=budget,
-        table_partitions=sum(int(t.partitions or settings.partitions) for t in tables),
-        max_write_buffers=settings.rocksdb_max_write_buffers,
-        write_buffer_mib=settings.rocksdb_write_buffer_mib,
-    )
-    for table in tables:
-        options = dict(table.options or {})
-        options.update(
-            block_cache_size=share.block_cache_bytes,
-            # rocksdict ignores the compressed cache; python-rocksdb would allocate it too
-            block_cache_compressed_size=0,
-            write_buffer_size=share.write_buffer_bytes,
-            max_write_buffer_number=share.max_write_buffers,
-        )
-        table.options = options
-    log.info(
-        "rocksdb budget %d MiB over %d table partitions: %.1f MiB block cache + %d x %.1f MiB "
-        "memtables each",
-        budget,
-        share.table_partitions,
-        share.block_cache_bytes / _MIB,
-        share.max_write_buffers,
-        share.write_buffer_bytes / _MIB,
-    )
-    return share
-
-
-def install(ctx: StreamContext) -> None:
-    """Deployment concerns of every app: the RocksDB budget, and the dead-member watchdog
-    (`mmbee.streams.watchdog`) where the settings ask for it."""
-    from mmbee.streams import watchdog
-
-    apply_rocksdb_budget(ctx)
-    watchdog.install(ctx)

@@ -38,6 +38,7 @@ import hashlib
 import heapq
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -48,13 +49,14 @@ from mmbee.graph.state import restore, user_row
 from mmbee.graph.walk_cache import MemoryCacheStore
 from mmbee.schemas.events import DeadLetterReason, GiftEvent
 from mmbee.schemas.graph import AuthorExpansions, UserExpansions
-from mmbee.streams.app import (
+from mmbee.streams.codec import Rejected
+from mmbee.streams.runtime.context import (
+    Sample,
     StreamContext,
     clear_event_context,
     in_event_context,
-    rocksdb_options,
 )
-from mmbee.streams.codec import Rejected
+from mmbee.streams.runtime.rocksdb import rocksdb_options
 
 __all__ = [
     "AGENT_FORWARD",
@@ -275,6 +277,16 @@ class GraphRuntime:
             self.ctx.metrics.count(AGENT_GRAPH, "revocations")
 
     # --- inspection -------------------------------------------------------------------------
+    def samples(self) -> Iterator[Sample]:
+        """The graph's size for `/metrics` (runtime.context.Inspectable)."""
+        g = self.graph
+        yield "mmbee_graph_loaded", {}, 0.0 if g is None else 1.0
+        if g is not None:
+            yield "mmbee_graph_users", {}, float(g.num_users)
+            yield "mmbee_graph_authors", {}, float(g.num_authors)
+            yield "mmbee_graph_edges", {}, float(g.num_edges)
+            yield "mmbee_graph_gifts", {}, float(g.num_gifts)
+
     def describe(self) -> dict[str, Any]:
         """Sizes, watermark, cache backlog and a digest of the exact state (equal digests =
         equal graphs; compare with `state_digest(build(gifts, config))`)."""

@@ -37,22 +37,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import faust
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT, TableT
 from pydantic import BaseModel
 
 from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, UserActivity
 from mmbee.scorer.examples import LabelConfig, to_message
-from mmbee.scorer.features import FeatureConfig
 from mmbee.settings import Settings
 from mmbee.streams.acks import AckSequencer
-from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.author_state import Timeline
 from mmbee.streams.codec import Rejected
 from mmbee.streams.publish import FaustPublisher
+from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.runtime.progress import caught_up
 from mmbee.streams.user_state import JoinerConfig, PartitionJoiner, UserRow, complete
-from mmbee.streams.views import Views, views
+from mmbee.streams.views import Views, feature_config, views
 
 __all__ = [
     "AGENT_FORWARD",
@@ -89,13 +88,7 @@ def joiner_config(settings: Settings) -> JoinerConfig:
     """The joiner's config under these settings (its FeatureConfig must be the offline build's:
     H = joiner_history, L = segments_kept, N = graph_top_n)."""
     return JoinerConfig(
-        features=FeatureConfig(
-            history=settings.joiner_history,
-            segments=settings.segments_kept,
-            expansion_n=settings.graph_top_n,
-            graph_half_life_ms=settings.graph_half_life_ms,
-            expansion_staleness_ms=settings.graph_cache_staleness_ms,
-        ),
+        features=feature_config(settings),
         labels=LabelConfig(
             window_ms=settings.label_window_ms,
             watch_threshold_ms=settings.label_watch_threshold_ms,
@@ -106,17 +99,7 @@ def joiner_config(settings: Settings) -> JoinerConfig:
 
 def _caught_up(ctx: StreamContext, tp: TP, seen_offset: int | None) -> bool | None:
     """Whether this worker has read `tp` up to its high watermark (None: unknown)."""
-    consumer = ctx.app.consumer
-    try:
-        hw = consumer.highwater(tp)
-    except (ConsumerNotStarted, AssertionError, KeyError, AttributeError):
-        return None
-    if hw is None:
-        return None
-    if seen_offset is not None:
-        return seen_offset + 1 >= hw
-    start = getattr(consumer, "_read_offset", {}).get(tp)
-    return hw == 0 or (start is not None and start >= hw)
+    return caught_up(ctx.app.consumer, tp, seen_offset)
 
 
 def _assigned(ctx: StreamContext, topics: set[str]) -> set[TP]:

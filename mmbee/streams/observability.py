@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mmbee.settings import Settings
-    from mmbee.streams.app import StreamContext
     from mmbee.streams.metrics import StreamMetrics
+    from mmbee.streams.runtime.context import StreamContext
 
 __all__ = [
     "LATENCY_BUCKETS_S",

@@ -72,7 +72,7 @@ from mmbee.scorer.train import (
     train_step,
 )
 from mmbee.settings import Settings
-from mmbee.streams.app import StreamContext
+from mmbee.streams.runtime.context import StreamContext
 from mmbee.streams.views import SegmentView, views
 
 __all__ = [

@@ -61,10 +61,10 @@ from mmbee.scorer.predict import (
     score_request,
 )
 from mmbee.settings import Settings
-from mmbee.streams.app import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.codec import Rejected
 from mmbee.streams.joiner import AGENT_JOINER, JoinerRuntime
 from mmbee.streams.observability import observability
+from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.user_state import user_side_now
 from mmbee.streams.views import Views, views
 

@@ -51,6 +51,8 @@ from mmbee.schemas.graph import AuthorExpansions, UserExpansions
 from mmbee.schemas.serving import AuthorTimeline, ModelVersion
 from mmbee.schemas.types import decode_embedding, encode_embedding
 from mmbee.scorer.features import AuthorState, FeatureConfig, MemorySegmentStore
+from mmbee.settings import Settings
+from mmbee.streams.runtime.compat import force_metadata_update
 
 __all__ = [
     "SegmentEntry",
@@ -60,6 +62,7 @@ __all__ = [
     "ModelView",
     "ViewSources",
     "GlobalReader",
+    "feature_config",
 ]
 
 log = logging.getLogger("mmbee.streams.views")
@@ -452,7 +455,7 @@ class GlobalReader:
             for full in self._topics:
                 parts = consumer.partitions_for_topic(full)
                 while not parts:
-                    await consumer._client.force_metadata_update()  # noqa: SLF001
+                    await force_metadata_update(consumer)
                     parts = consumer.partitions_for_topic(full)
                     if not parts:
                         await asyncio.sleep(0.2)
@@ -538,6 +541,18 @@ class Views:
             listener(author)
 
 
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The point-in-time feature config of the joiner and serving under these settings (it
+    must be the offline build's: H = joiner_history, L = segments_kept, N = graph_top_n)."""
+    return FeatureConfig(
+        history=settings.joiner_history,
+        segments=settings.segments_kept,
+        expansion_n=settings.graph_top_n,
+        graph_half_life_ms=settings.graph_half_life_ms,
+        expansion_staleness_ms=settings.graph_cache_staleness_ms,
+    )
+
+
 def views(ctx: Any) -> Views:
     """The context's `Views` (made on first use: the first component that needs them registers
     the reader as an app task; later components may add handlers before the worker starts)."""
@@ -545,10 +560,8 @@ def views(ctx: Any) -> Views:
     if got is not None:
         assert isinstance(got, Views)
         return got
-    from mmbee.streams.joiner import joiner_config
-
     s = ctx.settings
-    features = joiner_config(s).features
+    features = feature_config(s)
     user_exp = ExpansionView(s.author_horizon_ms)
     author_exp = ExpansionView(s.author_horizon_ms)
     seg = SegmentView(

@@ -9,7 +9,7 @@ rebalance.
 
 So in the dev profile every worker runs this watchdog: each `interval_s` it lists its group's
 members (DescribeGroups), and for each static member on this host (instance id
-`<app_id>@<host>:<web_port>`, see `mmbee.streams.app.group_instance_id`) tries a TCP connect to
+`<app_id>@<host>:<web_port>`, see `mmbee.streams.runtime.context.group_instance_id`) tries a TCP connect to
 its web port on 127.0.0.1. A member whose port has refused connections for `grace_s`
 (the session timeout) is dead (a process that is merely slow still accepts connections), and is
 removed from the group. Any surviving worker may do it; removing twice is harmless.
@@ -29,11 +29,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from mmbee.streams.app import StreamContext
+from mmbee.streams.runtime.context import Sample, StreamContext, group_instance_id
 
 __all__ = ["DeadMemberDetector", "parse_instance_id", "probe_port", "install"]
 
@@ -94,6 +93,14 @@ class DeadMemberDetector:
                 if now_s - since >= self.grace_s:
                     dead.append(member)
         return dead
+
+    def samples(self) -> Iterator[Sample]:
+        """Members removed, for `/metrics` (runtime.context.Inspectable)."""
+        yield "mmbee_watchdog_members_removed_total", {}, float(self.removed)
+
+    def describe(self) -> dict[str, Any]:
+        """Members removed, and those refusing connections now."""
+        return {"removed": self.removed, "refusing": sorted(self._refused_since)}
 
     def forget(self, member: str) -> None:
         """Stop tracking `member` (after it was removed) and count the removal."""
@@ -161,7 +168,6 @@ def install(ctx: StreamContext) -> None:
         return
     from kafka.errors import KafkaError
 
-    from mmbee.streams.app import group_instance_id
 
     me = group_instance_id(settings)
     host = socket.gethostname()

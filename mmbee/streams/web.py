@@ -34,9 +34,9 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -52,9 +52,8 @@ from mmbee.streams.observability import (
 )
 from mmbee.streams.page import PAGE_ASSETS, page_asset
 from mmbee.streams.page.history import DLQ_LOGGER, RecentDeadLetters, SeriesRing
-
-if TYPE_CHECKING:
-    from mmbee.streams.app import StreamContext
+from mmbee.streams.runtime.compat import committed_offsets
+from mmbee.streams.runtime.context import Inspectable, StreamContext, group_instance_id
 
 __all__ = [
     "ROUTES",
@@ -174,9 +173,7 @@ async def sample_lag(ctx: StreamContext, obs: Observability, timeout_s: float) -
     consumer = ctx.app.consumer
     try:
         end = await asyncio.wait_for(consumer.highwaters(*tps), timeout_s)
-        # faust keeps the committed offsets it fetched at assignment and those it committed
-        # (faust 0.15: `Consumer._committed_offset`, no public accessor)
-        known = cast(Mapping[TP, int | None], getattr(consumer, "_committed_offset", {}))
+        known = committed_offsets(consumer)  # fetched at assignment, and committed since
         committed: dict[TP, int | None] = {tp: known.get(tp) for tp in tps}
         missing = [tp for tp, off in committed.items() if off is None]
         if missing:
@@ -190,34 +187,9 @@ async def sample_lag(ctx: StreamContext, obs: Observability, timeout_s: float) -
 
 
 def _component_samples(ctx: StreamContext) -> Iterator[Sample]:
-    from mmbee.streams.content import SegmentRuntime
-    from mmbee.streams.graph_agent import GraphRuntime
-    from mmbee.streams.watchdog import DeadMemberDetector
-
-    seg = ctx.runtimes.get("segments")
-    if isinstance(seg, SegmentRuntime):
-        entries = list(seg.entries.values())
-        yield "mmbee_segment_buffer_streams", {}, float(len(entries))
-        yield (
-            "mmbee_segment_buffer_open_segments",
-            {},
-            float(sum(len(e.buffer.open) for e in entries)),
-        )
-        yield "mmbee_segment_buffer_closed_segments", {}, float(sum(len(e.refs) for e in entries))
-        yield "mmbee_segment_buffer_held_events", {}, float(seg.held)
-        yield "mmbee_segment_buffer_unpersisted_events", {}, float(seg.pending)
-    watchdog = ctx.runtimes.get("watchdog")
-    if isinstance(watchdog, DeadMemberDetector):
-        yield "mmbee_watchdog_members_removed_total", {}, float(watchdog.removed)
-    graph = ctx.runtimes.get("graph")
-    if isinstance(graph, GraphRuntime):
-        g = graph.graph
-        yield "mmbee_graph_loaded", {}, 0.0 if g is None else 1.0
-        if g is not None:
-            yield "mmbee_graph_users", {}, float(g.num_users)
-            yield "mmbee_graph_authors", {}, float(g.num_authors)
-            yield "mmbee_graph_edges", {}, float(g.num_edges)
-            yield "mmbee_graph_gifts", {}, float(g.num_gifts)
+    for runtime in list(ctx.runtimes.values()):
+        if isinstance(runtime, Inspectable):
+            yield from runtime.samples()
 
 
 def collect(ctx: StreamContext) -> list[Sample]:
@@ -233,7 +205,6 @@ def collect(ctx: StreamContext) -> list[Sample]:
 
 def status(ctx: StreamContext) -> dict[str, Any]:
     """The one-screen summary as JSON-able data (`/mmbee/status/`, `mmbee status`)."""
-    from mmbee.streams.app import group_instance_id
 
     obs = observability(ctx)
     settings = ctx.settings

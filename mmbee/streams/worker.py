@@ -17,10 +17,11 @@ from collections.abc import Sequence
 import faust
 
 from mmbee.settings import Settings
-from mmbee.streams.app import Component, build_app
+from mmbee.streams.app import build_app
 from mmbee.streams.deployment import verify_worker_topics
-from mmbee.streams.fetch_wait import install_fetch_wait
 from mmbee.streams.observability import logging_config, observability
+from mmbee.streams.runtime.compat import install_fetch_wait
+from mmbee.streams.runtime.context import Component
 from mmbee.streams.topics import ensure_topics, verify_copartitioning
 
 __all__ = ["prepare_topics", "run_worker"]

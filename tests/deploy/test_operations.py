@@ -14,13 +14,9 @@ import pytest
 from mmbee.settings import Settings
 from mmbee.simulator.replay import _producer_kwargs
 from mmbee.streams.app import build_app, faust_settings
-from mmbee.streams.deployment import (
-    apply_rocksdb_budget,
-    internal_partition_problems,
-    plan_all_topics,
-    rocksdb_share,
-)
+from mmbee.streams.deployment import internal_partition_problems, plan_all_topics
 from mmbee.streams.observability import logging_config
+from mmbee.streams.runtime.rocksdb import apply_rocksdb_budget, rocksdb_share
 from mmbee.streams.topics import TopicPlan
 from mmbee.streams.watchdog import DeadMemberDetector, parse_instance_id, probe_port
 

@@ -6,7 +6,7 @@ await is deleted by the resume, because a resume empties every stream buffer. On
 the await is short and the race is rare; under load it was about 1 start in 5 (the SIGKILL-restart
 test's occasional failure). This entry point makes it happen on every start: after the seek it
 holds the recovery, while source partitions are active and the flow runs, until the fetcher has put
-a message into a stream buffer (at most `HOLD_S`). `mmbee.streams.recovery_order` must make the
+a message into a stream buffer (at most `HOLD_S`). `mmbee.streams.runtime.compat` (recovery_order) must make the
 hold a no-op, since with it no source partition is active before the final resume.
 """
 

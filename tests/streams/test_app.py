@@ -12,17 +12,17 @@ from mmbee.schemas import DeadLetter
 from mmbee.settings import Settings
 from mmbee.streams.app import (
     COMPONENTS,
-    StreamContext,
     UnknownComponentError,
     build_app,
     create_app,
     faust_settings,
     resolve_components,
-    rocksdb_options,
 )
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.publish import MemoryPublisher
+from mmbee.streams.runtime.context import StreamContext
+from mmbee.streams.runtime.rocksdb import rocksdb_options
 
 
 def test_faust_settings_follow_the_field_notes(tmp_path: Path) -> None:

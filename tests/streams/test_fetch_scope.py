@@ -1,4 +1,4 @@
-"""`mmbee.streams.fetch_scope`: a Faust fetch never takes records of partitions Faust has paused,
+"""`mmbee.streams.runtime.compat` (fetch_scope): a Faust fetch never takes records of partitions Faust has paused,
 even when it has paused them all. Run against aiokafka's own `Fetcher.fetched_records` and
 `FetchResult`, with the client's assignment stubbed; the worker-level check is
 `test_worker.py::test_nothing_fetched_while_recovery_seeks_is_lost`."""
@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from faust.transport.consumer import ThreadDelegateConsumer
 
-from mmbee.streams.fetch_scope import ActiveView, fetch_scope_installed, install_fetch_scope
+from mmbee.streams.runtime.compat import ActiveView, fetch_scope_installed, install_fetch_scope
 
 SOURCE = TopicPartition("live.frames", 0)
 

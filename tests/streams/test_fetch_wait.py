@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.fetcher import Fetcher
 
 from mmbee.streams.broker import KafkaBroker, NoidaBroker
-from mmbee.streams.fetch_wait import install_fetch_wait, installed_fetch_wait_ms
+from mmbee.streams.runtime.compat import install_fetch_wait, installed_fetch_wait_ms
 
 pytestmark = pytest.mark.broker
 

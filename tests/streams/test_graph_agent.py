@@ -18,9 +18,10 @@ from mmbee.graph import author_expansions, build, user_expansions
 from mmbee.schemas import DeadLetter, GiftEvent
 from mmbee.schemas.graph import AuthorExpansions, UserExpansions
 from mmbee.settings import Settings
-from mmbee.streams.app import StreamContext, build_app
+from mmbee.streams.app import build_app
 from mmbee.streams.graph_agent import INTERNAL_TOPIC, GraphRuntime, state_digest
 from mmbee.streams.publish import MemoryPublisher
+from mmbee.streams.runtime.context import StreamContext
 
 T0 = 1_750_000_000_000
 HOUR = 3_600_000
@@ -114,10 +115,8 @@ def test_graph_agent_equals_batch_and_publishes_expansions(tmp_path: Path) -> No
     assert runtime.graph is not None
     assert runtime.graph.fingerprint() == batch.fingerprint()
     assert runtime.describe()["digest"] == state_digest(batch)
-    assert [(d.reason, d.agent) for d in letters(pub, ctx)] == [
-        ("duplicate", "graph"),
-        ("decode_error", "graph"),
-    ]
+    assert [(d.reason, d.agent) for d in letters(pub, ctx)] == [("decode_error", "graph")]
+    assert ctx.metrics.get("graph", "duplicates") == 1  # counted, not dead-lettered
     users = {
         m.user_id: m
         for m in map(
@@ -234,9 +233,11 @@ def test_incremental_through_kafka_equals_batch(broker_settings: Settings, worke
         view = worker.get(f"/mmbee/graph/users/{user}/")
         got = {m: [tuple(x) for x in view[m]] for m in ("u2a2u", "u2a2u2a", "u2a2a")}
         assert got == user_expansions(batch, user)
+    final_counters = worker.get("/mmbee/metrics/")["agents"]
     worker.stop()
     dlq = [DeadLetter.model_validate_json(v) for v in read_topic(settings, "dlq")]
-    assert sorted(d.reason for d in dlq) == ["decode_error"] + ["duplicate"] * 10
+    assert [d.reason for d in dlq] == ["decode_error"]  # the ten copies are only counted
+    assert final_counters["graph"]["counters"]["duplicates"] == 10
     published = [
         UserExpansions.model_validate_json(v) for v in read_topic(settings, "graph.user_expansions")
     ]

@@ -1,4 +1,4 @@
-"""The inline hand-off (`mmbee.streams.handoff`) keeps Faust's `Consumer.wait_first` contract:
+"""The inline hand-off (`mmbee.streams.runtime.compat` (handoff)) keeps Faust's `Consumer.wait_first` contract:
 the callback's result, its exceptions, and interruption by a suspended flow. Only a callback that
 never waits runs without tasks. Every broker test runs the patched drain loop end to end."""
 
@@ -17,7 +17,7 @@ from faust.transport.consumer import Consumer
 
 from mmbee.settings import Settings
 from mmbee.streams.app import create_app
-from mmbee.streams.handoff import (
+from mmbee.streams.runtime.compat import (
     inline_handoff_installed,
     install_inline_handoff,
     uninstall_inline_handoff,
@@ -155,7 +155,7 @@ def test_not_installed_over_a_changed_drain_loop(
 
     original = Consumer.wait_first
     monkeypatch.setattr(Consumer, "_drain_messages", _drain_messages)
-    with caplog.at_level(logging.WARNING, logger="mmbee.streams.handoff"):
+    with caplog.at_level(logging.WARNING, logger="mmbee.streams.runtime.compat"):
         assert install_inline_handoff() is False
     assert Consumer.wait_first is original and "not installed" in caplog.text
 

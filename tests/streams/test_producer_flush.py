@@ -11,7 +11,7 @@ import faust
 import pytest
 from faust.transport.producer import ProducerBuffer
 
-from mmbee.streams.producer_flush import full_flush_installed, install_full_flush
+from mmbee.streams.runtime.compat import full_flush_installed, install_full_flush
 
 
 class SlowClient:

@@ -1,4 +1,4 @@
-"""`mmbee.streams.recovery_order`: at the end of Faust's recovery no source message reaches a
+"""`mmbee.streams.runtime.compat` (recovery_order): at the end of Faust's recovery no source message reaches a
 stream before the final flow resume, so that resume has nothing to delete. The worker-level proof
 is `test_worker.py::test_nothing_fetched_while_recovery_seeks_is_lost` (a real broker and Faust);
 these tests pin the ordering on Faust's own flow control, without a broker."""
@@ -13,7 +13,7 @@ import pytest
 from faust.tables.recovery import Recovery
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from mmbee.streams.recovery_order import (
+from mmbee.streams.runtime.compat import (
     _calls_in_order,
     install_sources_resume_after_flow,
     sources_resume_after_flow,

@@ -19,7 +19,7 @@ either, or a run of records right after the takeover never reaches the graph age
 1..38 of `graph.gifts` in one run, with offset 0 and 39.. applied), so the survivor's graph
 lacks gifts. Both are consumer-side (the records are on the topic; nothing was dead-lettered);
 see deploy/RUNBOOK.md section 11. On the afternoon of 2026-12-05 it passed 15 of 15 runs with
-the two fetch-drop fixes of that day (mmbee/streams/recovery_order.py, fetch_scope.py) and 6 of
+the two fetch-drop fixes of that day (mmbee/streams/runtime/compat.py) and 6 of
 6 with them disabled. Joined training examples are not compared here: after a failover they also
 differ in what the views held at emission (segment references, expansions), which depends on
 arrival timing.

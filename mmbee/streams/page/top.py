@@ -40,7 +40,7 @@ from mmbee.scorer.features import AuthorFeatures, author_features
 from mmbee.scorer.predict import ContentBuffer, LoadedModel, encode_buffers, score_request
 
 if TYPE_CHECKING:
-    from mmbee.streams.app import StreamContext
+    from mmbee.streams.runtime.context import StreamContext
     from mmbee.streams.views import SegmentEntry, SegmentView
 
 __all__ = ["MODALITIES", "REFERENCE_VIEWER", "TopStreams", "ablate", "live_streams", "rank"]
