@@ -1,15 +1,21 @@
-"""Per-agent counters of a worker (events, errors, dead letters by reason) and ingest timing.
+"""Per-agent counters of a worker (events, duplicates, dead letters by reason) and ingest timing.
 
 One `StreamMetrics` object lives in each app's `StreamContext`; agents count into it and the
 worker serves `snapshot()` as JSON at `/mmbee/metrics/`. `samples()` gives flat
 (name, labels, value) triples for a Prometheus exporter.
 
+A redelivered event whose id an agent has applied already is a duplicate: the normal
+at-least-once path after a rebalance or restart, not poison. It changes nothing, is acked, and
+is counted (`duplicate()`: counter `duplicates`, `mmbee_duplicates_total{agent}`), never
+dead-lettered.
+
 Example:
     >>> m = StreamMetrics(clock=lambda: 0.0)
     >>> m.count("segments", "events", 3)
     >>> m.dead_letter("segments", "late")
-    >>> m.snapshot()["agents"]["segments"]["dlq"]
-    {'late': 1}
+    >>> m.duplicate("segments")
+    >>> m.snapshot()["agents"]["segments"]["dlq"], m.get("segments", "duplicates")
+    ({'late': 1}, 1)
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ class StreamMetrics:
         """Count `n` messages dead-lettered by `agent` for `reason`."""
         self.agent(agent).dlq[reason] += n
 
+    def duplicate(self, agent: str, n: int = 1) -> None:
+        """Count `n` redelivered events `agent` had applied already (acked, not dead-lettered)."""
+        self.agent(agent).counters["duplicates"] += n
+
     def observe(self, agent: str, n: int) -> None:
         """Count `n` consumed messages and stamp the clock (ingest rate = events / (last - first))."""
         a = self.agent(agent)
@@ -102,7 +112,12 @@ class StreamMetrics:
         """(metric name, labels, value) for every counter, Prometheus-style names."""
         for agent, a in sorted(self._agents.items()):
             for name, value in sorted(a.counters.items()):
-                yield f"mmbee_agent_{name}_total", {"agent": agent}, float(value)
+                metric = (
+                    "mmbee_duplicates_total"
+                    if name == "duplicates"
+                    else f"mmbee_agent_{name}_total"
+                )
+                yield metric, {"agent": agent}, float(value)
             for name, level in sorted(a.gauges.items()):
                 yield f"mmbee_agent_{name}", {"agent": agent}, float(level)
             for reason, value in sorted(a.dlq.items()):

@@ -60,6 +60,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "mmbee_agent_events_per_second": ("gauge", "processed messages per second over the rate window"),
     "mmbee_agent_errors_total": ("counter", "messages an agent dead-lettered (all reasons)"),
     "mmbee_dead_letters_total": ("counter", "dead letters by agent and reason"),
+    "mmbee_duplicates_total": ("counter", "redelivered events an agent had applied already (acked, not dead-lettered)"),
     "mmbee_consumer_lag": ("gauge", "log end offset minus committed offset, per assigned partition"),
     "mmbee_consumer_committed_offset": ("gauge", "next offset to consume (committed), per partition"),
     "mmbee_consumer_end_offset": ("gauge", "log end offset (high watermark), per partition"),
@@ -304,7 +305,8 @@ class Observability:
     def samples(self, metrics: StreamMetrics) -> Iterator[Sample]:
         """Every exported sample except the per-component gauges (see `web.collect`). The
         agents' own counters come from `StreamMetrics.samples()` (`mmbee_agent_<name>_total`,
-        `mmbee_agent_<gauge>`, `mmbee_dead_letters_total{agent,reason}`)."""
+        `mmbee_agent_<gauge>`, `mmbee_duplicates_total{agent}`,
+        `mmbee_dead_letters_total{agent,reason}`)."""
         agents = metrics.snapshot()["agents"]
         rates = self.agent_rates(metrics)
         for agent, a in sorted(agents.items()):
