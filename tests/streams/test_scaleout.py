@@ -4,7 +4,7 @@ SIGKILLed halfway; the survivor takes its partitions (and the one-partition gift
 recovers their tables from the changelogs, and ends in the same state as a single worker that
 read the same log: every segment buffer (closed segments, open segments, watermark, applied
 offsets) and the exact gift graph. Redelivered events are absorbed (segment replays are skipped
-by offset, a redelivered gift is dropped as a duplicate by event id).
+by offset, a redelivered gift is counted as a duplicate by event id, not dead-lettered).
 
 On Apache Kafka 4.4.0 it passed 20 of 20 runs on 2026-12-07 (08:47-09:07 UTC, shared 2-core box,
 load average 3.5-7.0, 40-75 s each), once every topic was provisioned before the workers
@@ -237,15 +237,13 @@ def test_two_workers_one_killed_end_like_one(
         ) from None
     assert survivor.get("/mmbee/graph/")["digest"] == expected_digest
     assert set(status(survivor)["partitions"]["assigned"]) >= set(lost)
-    # redelivered gifts are absorbed as duplicates; anything else matches the single run
-    one_letters, two_letters = dead_letters(ref), dead_letters(two)
-    extra = list(two_letters)
-    for letter in one_letters:
-        extra.remove(letter)
-    gift_ids = {g.event_id for g in gifts}
-    assert all(a == "graph" and r == "duplicate" and e in gift_ids for a, r, e in extra), extra
+    # redelivered gifts are counted as duplicates, never dead-lettered: the same dead letters
+    # as the single run
+    assert dead_letters(two) == dead_letters(ref)
+    graph = survivor.get("/mmbee/metrics/")["agents"].get("graph", {"counters": {}})
     survivor.stop()
     print(
         f"killed at {through}/{n_content} content events; takeover {takeover_s:.1f} s after "
-        f"SIGKILL; {len(extra)} redelivered gifts absorbed as duplicates"
+        f"SIGKILL; {graph['counters'].get('duplicates', 0)} redelivered gifts counted as "
+        "duplicates by the survivor's graph"
     )
