@@ -19,10 +19,10 @@ every figure from the same run:
   with them for the CPU. The replay starts `FETCH_SETTLE_S` after the SIGSTOP, once the fetch
   each worker had in flight has been answered empty (see `pause`). Rate = consumed messages
   (content topics + gifts) / (latest batch - earliest batch over all workers), from the workers'
-  own metrics (monotonic clock; same method as bench/ingest.py). `scale_ratio` = median 2-worker rate / median 1-worker rate. The CPU time
-  each worker used is read from /proc, so `events_per_worker_cpu_s` shows whether a worker does
-  the same work per CPU second alone or beside another (the design scales) even when the box has
-  no free core to give it.
+  own metrics (monotonic clock; same method as bench/ingest.py). `scale_ratio` = median
+  2-worker rate / median 1-worker rate. The CPU time each worker used is read from /proc, so
+  `events_per_worker_cpu_s` shows whether a worker does the same work per CPU second alone or
+  beside another (the design scales) even when the box has no free core to give it.
 * Failover. Two workers read the backlog with the default session timeout (6 s); once a fifth
   of it is through, the worker that owns the gift graph is SIGKILLed. `failover_seconds` is the
   time from the kill until the survivor has read every one of the dead worker's content
