@@ -418,7 +418,7 @@ def failover_run(
             time.sleep(0.1)
         wait_for(lambda: consumed([survivor])[1] == 0, "the survivor to settle", [survivor], 600)
         rss, peak = survivor.rss_mib()
-        survivor_dlq = dead_letters(survivor.metrics())
+        survivor_metrics = survivor.metrics()
         return {
             "failover_seconds": None if failover is None else round(failover, 2),
             "takeover_seconds": None if takeover is None else round(takeover, 2),
@@ -428,8 +428,14 @@ def failover_run(
             "survivor_rss_mib": rss,
             "survivor_peak_rss_mib": peak,
             "session_timeout_s": settings.session_timeout_s,
-            # redelivered gifts show as `duplicate` after a crash (RUNBOOK section 10)
-            "survivor_dead_letters": survivor_dlq,
+            # events redelivered after the crash: dead-lettered as `duplicate`, or counted as
+            # duplicates once issue 21 item 3 is in (both are reported)
+            "survivor_dead_letters": dead_letters(survivor_metrics),
+            "survivor_duplicates": {
+                agent: n
+                for agent, a in sorted(survivor_metrics.items())
+                if (n := a.get("counters", {}).get("duplicates", 0))
+            },
         }
     finally:
         admin.close()
