@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from mmbee.settings import Settings
 from mmbee.streams.topics import (
@@ -14,6 +17,7 @@ from mmbee.streams.topics import (
     copartition_problems,
     diff_topics,
     ensure_topics,
+    observe_topics,
     plan_topics,
     verify_copartitioning,
 )
@@ -67,7 +71,25 @@ def test_create_check_and_refuse_on_broker(broker_settings: Settings) -> None:
     admin = KafkaAdminClient(bootstrap_servers=broker_settings.bootstrap_list())
     try:
         admin.delete_topics([watch])
-        admin.create_topics([NewTopic(watch, broker_settings.partitions - 1, 1)])
+        # Kafka deletes a topic asynchronously: re-creating it at once can find the old one
+        # still there (TopicAlreadyExists) and metadata can name its old partition count
+        deadline = time.monotonic() + 30
+        while watch in admin.list_topics():
+            assert time.monotonic() < deadline, f"{watch} was not deleted within 30 s"
+            time.sleep(0.1)
+        while True:
+            try:
+                admin.create_topics([NewTopic(watch, broker_settings.partitions - 1, 1)])
+                break
+            except TopicAlreadyExistsError:
+                assert time.monotonic() < deadline, f"{watch} could not be re-created in 30 s"
+                time.sleep(0.1)
+        want = broker_settings.partitions - 1
+        while (got := observe_topics(broker_settings, [watch]).get(watch)) is None or (
+            got.partitions != want
+        ):
+            assert time.monotonic() < deadline, f"{watch} metadata still says {got}"
+            time.sleep(0.1)
     finally:
         admin.close()
     assert any(watch in d and "partitions" in d for d in check_topics(broker_settings))
