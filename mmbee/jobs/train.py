@@ -2,7 +2,7 @@
 
 `build_examples` replays a log directory (simulated, or a user's KuaiLive download) through the
 same pure pieces the stream agents use, in event-time order: content events go through the
-rolling segment buffers (`mmbee.encoders.segments`), closed segments, watches, comments and
+rolling segment buffers (`mmbee.state.segments`), closed segments, watches, comments and
 gifts through `FeatureState`, every impression's snapshot through the `LabelJoiner`. Impressions
 whose 1 h window the log cuts off are dropped (censored). The result (an `ExampleTable` and the
 `MemorySegmentStore` its rows refer to) is cached on disk, keyed by the log and the configs, so
@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from mmbee.encoders.segments import ContentItem, SegmentBuffer, SegmentConfig, close_all, update
 from mmbee.schemas.events import AsrSegment, CommentEvent, FrameEvent, WatchEvent
 from mmbee.scorer.baselines import popularity_scores
 from mmbee.scorer.dataset import ExampleTable
@@ -38,6 +37,7 @@ from mmbee.scorer.features import FeatureConfig, FeatureState, MemorySegmentStor
 from mmbee.scorer.gtr import config_for_variant, default_content_config
 from mmbee.scorer.metrics import evaluate_scores
 from mmbee.scorer.train import TrainConfig, score_table, train_model
+from mmbee.state.segments import ContentItem, SegmentBuffer, SegmentConfig, close_all, update
 
 __all__ = [
     "BuildConfig",

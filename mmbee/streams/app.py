@@ -26,7 +26,7 @@ from typing import Any
 import faust
 
 from mmbee.settings import Settings
-from mmbee.streams import content, graph_agent, joiner, refresh, serving, watchdog, web
+from mmbee.streams import asr, content, graph_agent, joiner, refresh, serving, watchdog, web
 from mmbee.streams.codec import EventCodec
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
@@ -48,7 +48,7 @@ log = logging.getLogger("mmbee.streams")
 
 COMPONENTS: dict[str, Component] = {
     "segments": content.register_segments,
-    "asr": content.register_asr,
+    "asr": asr.register_asr,
     "graph": graph_agent.register,
     "joiner": joiner.register,
     "serving": serving.register,

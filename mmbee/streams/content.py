@@ -1,15 +1,13 @@
-"""Content agents: frames, comments and ASR text -> rolling segment buffers; audio -> ASR text.
+"""Component `segments`: frames, comments and ASR text -> rolling segment buffers.
 
-Two components (see `mmbee.streams.app.COMPONENTS`):
-
-- `segments`: one agent over `live.frames`, `live.comments` and `live.asr` (all keyed by author,
-  co-partitioned). It decodes raw bytes with the codec, embeds content that arrives without an
-  embedding (text and JPEG featurizers, batched, on the executor), and applies each item with
-  the pure `mmbee.encoders.segments.update`. Closed segments go to `content.segments`.
-- `asr`: `live.audio` AudioChunks -> Whisper (batched, on the executor) -> `live.asr`.
+One agent over `live.frames`, `live.comments` and `live.asr` (all keyed by author,
+co-partitioned). It decodes raw bytes through its envelope (`runtime.agent`), embeds content
+that arrives without an embedding (`mmbee.streams.featurize`), and applies each item to the
+stream's buffer (`mmbee.state.segments.LiveBuffer`). Closed segments go to `content.segments`.
+(`mmbee.streams.asr` turns `live.audio` into `live.asr`.)
 
 Event time across topics: Faust interleaves the three topics by count, not by time, so the
-agent first aligns them per partition (`mmbee.streams.align`): an item is applied once every
+agent first aligns them per partition (`mmbee.state.align`): an item is applied once every
 topic has passed its event time, except topics the consumer has read to their high watermark
 (nothing more to come now); `segment_align_wait_ms` is a safety valve.
 
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +39,14 @@ import faust
 import numpy as np
 from faust.types import TP, EventT, StreamT, TableT
 
-from mmbee.encoders.segments import (
+from mmbee.schemas.events import (
+    AsrSegment,
+    CommentEvent,
+    FrameEvent,
+    SegmentClosed,
+)
+from mmbee.settings import Settings
+from mmbee.state.segments import (
     ClosedRef,
     ContentItem,
     LiveBuffer,
@@ -55,44 +59,28 @@ from mmbee.encoders.segments import (
     quantize_vectors,
     segment_key,
 )
-from mmbee.schemas.events import (
-    AsrSegment,
-    AudioChunk,
-    CommentEvent,
-    DeadLetterReason,
-    FrameEvent,
-    SegmentClosed,
-)
-from mmbee.schemas.types import MAX_EVENT_ID_LEN, MAX_TEXT_CHARS
-from mmbee.settings import Settings
-from mmbee.streams.acks import AckSequencer
-from mmbee.streams.align import Aligner
 from mmbee.streams.codec import Rejected
-from mmbee.streams.runtime.compat import pause_fetching
+from mmbee.streams.featurize import EMPTY_SPEECH, EmptySpeech, Featurizers, featurize
+from mmbee.streams.runtime.agent import Bad, Envelope
+from mmbee.streams.runtime.alignment import SourceAlignment
 from mmbee.streams.runtime.context import (
     Sample,
     StreamContext,
     clear_event_context,
     in_event_context,
 )
-from mmbee.streams.runtime.progress import caught_up
 
 if TYPE_CHECKING:
-    from mmbee.encoders.featurizers import FrameEmbedder, SpeechRecognizer, TextEmbedder, Transcript
+    pass
 
 __all__ = [
     "SOURCES",
     "AGENT_SEGMENTS",
-    "AGENT_ASR",
     "TABLE",
     "SEGMENTS_TABLE",
     "segment_config",
-    "Featurizers",
     "SegmentRuntime",
-    "AsrRuntime",
-    "asr_segment",
     "register_segments",
-    "register_asr",
 ]
 
 log = logging.getLogger("mmbee.streams.content")
@@ -100,9 +88,8 @@ log = logging.getLogger("mmbee.streams.content")
 SOURCES = ("live.frames", "live.comments", "live.asr")
 """Catalogue topics the segment agent reads (all keyed by author_id)."""
 AGENT_SEGMENTS = "segments"
-AGENT_ASR = "asr"
 TABLE = "segment_buffers"
-"""Changelogged table: author_id -> the buffer's head (`mmbee.encoders.segments.encode_head`:
+"""Changelogged table: author_id -> the buffer's head (`mmbee.state.segments.encode_head`:
 open accumulators, watermark, applied offsets, refs to its closed segments)."""
 SEGMENTS_TABLE = "segments"
 """Changelogged table: '<author_id>|<start_ms>' -> SegmentClosed JSON, for the segments a buffer
@@ -118,105 +105,6 @@ def segment_config(settings: Settings) -> SegmentConfig:
         frame_dim=settings.frame_dim,
         text_dim=settings.text_dim,
     )
-
-
-_Bad = tuple[EventT, DeadLetterReason, str, "str | None"]
-"""A rejected event: (event, dead-letter reason, detail, its event_id if known)."""
-
-
-class _EmptySpeech:
-    """Marker: an ASR segment without speech (empty text); counted, not buffered."""
-
-
-_EMPTY_SPEECH = _EmptySpeech()
-
-
-class Featurizers:
-    """The text and frame featurizers of one worker, built on first use. Call from the executor.
-
-    Example:
-        >>> f = Featurizers(text_model=None, frame_model="efficientnet-lite0", text_dim=384,
-        ...                 frame_dim=1280)
-        >>> f.embed([], [])
-        (None, [])
-    """
-
-    def __init__(
-        self,
-        *,
-        text_model: str | None,
-        frame_model: str,
-        text_dim: int,
-        frame_dim: int,
-        text_cache_size: int = 0,
-    ) -> None:
-        self._text_model = text_model
-        self._text_cache_size = text_cache_size
-        self._frame_model = frame_model
-        self._text_dim = text_dim
-        self._frame_dim = frame_dim
-        self._text: TextEmbedder | None = None
-        self._frames: FrameEmbedder | None = None
-
-    def text(self) -> TextEmbedder:
-        """The text embedder (loaded now if needed); its width must match `text_dim`."""
-        if self._text is None:
-            from mmbee.encoders.featurizers import TextEmbedder
-
-            emb = TextEmbedder(model_path=self._text_model, cache_size=self._text_cache_size)
-            if emb.dim != self._text_dim:
-                raise ValueError(
-                    f"text model gives {emb.dim}-d embeddings but MMBEE_TEXT_DIM={self._text_dim}"
-                )
-            self._text = emb
-        return self._text
-
-    @property
-    def text_cache_hits(self) -> int:
-        """Texts embedded from the text cache so far (0 before the text model is loaded)."""
-        return 0 if self._text is None else self._text.hits
-
-    def frames(self) -> FrameEmbedder:
-        """The frame embedder (loaded now if needed); its width must match `frame_dim`."""
-        if self._frames is None:
-            from mmbee.encoders.featurizers import FrameEmbedder
-
-            emb = FrameEmbedder(name=self._frame_model)
-            if emb.dim != self._frame_dim:
-                raise ValueError(
-                    f"frame model gives {emb.dim}-d features but MMBEE_FRAME_DIM={self._frame_dim}"
-                )
-            self._frames = emb
-        return self._frames
-
-    def embed(
-        self, texts: Sequence[str], jpegs: Sequence[bytes]
-    ) -> tuple[np.ndarray | None, list[np.ndarray | str]]:
-        """Embed a batch.
-
-        Shapes:
-            texts: N strings -> (N, d_t) float32 (None when N == 0).
-            jpegs: M images -> M entries, each a (d_v,) float32 vector or, for an image that
-                does not decode, the reason as a string.
-        """
-        text_vecs = self.text().encode(list(texts)) if texts else None
-        frame_out: list[np.ndarray | str] = []
-        if jpegs:
-            from mmbee.encoders.featurizers import FrameDecodeError, decode_jpeg
-
-            images, ok = [], []
-            frame_out = [""] * len(jpegs)
-            for i, data in enumerate(jpegs):
-                try:
-                    images.append(decode_jpeg(data, i))
-                    ok.append(i)
-                except FrameDecodeError as exc:
-                    frame_out[i] = exc.reason
-            if images:
-                vecs = self.frames().encode_images(images)  # (len(ok), d_v)
-                for row, i in enumerate(ok):
-                    frame_out[i] = vecs[row]
-        return text_vecs, frame_out
 
 
 @dataclass
@@ -277,21 +165,22 @@ class SegmentRuntime:
         self.seq = 0
         self.pending = 0
         self.align_wait_s = ctx.settings.segment_align_wait_ms / 1000
-        self.aligners: dict[int, Aligner] = {}  # partition -> held (decoded, not yet applied)
+        # held (decoded, not yet applied) until every source passed their event time
+        self.alignment = SourceAlignment(
+            ctx, AGENT_SEGMENTS, SOURCES, self.align_wait_s, 2 * ctx.settings.stream_batch_max
+        )
         self.stream: StreamT | None = None
-        self.pause_at = 2 * ctx.settings.stream_batch_max  # held items of one source
-        self._paused: set[TP] = set()
-        self._acks = AckSequencer()  # acks leave in arrival order per topic partition
+        # decoding with the key check, dead letters, in-order acks per topic partition
+        self.envelope = Envelope(ctx, AGENT_SEGMENTS, SOURCES, key_required=True)
+        self._acks = self.envelope.acks
         self._last_batch_s = float("-inf")
         self._lock = asyncio.Lock()
-        self._sources = {ctx.topic_name(n): n for n in SOURCES}
-        self._source_index = {n: i for i, n in enumerate(SOURCES)}
-        self._tp_cache: dict[int, tuple[TP, ...]] = {}
+        self._sources = self.envelope.sources
 
     @property
     def held(self) -> int:
         """Events waiting for event-time alignment (decoded, not applied, not acked)."""
-        return sum(len(a) for a in self.aligners.values())
+        return self.alignment.held
 
     # --- rebalance ------------------------------------------------------------------------
     def on_revoked(self, revoked: set[TP]) -> None:
@@ -304,9 +193,7 @@ class SegmentRuntime:
             entry = self.entries.pop(author)
             self.pending -= len(entry.pending)
             self.dirty.pop(author, None)
-        for p in parts:
-            self.aligners.pop(p, None)
-        self._paused = {tp for tp in self._paused if tp.partition not in parts}
+        self.alignment.forget(parts)
         self._acks.forget({tp for tp in revoked if tp.topic in self._sources})
         self.ctx.metrics.count(AGENT_SEGMENTS, "revocations")
 
@@ -321,10 +208,10 @@ class SegmentRuntime:
         metrics.observe(AGENT_SEGMENTS, len(events))
         async with self._lock:
             generation = self.ctx.app.consumer_generation_id
-            decode = self.ctx.codec.decode_topic
             sources = self._sources
+            decode = self.envelope.decode
             track = self._acks.track
-            bad: list[_Bad] = []
+            bad: list[Bad] = []
             work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
             unembedded = False  # some event needs the featurizers
             for ev in events:
@@ -333,25 +220,12 @@ class SegmentRuntime:
                 if gen is not None and gen != generation:
                     continue  # fetched before the latest rebalance: it will be redelivered
                 track(msg.tp, ev)
-                name = sources.get(msg.topic)
-                if name is None:  # pragma: no cover - the agent subscribes to SOURCES only
-                    raise RuntimeError(f"segment agent got a message from {msg.topic}")
-                decoded = decode(name, ev.value)
+                decoded = decode(ev)  # the codec, then the key (content topics: author_id)
                 if type(decoded) is Rejected:
                     bad.append((ev, decoded.reason, decoded.detail, decoded.event_id))
                     continue
                 assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
-                if ev.key != decoded.author_id.encode():
-                    bad.append(
-                        (
-                            ev,
-                            "validation_error",
-                            f"message key {ev.key!r} is not the event's author_id "
-                            f"{decoded.author_id!r} (content topics are keyed by author)",
-                            decoded.event_id,
-                        )
-                    )
-                    continue
+                name = sources[msg.topic]
                 if not unembedded:
                     unembedded = (
                         decoded.embedding is None
@@ -359,34 +233,27 @@ class SegmentRuntime:
                         else decoded.text_embedding is None  # type: ignore[union-attr]
                     )
                 work.append((ev, name, decoded))
-            vectors: Sequence[np.ndarray | str | _EmptySpeech | None]
+            vectors: Sequence[np.ndarray | str | EmptySpeech | None]
             if unembedded:
-                vectors = await self._featurize(work)
+                vectors = await featurize(
+                    self.ctx, self.featurizers, AGENT_SEGMENTS, [m for _, _, m in work]
+                )
                 if self.ctx.app.consumer_generation_id != generation:
                     metrics.count(AGENT_SEGMENTS, "batches_dropped_on_rebalance")
                     return  # partitions moved while we waited: the events will be redelivered
             else:
                 vectors = [None] * len(work)  # every event carries its embedding
             now = self.ctx.monotonic()
-            aligners = self.aligners
-            source_index = self._source_index
+            push = self.alignment.push
             from_event = ContentItem.from_event
             finished: list[EventT] = []  # done without effect on the buffers
             for (ev, name, model), vec in zip(work, vectors, strict=True):
                 if vec is None or type(vec) is np.ndarray:
                     msg = ev.message
                     item = from_event(model, vec, source=name, offset=msg.offset)
-                    aligner = aligners.get(msg.partition)
-                    if aligner is None:
-                        aligner = aligners[msg.partition] = Aligner(self.align_wait_s, len(SOURCES))
-                    aligner.push(
-                        ts=item.ts_ms,
-                        source=source_index[name],
-                        offset=msg.offset,
-                        item=(ev, item),
-                        now_s=now,
-                    )
-                elif vec is _EMPTY_SPEECH:
+                    push(msg.partition, name, ts=item.ts_ms, offset=msg.offset, item=(ev, item),
+                         now_s=now)  # fmt: skip
+                elif vec is EMPTY_SPEECH:
                     metrics.count(AGENT_SEGMENTS, "asr_empty")
                     finished.append(ev)
                 else:
@@ -412,53 +279,8 @@ class SegmentRuntime:
                 self.stream, now, valve=now - self._last_batch_s >= self.align_wait_s
             )
 
-    def _tps(self, partition: int) -> tuple[TP, ...]:
-        """The topic partitions of `partition` of the sources, in SOURCES order."""
-        tps = self._tp_cache.get(partition)
-        if tps is None:
-            tps = self._tp_cache[partition] = tuple(
-                TP(self.ctx.topic_name(name), partition) for name in SOURCES
-            )
-        return tps
-
-    def _quiet_sources(self, partition: int, aligner: Aligner) -> set[int]:
-        """Sources of `partition` with nothing more to deliver now (`runtime.progress`);
-        unknown (no fetch yet, no consumer under test_context): not quiet."""
-        consumer = self.ctx.app.consumer
-        return {
-            i
-            for i, tp in enumerate(self._tps(partition))
-            if caught_up(consumer, tp, aligner.last_offset(i))
-        }
-
-    async def _fetching(self, tp: TP, on: bool) -> bool:
-        """Pause (on=False) or resume fetching one partition at the Kafka client
-        (`compat.pause_fetching` says why not Faust's own pause). False when there is no
-        started Kafka consumer (test_context) or the partition is not assigned."""
-        return await pause_fetching(self.ctx.app.consumer, tp, paused=not on)
-
-    async def _backpressure(self, partition: int, aligner: Aligner) -> None:
-        """Pause fetching a source that has run far ahead of the others in event time (its
-        items pile up waiting for the frontier); resume it once they drained."""
-        for i, tp in enumerate(self._tps(partition)):
-            held = aligner.held(i)
-            if tp not in self._paused and held > self.pause_at:
-                if await self._fetching(tp, on=False):
-                    self._paused.add(tp)
-                    self.ctx.metrics.count(AGENT_SEGMENTS, "source_pauses")
-            elif tp in self._paused and held <= self.pause_at // 2:
-                self._paused.discard(tp)
-                await self._fetching(tp, on=True)
-
     async def _release(self, stream: StreamT, now_s: float, valve: bool) -> None:
-        ready: list[tuple[EventT, ContentItem]] = []
-        for partition, aligner in list(self.aligners.items()):
-            if not len(aligner):
-                await self._backpressure(partition, aligner)
-                continue
-            quiet = self._quiet_sources(partition, aligner)
-            ready += aligner.ready(now_s, quiet, valve)
-            await self._backpressure(partition, aligner)
+        ready: list[tuple[EventT, ContentItem]] = await self.alignment.release(now_s, valve)
         if ready:
             await self._apply(stream, ready)
         await self._checkpoint_old(stream)
@@ -467,43 +289,7 @@ class SegmentRuntime:
             metrics.observe(AGENT_SEGMENTS, 0)  # stamps the time of the latest applied event
         metrics.gauge(AGENT_SEGMENTS, "held", self.held)
         metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
-        metrics.gauge(AGENT_SEGMENTS, "paused_sources", len(self._paused))
-
-    async def _featurize(
-        self, work: Sequence[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]]
-    ) -> list[np.ndarray | str | _EmptySpeech | None]:
-        out: list[np.ndarray | str | _EmptySpeech | None] = [None] * len(work)
-        text_at: list[int] = []
-        texts: list[str] = []
-        jpeg_at: list[int] = []
-        jpegs: list[bytes] = []
-        for i, (_, _, model) in enumerate(work):
-            if isinstance(model, FrameEvent):
-                if model.embedding is None:
-                    assert model.image_jpeg is not None
-                    jpeg_at.append(i)
-                    jpegs.append(model.image_jpeg)
-            elif model.text_embedding is None:
-                if isinstance(model, AsrSegment) and not model.text.strip():
-                    out[i] = _EMPTY_SPEECH
-                    continue
-                text_at.append(i)
-                texts.append(model.text)
-        if not texts and not jpegs:
-            return out
-        hits = self.featurizers.text_cache_hits
-        text_vecs, frame_vecs = await self.ctx.run_blocking(self.featurizers.embed, texts, jpegs)
-        if text_vecs is not None:
-            for row, i in enumerate(text_at):
-                out[i] = text_vecs[row]
-        for j, i in enumerate(jpeg_at):
-            out[i] = frame_vecs[j]
-        self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_texts", len(texts))
-        self.ctx.metrics.count(
-            AGENT_SEGMENTS, "text_cache_hits", self.featurizers.text_cache_hits - hits
-        )
-        self.ctx.metrics.count(AGENT_SEGMENTS, "featurized_frames", len(jpegs))
-        return out
+        metrics.gauge(AGENT_SEGMENTS, "paused_sources", len(self.alignment.paused))
 
     async def _apply(self, stream: StreamT, ready: Sequence[tuple[EventT, ContentItem]]) -> None:
         """Apply aligned items in order: each stream's state is updated in memory; the streams
@@ -512,7 +298,7 @@ class SegmentRuntime:
         config = self.config
         entries = self.entries
         closing: dict[str, tuple[_Entry, EventT, list[SegmentClosed]]] = {}
-        bad: list[_Bad] = []
+        bad: list[Bad] = []
         finished: list[EventT] = []  # replays of stored events: acked at once
         applied = replayed = 0
         seq = self.seq
@@ -625,23 +411,12 @@ class SegmentRuntime:
             self.ctx.metrics.count(AGENT_SEGMENTS, "checkpoints")
 
     async def _finish(
-        self, stream: StreamT, bad: Sequence[_Bad], finished: Sequence[EventT]
+        self, stream: StreamT, bad: Sequence[Bad], finished: Sequence[EventT]
     ) -> None:
-        """Dead-letter `bad` (in order), then ack it and `finished`, with whatever later events
-        of their partitions they held back."""
-        dlq = self.ctx.dlq
-        for ev, reason, detail, event_id in bad:
-            msg = ev.message
-            await dlq.send(
-                ev.value if isinstance(ev.value, bytes) else None,
-                source_topic=msg.topic,
-                agent=AGENT_SEGMENTS,
-                reason=reason,
-                detail=detail,
-                partition=msg.partition,
-                offset=msg.offset,
-                event_id=event_id,
-            )
+        """Dead-letter `bad` (in order; a duplicate, a redelivery of an applied event, is only
+        counted), then ack it and `finished`, with whatever later events of their partitions
+        they held back."""
+        await self.envelope.reject_all(bad)
         done = [(ev.message.tp, ev) for ev, *_ in bad]
         done += [(ev.message.tp, ev) for ev in finished]
         for ready in self._acks.done_many(done):
@@ -691,152 +466,6 @@ class SegmentRuntime:
         }
 
 
-def _stale(ev: EventT, generation: int) -> bool:
-    """True for an event fetched before the latest rebalance (it will be redelivered)."""
-    gen = ev.message.generation_id
-    return gen is not None and gen != generation
-
-
-# --- ASR ----------------------------------------------------------------------------------
-
-
-def asr_segment(chunk: AudioChunk, transcript: Transcript) -> AsrSegment:
-    """The AsrSegment of a transcribed chunk. Its event_id derives from the chunk's, so a
-    re-transcribed (redelivered) chunk is recognised downstream as a duplicate.
-
-    Example:
-        >>> from mmbee.encoders.featurizers import Transcript
-        >>> c = AudioChunk(event_id="c1", ts_ms=1_700_000_000_000, live_id="l", author_id="a",
-        ...                pcm_s16le=b"\\0\\0" * 16_000)
-        >>> s = asr_segment(c, Transcript("hello", "en", (), 1.0))
-        >>> s.event_id, s.end_ms - s.ts_ms, s.audio_event_id
-        ('asr-c1', 1000, 'c1')
-    """
-    event_id = f"asr-{chunk.event_id}"
-    if len(event_id) > MAX_EVENT_ID_LEN:
-        event_id = "asr-" + hashlib.sha1(chunk.event_id.encode()).hexdigest()
-    language = transcript.language if 2 <= len(transcript.language) <= 8 else "und"
-    return AsrSegment(
-        event_id=event_id,
-        ts_ms=chunk.ts_ms,
-        end_ms=chunk.ts_ms + chunk.duration_ms,
-        live_id=chunk.live_id,
-        author_id=chunk.author_id,
-        text=transcript.text[:MAX_TEXT_CHARS],
-        language=language,
-        audio_event_id=chunk.event_id,
-    )
-
-
-class AsrRuntime:
-    """The ASR agent's worker state: the recognizer (loaded on first use, on the executor).
-
-    Args:
-        ctx: the stream context.
-        recognizer: a ready recognizer; None = build one from the settings when first needed.
-    """
-
-    def __init__(self, ctx: StreamContext, recognizer: SpeechRecognizer | None = None) -> None:
-        self.ctx = ctx
-        self._recognizer = recognizer
-
-    def _load(self) -> SpeechRecognizer:
-        if self._recognizer is None:
-            from mmbee.encoders.featurizers import build_recognizer
-
-            s = self.ctx.settings
-            self._recognizer = build_recognizer(
-                s.asr_backend,
-                s.asr_model,
-                threads=s.featurizer_threads,
-                cache_dir=s.model_cache_dir,
-            )
-        return self._recognizer
-
-    def _transcribe(self, pcms: list[np.ndarray]) -> list[Transcript]:
-        return self._load().transcribe_batch(pcms)
-
-    async def process(self, stream: StreamT, events: Sequence[EventT]) -> None:
-        """Transcribe one batch of audio chunks and publish their AsrSegments, then ack them."""
-        ctx, metrics = self.ctx, self.ctx.metrics
-        metrics.observe(AGENT_ASR, len(events))
-        generation = ctx.app.consumer_generation_id
-        chunks: list[tuple[EventT, AudioChunk]] = []
-        live = [ev for ev in events if not _stale(ev, generation)]
-        for ev in live:
-            decoded = ctx.codec.decode_topic("live.audio", ev.value)
-            if isinstance(decoded, Rejected):
-                await self._reject(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
-                continue
-            assert isinstance(decoded, AudioChunk)
-            if ev.key != decoded.author_id.encode():
-                await self._reject(
-                    stream,
-                    ev,
-                    "validation_error",
-                    f"message key {ev.key!r} is not the chunk's author_id {decoded.author_id!r}",
-                    decoded.event_id,
-                )
-                continue
-            chunks.append((ev, decoded))
-        if not chunks:
-            await self._ack_in_order(stream, live)
-            metrics.count(AGENT_ASR, "processed", len(events))
-            return
-        from mmbee.encoders.featurizers import pcm16_to_float32
-
-        await ctx.run_blocking(self._load)  # a missing model fails loudly, not per chunk
-        pcms = [pcm16_to_float32(c.pcm_s16le) for _, c in chunks]
-        results: list[Transcript | str]
-        try:
-            results = list(await ctx.run_blocking(self._transcribe, pcms))
-        except (RuntimeError, ValueError) as exc:  # the batch failed: find the chunk(s) to blame
-            log.warning("asr batch of %d failed (%s); retrying one by one", len(pcms), exc)
-            results = []
-            for pcm in pcms:
-                try:
-                    results.extend(await ctx.run_blocking(self._transcribe, [pcm]))
-                except (RuntimeError, ValueError) as one:
-                    results.append(f"transcription failed: {one}")
-        if ctx.app.consumer_generation_id != generation:
-            metrics.count(AGENT_ASR, "batches_dropped_on_rebalance")
-            return
-        for (ev, chunk), result in zip(chunks, results, strict=True):
-            if isinstance(result, str):
-                await self._reject(stream, ev, "processing_error", result, chunk.event_id)
-                continue
-            seg = asr_segment(chunk, result)
-            await ctx.publish("live.asr", chunk.author_id.encode(), ctx.codec.encode(seg))
-            metrics.count(AGENT_ASR, "transcribed")
-            metrics.count(AGENT_ASR, "audio_ms", chunk.duration_ms)
-            if not seg.text:
-                metrics.count(AGENT_ASR, "empty_transcripts")
-        await self._ack_in_order(stream, live)
-        metrics.count(AGENT_ASR, "processed", len(events))
-
-    @staticmethod
-    async def _ack_in_order(stream: StreamT, events: Sequence[EventT]) -> None:
-        """Ack a finished batch in arrival order (Faust's commit expects in-order acks; see
-        `mmbee.streams.acks`)."""
-        for ev in events:
-            await stream.ack(ev)
-
-    async def _reject(
-        self, stream: StreamT, ev: EventT, reason: Any, detail: str, event_id: str | None
-    ) -> None:
-        msg = ev.message
-        await self.ctx.dlq.send(
-            ev.value if isinstance(ev.value, bytes) else None,
-            source_topic=msg.topic,
-            agent=AGENT_ASR,
-            reason=reason,
-            detail=detail,
-            partition=msg.partition,
-            offset=msg.offset,
-            event_id=event_id,
-        )
-
-
 # --- registration -------------------------------------------------------------------------
 
 
@@ -869,17 +498,3 @@ def register_segments(ctx: StreamContext) -> None:
         self: faust.web.View, request: faust.web.Request, author_id: str
     ) -> Any:
         return self.json(runtime.describe_author(author_id))
-
-
-def register_asr(ctx: StreamContext) -> None:
-    """Component `asr`: AudioChunk -> Whisper -> AsrSegment."""
-    runtime = AsrRuntime(ctx)
-    ctx.runtimes[AGENT_ASR] = runtime
-    batch, within = ctx.settings.asr_batch_max, ctx.settings.stream_batch_wait_ms / 1000
-
-    async def asr(stream: StreamT) -> None:
-        batches = cast(faust.Stream, stream).noack_take(batch, within=within)
-        async for events in batches:
-            await runtime.process(stream, events)
-
-    ctx.app.agent(ctx.topic("live.audio"), name="mmbee.asr")(asr)

@@ -8,8 +8,8 @@ whole graph. Two agents (see docs/graph.md):
   codec, dead-letters bad input, and forwards each valid gift to the internal one-partition topic
   `graph.gifts`. One partition = one owner of the graph at a time, whatever the worker count;
   Faust moves it (and its tables) to another worker on failure.
-- `graph` over `graph.gifts`: drops duplicate event ids (`duplicate`) and gifts older than the
-  dedupe horizon (`late`), applies the rest to the in-memory `GiftGraph` and marks the walk
+- `graph` over `graph.gifts`: skips duplicate event ids (counted as `duplicates`, not
+  dead-lettered) and dead-letters gifts older than the dedupe horizon (`late`), applies the rest to the in-memory `GiftGraph` and marks the walk
   cache, and writes ONE changelogged table row per gift: the user's exact edges together with
   the event ids applied to them within the horizon. One write per gift makes the update atomic
   under at-least-once delivery: after a crash a redelivered gift is either in its row (and
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import json
 import logging
 from collections.abc import Iterator
@@ -49,7 +48,9 @@ from mmbee.graph.state import restore, user_row
 from mmbee.graph.walk_cache import MemoryCacheStore
 from mmbee.schemas.events import DeadLetterReason, GiftEvent
 from mmbee.schemas.graph import AuthorExpansions, UserExpansions
+from mmbee.state.dedupe import DedupeWindow
 from mmbee.streams.codec import Rejected
+from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.context import (
     Sample,
     StreamContext,
@@ -114,27 +115,22 @@ class GraphRuntime:
         self.graph: GiftGraph | None = None
         self.cache: WalkCache | None = None
         self.lock = asyncio.Lock()
-        self._seen: dict[str, dict[str, int]] = {}  # user -> {event_id: ts_ms}
-        self._seen_ids: set[str] = set()
-        self._seen_heap: list[tuple[int, str, str]] = []  # (ts_ms, event_id, user), oldest on top
+        self.seen = DedupeWindow(dedupe_horizon_ms)  # gift ids by the user row keeping them
         self._rebuilt_at_ms: int | None = None
         self._needs_rebuild = False
         self.internal_topic = ctx.settings.topic(INTERNAL_TOPIC)
+        self.forwarder = Envelope(ctx, AGENT_FORWARD, ("live.gifts",))
+        self.envelope = Envelope(ctx, AGENT_GRAPH, {self.internal_topic: "live.gifts"})
 
     # --- forwarder: live.gifts -> graph.gifts ----------------------------------------------
     async def forward(self, ev: EventT) -> None:
         """Validate one `live.gifts` message and forward it to the one-partition topic."""
-        decoded = self.ctx.codec.decode_topic("live.gifts", ev.value)
-        if isinstance(decoded, Rejected):
-            await self._reject(AGENT_FORWARD, ev, decoded.reason, decoded.detail, decoded.event_id)
+        decoded = self.forwarder.decode(ev)
+        if type(decoded) is Rejected:
+            await self.forwarder.rejected(ev, decoded)
         else:
-            assert isinstance(decoded, GiftEvent)
-            if ev.key is not None and ev.key != decoded.author_id.encode():
-                detail = f"message key {ev.key!r} is not the gift's author_id {decoded.author_id!r}"
-                await self._reject(AGENT_FORWARD, ev, "validation_error", detail, decoded.event_id)
-            else:
-                await self.ctx.publisher.send(self.internal_topic, _GIFT_KEY, bytes(ev.value))
-                self.ctx.metrics.count(AGENT_FORWARD, "forwarded")
+            await self.ctx.publisher.send(self.internal_topic, _GIFT_KEY, bytes(ev.value))
+            self.ctx.metrics.count(AGENT_FORWARD, "forwarded")
         self.ctx.metrics.count(AGENT_FORWARD, "processed")
 
     # --- the graph agent --------------------------------------------------------------------
@@ -146,9 +142,7 @@ class GraphRuntime:
         self.cache = WalkCache(
             self.graph, MemoryCacheStore(), self.cache_config, self.expansion_config
         )
-        self._seen = {u: {e: int(t) for e, t in row["s"].items()} for u, row in rows}
-        self._seen_ids = {e for ids in self._seen.values() for e in ids}
-        self._seen_heap = sorted((t, e, u) for u, ids in self._seen.items() for e, t in ids.items())
+        self.seen.load((u, row["s"]) for u, row in rows)
         self._needs_rebuild = True
         self.ctx.metrics.count(AGENT_GRAPH, "loads")
         log.info("graph loaded: %d users, %d gifts", self.graph.num_users, self.graph.num_gifts)
@@ -156,15 +150,15 @@ class GraphRuntime:
     def _write(self, user_id: str) -> None:
         """The user's one table row: exact edges and the event ids within the horizon."""
         assert self.graph is not None
-        row = {"e": user_row(self.graph, user_id), "s": self._seen.get(user_id, {})}
+        row = {"e": user_row(self.graph, user_id), "s": self.seen.of(user_id)}
         self.table[user_id.encode()] = json.dumps(row).encode()
 
     async def apply(self, ev: EventT) -> None:
         """Apply one `graph.gifts` message (in the agent, so table writes go to partition 0)."""
         metrics = self.ctx.metrics
-        decoded = self.ctx.codec.decode_topic("live.gifts", ev.value)
-        if isinstance(decoded, Rejected):
-            await self._reject(AGENT_GRAPH, ev, decoded.reason, decoded.detail, decoded.event_id)
+        decoded = self.envelope.decode(ev, check_key=False)  # keyed b"gifts": one partition
+        if type(decoded) is Rejected:
+            await self.envelope.rejected(ev, decoded)
             metrics.count(AGENT_GRAPH, "processed")
             return
         assert isinstance(decoded, GiftEvent)
@@ -177,8 +171,9 @@ class GraphRuntime:
             assert graph is not None and cache is not None
             horizon = (graph.watermark_ms or gift.ts_ms) - self.dedupe_horizon_ms
             problem: tuple[DeadLetterReason, str] | None = None
-            if gift.event_id in self._seen_ids:
-                problem = ("duplicate", f"gift {gift.event_id} was applied already")
+            duplicate = gift.event_id in self.seen
+            if duplicate:  # a redelivery: changes nothing, counted, not dead-lettered
+                metrics.duplicate(AGENT_GRAPH)
             elif gift.ts_ms < horizon:
                 problem = ("late", f"ts_ms {gift.ts_ms} is before the dedupe horizon {horizon}")
             else:
@@ -186,32 +181,19 @@ class GraphRuntime:
                     graph.add_gift(gift.user_id, gift.author_id, gift.ts_ms, gift.gift_value)
                 except ValueError as exc:  # e.g. too far before GraphConfig.epoch_ms
                     problem = ("validation_error", str(exc))
-            if problem is None:
+            if problem is None and not duplicate:
                 cache.mark_gift(gift.user_id, gift.author_id)
-                self._remember(gift, graph.watermark_ms or gift.ts_ms)
+                changed = self.seen.remember(
+                    gift.user_id, gift.event_id, gift.ts_ms, graph.watermark_ms or gift.ts_ms
+                )
+                for user in sorted(changed):  # still in this event's context
+                    self._write(user)
                 metrics.count(AGENT_GRAPH, "applied")
                 self._last_gift_s = self.ctx.monotonic()
                 metrics.gauge(AGENT_GRAPH, "watermark_ms", graph.watermark_ms or 0)
         if problem is not None:
-            await self._reject(AGENT_GRAPH, ev, problem[0], problem[1], gift.event_id)
+            await self.envelope.reject(ev, problem[0], problem[1], gift.event_id)
         metrics.count(AGENT_GRAPH, "processed")
-
-    def _remember(self, gift: GiftEvent, watermark_ms: int) -> None:
-        """Record the gift's id with its user, write the user's row, and forget ids older than
-        the horizon (rewriting the rows that held them: still in this event's context)."""
-        self._seen.setdefault(gift.user_id, {})[gift.event_id] = gift.ts_ms
-        self._seen_ids.add(gift.event_id)
-        heapq.heappush(self._seen_heap, (gift.ts_ms, gift.event_id, gift.user_id))
-        self._write(gift.user_id)
-        limit = watermark_ms - self.dedupe_horizon_ms
-        expired: set[str] = set()
-        while self._seen_heap and self._seen_heap[0][0] < limit:
-            _, old, user = heapq.heappop(self._seen_heap)
-            self._seen_ids.discard(old)
-            self._seen.get(user, {}).pop(old, None)
-            expired.add(user)
-        for user in sorted(expired):
-            self._write(user)
 
     # --- maintenance (timer) ----------------------------------------------------------------
     async def on_recovered(self) -> None:
@@ -273,7 +255,7 @@ class GraphRuntime:
         """Drop the in-memory graph when `graph.gifts` moves away (it reloads on return)."""
         if any(tp.topic == self.internal_topic for tp in revoked):
             self.graph, self.cache = None, None
-            self._seen, self._seen_ids, self._seen_heap = {}, set(), []
+            self.seen.clear()
             self.ctx.metrics.count(AGENT_GRAPH, "revocations")
 
     # --- inspection -------------------------------------------------------------------------
@@ -320,21 +302,6 @@ class GraphRuntime:
             "built_at_ms": entry.built_at_ms,
             **entry.expansions,
         }
-
-    async def _reject(
-        self, agent: str, ev: EventT, reason: DeadLetterReason, detail: str, event_id: str | None
-    ) -> None:
-        msg = ev.message
-        await self.ctx.dlq.send(
-            ev.value if isinstance(ev.value, bytes) else None,
-            source_topic=msg.topic,
-            agent=agent,
-            reason=reason,
-            detail=detail,
-            partition=msg.partition,
-            offset=msg.offset,
-            event_id=event_id,
-        )
 
 
 def state_digest(graph: GiftGraph) -> str:

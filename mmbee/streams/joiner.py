@@ -10,7 +10,7 @@ Three agents (component `joiner`, docs/serving.md has the picture):
 - `joiner` over `live.watch` + `user.activity` (key user, co-partitioned): holds events until
   every source has passed their event time (`live.watch` by what it delivered, `user.activity`
   by the marks of every gift/comment partition), applies them in (time, kind, offset) order to
-  the partition's `PartitionJoiner` (mmbee.streams.user_state), writes the user's row (one table
+  the partition's `PartitionJoiner` (mmbee.state.users), writes the user's row (one table
   write per event, then the ack), and emits each decided example on `train.examples` (key user)
   once it settled, its streamer side read as of the impression from the global views. Watch
   "enter"s are re-keyed by streamer onto `author.activity` as they arrive.
@@ -18,7 +18,8 @@ Three agents (component `joiner`, docs/serving.md has the picture):
   counters (`Timeline`), one table row per streamer, published to the compacted `author.state`.
 
 Bad input (undecodable, invalid, a key that is not the partitioning field) goes to the DLQ,
-and so do duplicates and events too late to apply (`duplicate`, `late`), each counted.
+and so do events too late to apply (`late`), each counted. A redelivered event whose id was
+applied already changes nothing and is acked and counted (`duplicates`), not dead-lettered.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -44,13 +45,13 @@ from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, UserActivity
 from mmbee.scorer.examples import LabelConfig, to_message
 from mmbee.settings import Settings
-from mmbee.streams.acks import AckSequencer
-from mmbee.streams.author_state import Timeline
+from mmbee.state.authors import Timeline
+from mmbee.state.users import JoinerConfig, PartitionJoiner, UserRow, complete
 from mmbee.streams.codec import Rejected
 from mmbee.streams.publish import FaustPublisher
+from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
 from mmbee.streams.runtime.progress import caught_up
-from mmbee.streams.user_state import JoinerConfig, PartitionJoiner, UserRow, complete
 from mmbee.streams.views import Views, feature_config, views
 
 __all__ = [
@@ -108,21 +109,6 @@ def _assigned(ctx: StreamContext, topics: set[str]) -> set[TP]:
     except AttributeError:
         return set()
     return {tp for tp in actives if tp.topic in topics}
-
-
-async def _reject(ctx: StreamContext, agent: str, ev: EventT, reason: Any, detail: str,
-                  event_id: str | None) -> None:  # fmt: skip
-    msg = ev.message
-    await ctx.dlq.send(
-        ev.value if isinstance(ev.value, bytes) else None,
-        source_topic=msg.topic,
-        agent=agent,
-        reason=reason,
-        detail=detail,
-        partition=msg.partition,
-        offset=msg.offset,
-        event_id=event_id,
-    )
 
 
 async def _send_partition(
@@ -184,6 +170,19 @@ class Progress:
                 out[key] = self.ts[tp]
         return out
 
+    async def broadcast(
+        self, name: str, mark: type[UserActivity] | type[AuthorActivity], now_s: float
+    ) -> bool:
+        """Send the marks, as a `mark` message, to every partition of catalogue topic `name`
+        when they changed (`changed`); True when sent."""
+        marks = self.changed(now_s)
+        if marks is None:
+            return False
+        value = self.ctx.codec.encode(mark(kind="mark", marks=marks))
+        for p in range(self.ctx.settings.partitions):
+            await _send_partition(self.ctx, name, p, value)
+        return True
+
     def changed(self, now_s: float) -> dict[str, int | None] | None:
         """The marks when they changed since the last call that returned them (or a second
         passed); else None."""
@@ -207,25 +206,16 @@ class ForwardRuntime:
     def __init__(self, ctx: StreamContext) -> None:
         self.ctx = ctx
         self.progress = Progress(ctx, MARK_SOURCES)
+        self.envelope = Envelope(ctx, AGENT_FORWARD, MARK_SOURCES)
 
     async def forward(self, ev: EventT) -> None:
         """Re-key one gift or comment by its viewer."""
         ctx, metrics = self.ctx, self.ctx.metrics
         msg = ev.message
-        name = self.progress.names[msg.topic]
         self.progress.seen(msg.tp, msg.offset, None)
-        decoded = ctx.codec.decode_topic(name, ev.value)
-        if isinstance(decoded, Rejected):
-            await _reject(ctx, AGENT_FORWARD, ev, decoded.reason, decoded.detail, decoded.event_id)
-        elif ev.key is not None and ev.key != decoded.author_id.encode():  # type: ignore[attr-defined]
-            await _reject(
-                ctx,
-                AGENT_FORWARD,
-                ev,
-                "validation_error",
-                f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r}",  # type: ignore[attr-defined]
-                decoded.event_id,  # type: ignore[attr-defined]
-            )
+        decoded = self.envelope.decode(ev)
+        if type(decoded) is Rejected:
+            await self.envelope.rejected(ev, decoded)
         else:
             assert isinstance(decoded, GiftEvent | CommentEvent)
             act = UserActivity.model_construct(
@@ -246,14 +236,10 @@ class ForwardRuntime:
     async def tick(self, now_s: float) -> bool:
         """Send the marks to every `user.activity` partition when they changed (and at least
         every second); True when sent."""
-        marks = self.progress.changed(now_s)
-        if marks is None:
-            return False
-        value = self.ctx.codec.encode(UserActivity(kind="mark", marks=marks))
-        for p in range(self.ctx.settings.partitions):
-            await _send_partition(self.ctx, "user.activity", p, value)
-        self.ctx.metrics.count(AGENT_FORWARD, "marks_sent")
-        return True
+        sent = await self.progress.broadcast("user.activity", UserActivity, now_s)
+        if sent:
+            self.ctx.metrics.count(AGENT_FORWARD, "marks_sent")
+        return sent
 
 
 # --- joiner --------------------------------------------------------------------------------
@@ -291,7 +277,7 @@ class JoinerRuntime:
         self.config = config
         self.views = views
         self.parts: dict[int, _Part] = {}
-        self._acks = AckSequencer()
+        self.envelope = Envelope(ctx, AGENT_JOINER, ("live.watch", "user.activity"))
         self._lock = asyncio.Lock()
         self._seq = 0
         self._last_batch_s = float("-inf")
@@ -335,14 +321,9 @@ class JoinerRuntime:
 
     def on_revoked(self, revoked: set[TP]) -> None:
         """Forget revoked partitions (their unacked events will be redelivered)."""
-        parts = {
-            tp.partition for tp in revoked if tp.topic in (self.watch_topic, self.activity_topic)
-        }
+        parts = self.envelope.forget(revoked)
         for p in parts:
             self.parts.pop(p, None)
-        self._acks.forget(
-            {tp for tp in revoked if tp.topic in (self.watch_topic, self.activity_topic)}
-        )
         if parts:
             self.ctx.metrics.count(AGENT_JOINER, "revocations")
 
@@ -353,12 +334,8 @@ class JoinerRuntime:
         ctx, metrics = self.ctx, self.ctx.metrics
         now = ctx.monotonic()
         async with self._lock:
-            generation = ctx.app.consumer_generation_id
-            for ev in events:
-                gen = ev.message.generation_id
-                if gen is not None and gen != generation:
-                    continue  # fetched before a rebalance: will be redelivered
-                self._acks.track(ev.message.tp, ev)
+            for ev in self.envelope.live(events):  # older generations: will be redelivered
+                self.envelope.track(ev)
                 await self._take(stream, ev, now)
             for partition in list(self.parts):
                 await self._release(stream, partition, now)
@@ -376,24 +353,16 @@ class JoinerRuntime:
         is_watch = msg.topic == self.watch_topic
         name = "live.watch" if is_watch else "user.activity"
         ctx.metrics.count(AGENT_JOINER, "read_watch" if is_watch else "read_activity")
-        decoded = ctx.codec.decode_topic(name, ev.value)
-        if isinstance(decoded, Rejected):
-            await self._reject_ack(stream, ev, decoded.reason, decoded.detail, decoded.event_id)
-            return
-        if isinstance(decoded, UserActivity) and decoded.kind == "mark":
-            part.marks.update(decoded.marks)
+        decoded = self.envelope.decode(ev, check_key=False)
+        if type(decoded) is not Rejected:
+            if isinstance(decoded, UserActivity) and decoded.kind == "mark":
+                part.marks.update(decoded.marks)  # marks go to every partition, unkeyed
+                await self._done(stream, ev)
+                return
+            decoded = self.envelope.key_problem(ev, name, decoded) or decoded
+        if type(decoded) is Rejected:
+            await self.envelope.rejected(ev, decoded)
             await self._done(stream, ev)
-            return
-        user = decoded.user_id  # type: ignore[attr-defined]
-        if ev.key is not None and ev.key != str(user).encode():
-            await self._reject_ack(
-                stream,
-                ev,
-                "validation_error",
-                f"message key {ev.key!r} is not the event's user_id {user!r} "
-                f"({name} is keyed by user)",
-                decoded.event_id,  # type: ignore[attr-defined]
-            )
             return
         if is_watch:
             assert isinstance(decoded, WatchEvent)
@@ -462,10 +431,13 @@ class JoinerRuntime:
             in_event_context(ev)
             part.last_event = ev
             res = joiner.apply(model, now)
-            if res.outcome in ("duplicate", "late"):
-                await self._reject_ack(
-                    stream, ev, res.outcome, res.detail, getattr(model, "event_id", None)
-                )
+            if res.outcome == "duplicate":  # a redelivery: counted and acked, not dead-lettered
+                metrics.duplicate(AGENT_JOINER)
+                await self._done(stream, ev)
+                continue
+            if res.outcome == "late":
+                await self.envelope.reject(ev, "late", res.detail, getattr(model, "event_id", None))
+                await self._done(stream, ev)
                 continue
             touched |= res.touched
             applied.append(ev)
@@ -489,13 +461,7 @@ class JoinerRuntime:
 
     async def send_marks(self, now_s: float) -> bool:
         """Send the `live.watch` marks to every `author.activity` partition (when changed)."""
-        marks = self.watch_progress.changed(now_s)
-        if marks is None:
-            return False
-        value = self.ctx.codec.encode(AuthorActivity(kind="mark", marks=marks))
-        for p in range(self.ctx.settings.partitions):
-            await _send_partition(self.ctx, "author.activity", p, value)
-        return True
+        return await self.watch_progress.broadcast("author.activity", AuthorActivity, now_s)
 
     async def _emit(self, now: float) -> int:
         """Emit every settled decision whose streamer side is complete (the author agent has
@@ -549,13 +515,7 @@ class JoinerRuntime:
             await self._emit(now)
 
     async def _done(self, stream: StreamT, ev: EventT) -> None:
-        for ready in self._acks.done(ev.message.tp, ev):
-            await stream.ack(ready)
-
-    async def _reject_ack(self, stream: StreamT, ev: EventT, reason: Any, detail: str,
-                          event_id: str | None) -> None:  # fmt: skip
-        await _reject(self.ctx, AGENT_JOINER, ev, reason, detail, event_id)
-        await self._done(stream, ev)
+        await self.envelope.done(stream, (ev,))
 
     # --- reads for serving -----------------------------------------------------------------
     def user_row(self, partition: int, user_id: str) -> UserRow | None:
@@ -607,6 +567,7 @@ class AuthorRuntime:
         self.horizon_ms = horizon_ms
         self.timelines: dict[str, Timeline] = {}
         self._activity = ctx.topic_name("author.activity")
+        self.envelope = Envelope(ctx, AGENT_AUTHORS, ("author.activity", "live.gifts"))
         self.gifts = Progress(ctx, ("live.gifts",))
         self.activity_marks: dict[int, dict[str, int | None]] = {}
         self.expected = {f"live.watch:{q}" for q in range(ctx.settings.partitions)}
@@ -673,16 +634,13 @@ class AuthorRuntime:
         ctx, metrics = self.ctx, self.ctx.metrics
         dirty: dict[str, None] = {}
         complete: dict[int, float] = {}  # partition -> its frontier when the batch began
-        generation = ctx.app.consumer_generation_id
-        live = [ev for ev in events if ev.message.generation_id in (None, generation)]
+        envelope = self.envelope
+        live = envelope.live(events)
         for ev in live:
             msg = ev.message
-            name = "author.activity" if msg.topic == self._activity else "live.gifts"
-            decoded = ctx.codec.decode_topic(name, ev.value)
-            if isinstance(decoded, Rejected):
-                await _reject(
-                    ctx, AGENT_AUTHORS, ev, decoded.reason, decoded.detail, decoded.event_id
-                )
+            decoded = envelope.decode(ev, check_key=False)
+            if type(decoded) is Rejected:
+                await envelope.rejected(ev, decoded)
                 continue
             assert isinstance(decoded, AuthorActivity | GiftEvent)
             if isinstance(decoded, AuthorActivity) and decoded.kind == "mark":
@@ -691,15 +649,9 @@ class AuthorRuntime:
             if isinstance(decoded, GiftEvent):
                 self.gifts.seen(msg.tp, msg.offset, decoded.ts_ms)
             assert decoded.author_id is not None  # activities other than marks carry one
-            if ev.key is not None and ev.key != decoded.author_id.encode():
-                await _reject(
-                    ctx,
-                    AGENT_AUTHORS,
-                    ev,
-                    "validation_error",
-                    f"message key {ev.key!r} is not the event's author_id {decoded.author_id!r}",
-                    decoded.event_id,
-                )
+            wrong = envelope.key_problem(ev, envelope.name(ev), decoded)
+            if wrong is not None:
+                await envelope.rejected(ev, wrong)
                 continue
             in_event_context(ev)
             assert decoded.event_id is not None and decoded.ts_ms is not None
@@ -714,13 +666,11 @@ class AuthorRuntime:
                 self.table[decoded.author_id.encode()] = tl.dumps()
                 dirty[decoded.author_id] = None
                 metrics.count(AGENT_AUTHORS, "applied")
+            elif outcome == "duplicate":  # a redelivery: counted (acked below), not dead-lettered
+                metrics.duplicate(AGENT_AUTHORS)
             else:
-                detail = (
-                    f"{kind} {decoded.event_id} was counted already"
-                    if outcome == "duplicate"
-                    else f"ts_ms {decoded.ts_ms} is before the timeline's base {tl.base_ms}"
-                )
-                await _reject(ctx, AGENT_AUTHORS, ev, outcome, detail, decoded.event_id)
+                detail = f"ts_ms {decoded.ts_ms} is before the timeline's base {tl.base_ms}"
+                await envelope.reject(ev, outcome, detail, decoded.event_id)
         for author in dirty:
             tl = self.timelines[author]
             await ctx.publish("author.state", author.encode(), ctx.codec.encode(tl.message()))

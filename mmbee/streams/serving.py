@@ -61,11 +61,12 @@ from mmbee.scorer.predict import (
     score_request,
 )
 from mmbee.settings import Settings
+from mmbee.state.users import user_side_now
 from mmbee.streams.codec import Rejected
 from mmbee.streams.joiner import AGENT_JOINER, JoinerRuntime
 from mmbee.streams.observability import observability
+from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
-from mmbee.streams.user_state import user_side_now
 from mmbee.streams.views import Views, views
 
 __all__ = [
@@ -172,6 +173,7 @@ class ServingRuntime:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.ctx = ctx
+        self.envelope = Envelope(ctx, AGENT_SERVING, ("score.requests",))
         self.config = config
         self.views = views
         self.joiner = joiner
@@ -243,13 +245,8 @@ class ServingRuntime:
             rid, uid = _request_ids(raw)
             if not uid and key:
                 uid = key.decode(errors="replace")
-            if event is not None:
-                msg = event.message
-                await self.ctx.dlq.send(
-                    raw, source_topic=msg.topic, agent=AGENT_SERVING, reason=decoded.reason,
-                    detail=decoded.detail, partition=msg.partition, offset=msg.offset,
-                    event_id=decoded.event_id,
-                )  # fmt: skip
+            if event is not None:  # over Kafka; an HTTP caller only gets the error
+                await self.envelope.rejected(event, decoded)
             return self._error(rid, uid, f"bad request ({decoded.reason}): {decoded.detail}", t0, 0)
         assert isinstance(decoded, ScoreRequest)
         return await self.score(decoded, partition, t0, event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmbee.streams.align import Aligner
+from mmbee.state.align import Aligner
 
 
 def test_released_in_event_time_order_once_every_source_passed() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmbee.streams.author_state import Timeline
+from mmbee.state.authors import Timeline
 
 H = 10_000  # horizon
 HOUR = 3_600_000

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmbee.encoders.segments import (
+from mmbee.schemas import (
+    AsrSegment,
+    CommentEvent,
+    FrameEvent,
+    SegmentClosed,
+    decode_embedding,
+    encode_embedding,
+)
+from mmbee.state.segments import (
     MAX_ABS_VALUE,
     MAX_ITEMS_PER_SEGMENT,
     ContentItem,
@@ -33,14 +41,6 @@ from mmbee.encoders.segments import (
     segment_key,
     segment_start,
     update,
-)
-from mmbee.schemas import (
-    AsrSegment,
-    CommentEvent,
-    FrameEvent,
-    SegmentClosed,
-    decode_embedding,
-    encode_embedding,
 )
 
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)  # a multiple of every segment length used

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mmbee.encoders.segments import ContentItem, SegmentBuffer, SegmentConfig, update
 from mmbee.jobs.train import BuildConfig, BuiltExamples
 from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, GiftEvent, WatchEvent
 from mmbee.schemas.scoring import TrainingExample
 from mmbee.schemas.topics import partition_for
 from mmbee.scorer.dataset import ExampleTable
 from mmbee.scorer.examples import from_message, to_message
-from mmbee.streams.author_state import Timeline
-from mmbee.streams.user_state import JoinerConfig, PartitionJoiner, complete
+from mmbee.state.authors import Timeline
+from mmbee.state.segments import ContentItem, SegmentBuffer, SegmentConfig, update
+from mmbee.state.users import JoinerConfig, PartitionJoiner, complete
 from mmbee.streams.views import AuthorView, ExpansionView, SegmentView, ViewSources
 
 FAR = 10**13

@@ -16,7 +16,6 @@ from faust.types import TP, EventT
 from faust.types.tuples import Message
 from streamkit import CTX, T0, asr, comment, frame
 
-from mmbee.encoders.segments import SegmentConfig, fold
 from mmbee.schemas import (
     AudioChunk,
     CommentEvent,
@@ -27,8 +26,10 @@ from mmbee.schemas import (
 )
 from mmbee.schemas.events import AsrSegment
 from mmbee.settings import Settings
+from mmbee.state.segments import SegmentConfig, fold
 from mmbee.streams.app import build_app
-from mmbee.streams.content import AsrRuntime, SegmentRuntime, asr_segment
+from mmbee.streams.asr import AsrRuntime, asr_segment
+from mmbee.streams.content import SegmentRuntime
 from mmbee.streams.publish import MemoryPublisher
 from mmbee.streams.runtime.context import StreamContext
 
@@ -146,7 +147,7 @@ def test_events_are_acked_only_once_their_segment_is_stored(tmp_path: Path) -> N
 
 
 def test_matches_the_pure_reference(tmp_path: Path) -> None:
-    from mmbee.encoders.segments import ContentItem
+    from mmbee.state.segments import ContentItem
 
     ctx, pub = make_ctx(tmp_path, allowed_lateness_ms=300, segments_kept=3)
     events = [frame(f"f{i}", 137 * i, seed=i) for i in range(40)]
@@ -346,7 +347,7 @@ def test_text_and_jpeg_content_is_featurized_with_the_real_models(tmp_path: Path
     assert ctx.metrics.get("segments", "asr_empty") == 1
     # pooled comment embedding = mean of the model's embeddings of the two texts
     runtime: SegmentRuntime = ctx.runtimes["segments"]
-    from mmbee.encoders.segments import close_all
+    from mmbee.state.segments import close_all
 
     _, closed = close_all(runtime.entries["a"].buffer, runtime.config)
     want = TextEmbedder().encode(texts).mean(0)

@@ -165,7 +165,7 @@ def test_late_gifts_and_precision_are_dead_lettered(tmp_path: Path) -> None:
     assert [d.reason for d in letters(pub, ctx)] == ["late", "late"]
     assert runtime.graph is not None and runtime.graph.num_gifts == 2
     # the dedupe window forgets ids older than the horizon, in the table too
-    assert sorted(runtime._seen_ids) == ["g1", "g3"]
+    assert sorted(runtime.seen) == ["g1", "g3"]
 
 
 def test_forwarder_validates_and_forwards(tmp_path: Path) -> None:

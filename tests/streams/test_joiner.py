@@ -21,8 +21,8 @@ from mmbee.schemas import CommentEvent, GiftEvent, SegmentClosed, WatchEvent  # 
 from mmbee.schemas.scoring import TrainingExample  # noqa: E402
 from mmbee.scorer.examples import LabelConfig, to_message  # noqa: E402
 from mmbee.scorer.features import RECENT_WINDOWS_MS, FeatureConfig  # noqa: E402
-from mmbee.streams.author_state import Timeline  # noqa: E402
-from mmbee.streams.user_state import (  # noqa: E402
+from mmbee.state.authors import Timeline  # noqa: E402
+from mmbee.state.users import (  # noqa: E402
     JoinerConfig,
     PartitionJoiner,
     UserRow,

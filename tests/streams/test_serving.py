@@ -319,12 +319,12 @@ def offline_scores(s: Served, version: str, reqs: list[ScoreRequest]) -> list[li
     """Scores of `reqs` by checkpoint `version` from the offline feature state of the whole log
     (as `mmbee train` builds it: segments closed by the same buffer code, every impression
     snapshotted so the user's day-start inputs freeze as they do in the joiner)."""
-    from mmbee.encoders.segments import ContentItem, SegmentBuffer, SegmentConfig, update
     from mmbee.jobs.train import live_categories
     from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent
     from mmbee.scorer.features import FeatureState, MemorySegmentStore
     from mmbee.scorer.predict import load_model, score_request
     from mmbee.simulator.reader import read_log
+    from mmbee.state.segments import ContentItem, SegmentBuffer, SegmentConfig, update
 
     bundle = read_log(s.log)
     seg_cfg = SegmentConfig(

@@ -12,9 +12,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamkit import CTX, REPO, T0, TOPIC_OF, WorkerProcess, asr, comment, content_stream, frame
 
-from mmbee.encoders.segments import ContentItem, SegmentConfig, fold
 from mmbee.schemas import DeadLetter, SegmentClosed
 from mmbee.settings import Settings
+from mmbee.state.segments import ContentItem, SegmentConfig, fold
 from mmbee.streams.content import SOURCES
 from mmbee.streams.topics import ensure_topics
 
@@ -229,13 +229,13 @@ def test_bad_input_lands_in_the_dlq_while_the_worker_keeps_going(
     assert ("validation_error", "cx") in by_id  # wrong type
     assert ("oversized", "cx") in by_id  # text too long
     assert ("validation_error", "nan") in by_id
-    assert ("duplicate", "f0") in by_id and ("late", "late") in by_id
-    assert len(letters) == len(bad) + 1
+    assert ("late", "late") in by_id and "duplicate" not in {d.reason for d in letters}
+    assert len(letters) == len(bad)  # the duplicate is counted, not dead-lettered; + the late one
     assert [d.original for d in letters if d.reason == "decode_error"] == [b"\x89PNG not json"]
+    assert worker.counters()["counters"]["duplicates"] == 1
     dlq = worker.counters()["dlq"]
     assert dlq == {
         "decode_error": 1,
-        "duplicate": 1,
         "late": 1,
         "oversized": 1,
         "validation_error": 3,

@@ -220,7 +220,7 @@ class TopStreams:
                     "note": "no model loaded: newest live streams, unscored"}  # fmt: skip
         sources = views.sources
         feats = loaded.features
-        from mmbee.streams.user_state import user_side_now
+        from mmbee.state.users import user_side_now
 
         user, state = user_side_now(REFERENCE_VIEWER, None, sources, ts, feats)
         sides = [

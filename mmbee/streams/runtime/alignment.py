@@ -1,0 +1,121 @@
+"""Event-time alignment of co-partitioned source topics, on a running consumer.
+
+`mmbee.state.align.Aligner` merges one partition's sources in event-time order once each has
+passed an item's time. What it cannot know by itself comes from the consumer, and lives here:
+
+- a source that has nothing more to deliver now (read to its high watermark,
+  `runtime.progress.caught_up`) is *quiet* and does not hold the others back;
+- a source that runs far ahead in event time is paused at the Kafka client until the items it
+  piled up have drained (`compat.pause_fetching`), so a replay's memory stays bounded;
+- revoked partitions are forgotten (their events are redelivered).
+
+Example:
+    >>> from mmbee.state.align import Aligner
+    >>> Aligner(wait_s=0.5, sources=3).sources
+    3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from mmbee.state.align import Aligner
+from mmbee.streams.runtime.compat import pause_fetching
+from mmbee.streams.runtime.progress import caught_up
+
+if TYPE_CHECKING:
+    from mmbee.streams.runtime.context import StreamContext
+
+__all__ = ["SourceAlignment"]
+
+
+class SourceAlignment:
+    """One `Aligner` per partition of `sources`, with quiet sources and backpressure.
+
+    Args:
+        ctx: the stream context (consumer, metrics).
+        agent: the agent's name in metrics.
+        sources: catalogue names of the co-partitioned topics, in a fixed order.
+        wait_s: the aligner's safety valve (0: no alignment, every item is ready at once).
+        pause_at: items held from one source above which that source is paused.
+    """
+
+    def __init__(
+        self, ctx: StreamContext, agent: str, sources: tuple[str, ...], wait_s: float,
+        pause_at: int,
+    ) -> None:  # fmt: skip
+        self.ctx = ctx
+        self.agent = agent
+        self.sources = sources
+        self.wait_s = wait_s
+        self.pause_at = pause_at
+        self.aligners: dict[int, Aligner] = {}  # partition -> held (decoded, not yet applied)
+        self.paused: set[TP] = set()
+        self._index = {name: i for i, name in enumerate(sources)}
+        self._tp_cache: dict[int, tuple[TP, ...]] = {}
+
+    @property
+    def held(self) -> int:
+        """Items waiting for alignment (decoded, not applied, not acked)."""
+        return sum(len(a) for a in self.aligners.values())
+
+    def push(
+        self, partition: int, source: str, *, ts: int, offset: int, item: Any, now_s: float
+    ) -> None:
+        """Hold `item` of `source` (at `offset` of `partition`) until its time is aligned."""
+        aligner = self.aligners.get(partition)
+        if aligner is None:
+            aligner = self.aligners[partition] = Aligner(self.wait_s, len(self.sources))
+        aligner.push(ts=ts, source=self._index[source], offset=offset, item=item, now_s=now_s)
+
+    async def release(self, now_s: float, valve: bool) -> list[Any]:
+        """The items every partition can apply now, in event-time order per partition
+        (`valve`: also those that waited `wait_s`); pauses and resumes sources on the way."""
+        ready: list[Any] = []
+        for partition, aligner in list(self.aligners.items()):
+            if len(aligner):
+                ready += aligner.ready(now_s, self._quiet(partition, aligner), valve)
+            await self._backpressure(partition, aligner)
+        return ready
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop what revoked partitions held (it will be redelivered)."""
+        parts = set(partitions)
+        for p in parts:
+            self.aligners.pop(p, None)
+        self.paused = {tp for tp in self.paused if tp.partition not in parts}
+
+    def _tps(self, partition: int) -> tuple[TP, ...]:
+        tps = self._tp_cache.get(partition)
+        if tps is None:
+            tps = self._tp_cache[partition] = tuple(
+                TP(self.ctx.topic_name(name), partition) for name in self.sources
+            )
+        return tps
+
+    def _quiet(self, partition: int, aligner: Aligner) -> set[int]:
+        """Sources of `partition` with nothing more to deliver now; unknown (no fetch yet, no
+        consumer under test_context): not quiet."""
+        consumer = self.ctx.app.consumer
+        return {
+            i
+            for i, tp in enumerate(self._tps(partition))
+            if caught_up(consumer, tp, aligner.last_offset(i))
+        }
+
+    async def _backpressure(self, partition: int, aligner: Aligner) -> None:
+        """Pause fetching a source that has run far ahead of the others in event time (its
+        items pile up waiting for the frontier); resume it once they drained."""
+        consumer = self.ctx.app.consumer
+        for i, tp in enumerate(self._tps(partition)):
+            held = aligner.held(i)
+            if tp not in self.paused and held > self.pause_at:
+                if await pause_fetching(consumer, tp, paused=True):
+                    self.paused.add(tp)
+                    self.ctx.metrics.count(self.agent, "source_pauses")
+            elif tp in self.paused and held <= self.pause_at // 2:
+                self.paused.discard(tp)
+                await pause_fetching(consumer, tp, paused=False)
