@@ -33,12 +33,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +47,10 @@ import torch
 from faust.types import TP, EventT, StreamT
 
 from mmbee.schemas.events import ScoreRequest, ScoreResponse
-from mmbee.schemas.serving import ModelVersion
 from mmbee.schemas.topics import partition_for
 from mmbee.scorer.features import AuthorFeatures, author_features
 from mmbee.scorer.predict import (
-    ContentBuffer,
     LoadedModel,
-    ModelHolder,
-    encode_buffers,
-    load_model,
     score_request,
 )
 from mmbee.settings import Settings
@@ -67,6 +60,7 @@ from mmbee.streams.joiner import AGENT_JOINER, JoinerRuntime
 from mmbee.streams.observability import observability
 from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.serving_models import SCORING_ERRORS, ContentCache, Miss, ModelSlot
 from mmbee.streams.views import Views, views
 
 __all__ = [
@@ -86,11 +80,6 @@ AGENT_SERVING = "serving"
 SCORE_PATH = "/mmbee/score/"
 SCORING_FAILED = "scoring failed"
 """Prefix of the error of a request whose scoring raised (HTTP 500)."""
-SCORING_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, TypeError)
-"""What a forward pass or a feature read may raise on data the model does not fit."""
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
-"""What loading an announced checkpoint may raise (`ModelLoadError` is a ValueError; a
-sha256 mismatch too; RuntimeError: its content encoder does not fit the segments here)."""
 
 
 @dataclass(frozen=True)
@@ -178,20 +167,16 @@ class ServingRuntime:
         self.views = views
         self.joiner = joiner
         self.clock = clock
-        self.holder = ModelHolder()
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="mmbee-serving")
-        self.dirty: dict[str, None] = {}
-        self.loading = False
-        self.failed: set[str] = set()
-        self._path_stamp: tuple[int, int] | None = None
-        self.topic_version: str | None = None
-        self.last_failure: str | None = None
-        self.source: dict[str, Any] = {}
         self.obs = observability(ctx)
-        views.segment_listeners.append(self._segment_closed)
-
-    def _segment_closed(self, author: str) -> None:
-        self.dirty[author] = None
+        self.cache = ContentCache(views, config.frame_dim, config.text_dim)
+        self.models = ModelSlot(ctx, AGENT_SERVING, config.model_name, config.model_path,
+                                self.cache, self._blocking)  # fmt: skip
+        self.holder = self.models.holder
+        self.swap_to = self.models.swap_to
+        self.poll_models = self.models.poll
+        self.refresh_content = self.models.refresh_content
+        self.describe = self.models.describe
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -302,35 +287,9 @@ class ServingRuntime:
             )
             for a in req.candidate_author_ids
         ]
-        content, misses = self._content(loaded, sides)
+        content, misses = self.cache.lookup(loaded, sides)
         resp = await self._blocking(self._infer, loaded, req, user, sides, state, content, misses)
         return resp, len(misses)
-
-    def _content(
-        self, loaded: LoadedModel, sides: Sequence[AuthorFeatures]
-    ) -> tuple[list[torch.Tensor | None], list[tuple[int, ContentBuffer, tuple[int, ...]]]]:
-        """Cached encoder outputs per candidate, and the buffers to encode for the misses."""
-        if not loaded.rows.with_content:
-            return [], []
-        out: list[torch.Tensor | None] = []
-        misses = []
-        for i, side in enumerate(sides):
-            keys = side.segment_starts
-            hit = loaded.content.get(side.author_id)
-            if hit is not None and hit[0] == keys:
-                out.append(hit[1])
-            else:
-                out.append(None)
-                misses.append((i, self._buffer(side.author_id, keys), keys))
-        return out, misses
-
-    def _buffer(self, author: str, keys: tuple[int, ...]) -> ContentBuffer:
-        segs = []
-        for start in keys:
-            e = self.views.segments.entry(author, start)
-            if e is not None and e.features is not None:
-                segs.append(e.features)
-        return ContentBuffer(author, tuple(segs))
 
     def _infer(
         self,
@@ -340,175 +299,13 @@ class ServingRuntime:
         sides: list[AuthorFeatures],
         state: Any,
         content: list[torch.Tensor | None],
-        misses: list[tuple[int, ContentBuffer, tuple[int, ...]]],
+        misses: list[Miss],
     ) -> ScoreResponse:
         matrix = None
         if loaded.rows.with_content:
-            if misses:
-                enc = encode_buffers(
-                    loaded, [b for _, b, _ in misses], self.config.frame_dim, self.config.text_dim
-                )
-                for (i, buf, keys), vec in zip(misses, enc, strict=True):
-                    content[i] = vec
-                    loaded.content[buf.author_id] = (keys, vec.clone())
+            self.cache.fill(loaded, content, misses)
             matrix = torch.stack(content)  # type: ignore[arg-type]  # (B, D_enc)
         return score_request(loaded, req, user, sides, state, None, self.clock, content=matrix)
-
-    # --- content cache ----------------------------------------------------------------------
-    def _latest_buffers(
-        self, loaded: LoadedModel, authors: Sequence[str]
-    ) -> list[tuple[ContentBuffer, tuple[int, ...]]]:
-        """The current segment buffer of each author whose cached embedding is out of date."""
-        out = []
-        far = 1 << 62
-        for a in authors:
-            keys = tuple(
-                e.start_ms
-                for e in self.views.segments.buffer(a, None, far, loaded.features.segments)
-            )
-            hit = loaded.content.get(a)
-            if hit is None or hit[0] != keys:
-                out.append((self._buffer(a, keys), keys))
-        return out
-
-    def _encode_into(
-        self, loaded: LoadedModel, items: Sequence[tuple[ContentBuffer, tuple[int, ...]]]
-    ) -> int:
-        for lo in range(0, len(items), 256):
-            chunk = items[lo : lo + 256]
-            enc = encode_buffers(
-                loaded, [b for b, _ in chunk], self.config.frame_dim, self.config.text_dim
-            )
-            for (buf, keys), vec in zip(chunk, enc, strict=True):
-                loaded.content[buf.author_id] = (keys, vec.clone())
-        return len(items)
-
-    async def refresh_content(self, everyone: bool = False) -> int:
-        """Encode the streamers whose segments changed (all of them: `everyone`) with the
-        served model; returns how many were encoded."""
-        try:
-            loaded = self.holder.current()
-        except RuntimeError:
-            return 0
-        if not loaded.rows.with_content:
-            self.dirty.clear()
-            return 0
-        authors = list(self.views.segments.by_author) if everyone else list(self.dirty)
-        self.dirty.clear()
-        items = self._latest_buffers(loaded, authors)
-        if not items:
-            return 0
-        try:
-            n = await self._blocking(self._encode_into, loaded, items)
-        except SCORING_ERRORS:
-            # the streamers stay uncached: their requests encode inline and answer the error
-            log.exception("content_encoding_failed version=%s authors=%d", loaded.version,
-                          len(items))  # fmt: skip
-            self.ctx.metrics.count(AGENT_SERVING, "content_failures")
-            return 0
-        self.ctx.metrics.count(AGENT_SERVING, "content_encoded", n)
-        return n
-
-    # --- models -----------------------------------------------------------------------------
-    def _load(self, path: Path, version: str | None, sha256: str | None) -> LoadedModel:
-        data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{path}: sha256 differs from the announced one")
-        torch.set_num_threads(1)
-        loaded = load_model(path, version)
-        if loaded.rows.with_content:  # every streamer's h_m before anyone can see the model
-            items = self._latest_buffers(loaded, list(self.views.segments.by_author))
-            self._encode_into(loaded, items)
-        return loaded
-
-    async def swap_to(
-        self, path: Path, version: str | None = None, sha256: str | None = None,
-        source: dict[str, Any] | None = None,
-    ) -> LoadedModel:  # fmt: skip
-        """Load a checkpoint off the event loop (weights and content embeddings), then make it
-        current in one step."""
-        self.loading = True
-        try:
-            loaded = await self._blocking(self._load, path, version, sha256)
-        finally:
-            self.loading = False
-        previous = self.holder.swap(loaded)
-        self.source = dict(source or {}, path=str(path), version=loaded.version)
-        self.obs.set_model_version(loaded.version, loaded_at_ms=self.ctx.clock_ms())
-        self.ctx.metrics.count(AGENT_SERVING, "swaps")
-        log.info(
-            "model_swapped version=%s previous=%s path=%s",
-            loaded.version,
-            None if previous is None else previous.version,
-            path,
-        )
-        await self.refresh_content(everyone=True)  # segments that closed while it loaded
-        return loaded
-
-    async def poll_models(self) -> None:
-        """Pick up a new `model.versions` entry, or a changed checkpoint file.
-
-        A topic version is loaded once: after it was swapped in (or failed) only a newer
-        announcement moves the topic side again, so a checkpoint file changed in between
-        (`model_path`) stays served until then instead of flipping back.
-        """
-        if self.loading or not self.views.reader.caught_up.is_set():
-            return
-        mv: ModelVersion | None = self.views.models.get(self.config.model_name)
-        if mv is not None and mv.version != self.topic_version and mv.version not in self.failed:
-            try:
-                await self.swap_to(
-                    Path(mv.path), mv.version, mv.sha256, {"kind": "topic", "source": mv.source}
-                )
-            except LOAD_ERRORS as exc:
-                self.failed.add(mv.version)
-                self._load_failed(mv.path, exc)
-            else:
-                self.topic_version = mv.version
-            return
-        path = self.config.model_path
-        if path is None:
-            return
-        try:
-            st = os.stat(path)
-        except OSError:  # not there (yet)
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._path_stamp:
-            return
-        self._path_stamp = stamp  # a failed file is retried when it changes again
-        try:
-            await self.swap_to(path, None, None, {"kind": "path"})
-        except LOAD_ERRORS as exc:
-            self._load_failed(str(path), exc)
-
-    def _load_failed(self, path: str, exc: BaseException) -> None:
-        self.ctx.metrics.count(AGENT_SERVING, "load_failures")
-        self.last_failure = f"{type(exc).__name__}: {exc}"[:2000]
-        log.error("model_load_failed path=%s error=%s", path, self.last_failure)
-
-    def describe(self) -> dict[str, Any]:
-        """The served model and cache sizes (`/mmbee/serving/`)."""
-        try:
-            loaded = self.holder.current()
-        except RuntimeError:
-            return {
-                "model": None,
-                "version": None,
-                "loading": self.loading,
-                "failed": sorted(self.failed),
-                "last_failure": self.last_failure,
-            }
-        return {
-            "model": self.source,
-            "version": loaded.version,
-            "variant": loaded.model.config.variant,
-            "content_cached": len(loaded.content),
-            "swaps": self.holder.swaps,
-            "loading": self.loading,
-            "failed": sorted(self.failed),
-            "last_failure": self.last_failure,
-        }
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -545,7 +342,7 @@ def register(ctx: StreamContext) -> None:
 
     @ctx.app.timer(0.05, name="mmbee.serving.content")
     async def content_embeddings() -> None:
-        if runtime.dirty and not runtime.loading:
+        if runtime.cache.dirty and not runtime.models.loading:
             await runtime.refresh_content()
 
     @ctx.app.page("/mmbee/serving/")
