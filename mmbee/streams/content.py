@@ -40,8 +40,6 @@ import numpy as np
 from faust.types import TP, EventT, StreamT, TableT
 
 from mmbee.schemas.events import (
-    AsrSegment,
-    CommentEvent,
     FrameEvent,
     SegmentClosed,
 )
@@ -59,7 +57,6 @@ from mmbee.state.segments import (
     quantize_vectors,
     segment_key,
 )
-from mmbee.streams.codec import Rejected
 from mmbee.streams.featurize import EMPTY_SPEECH, EmptySpeech, Featurizers, featurize
 from mmbee.streams.runtime.agent import Bad, Envelope
 from mmbee.streams.runtime.alignment import SourceAlignment
@@ -69,6 +66,7 @@ from mmbee.streams.runtime.context import (
     clear_event_context,
     in_event_context,
 )
+from mmbee.streams.runtime.workingset import WorkingSet
 
 if TYPE_CHECKING:
     pass
@@ -127,6 +125,78 @@ class _Entry:
         return self.live.snapshot()
 
 
+class SegmentTables:
+    """The two changelogged tables of the segment agent: each stream's head, and the closed
+    segments it refers to (one row each). Reads and writes go to the current event's partition.
+
+    Args:
+        table: the `segment_buffers` table (heads).
+        segments: the `segments` table (closed segments by '<author>|<start_ms>').
+        config: segment geometry and widths (to validate stored segments).
+        codec: encodes the closed segments.
+    """
+
+    def __init__(self, table: TableT, segments: TableT, config: SegmentConfig, codec: Any) -> None:
+        self.table = table
+        self.segments = segments
+        self.config = config
+        self.codec = codec
+
+    def head(self, author: str) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
+        """The stream's stored head (an empty buffer when it has none)."""
+        raw = self.table.get(author.encode())
+        return decode_head(raw) if raw else (SegmentBuffer.empty(author), ())
+
+    def store(
+        self, author: str, buffer: SegmentBuffer, refs: tuple[ClosedRef, ...],
+        closed_now: Sequence[SegmentClosed],
+    ) -> tuple[tuple[ClosedRef, ...], list[bytes]]:  # fmt: skip
+        """Store the newly closed segments (one row each), then the head (which refers to
+        them), then drop the rows the buffer no longer holds. Returns the new refs and the
+        closed segments' rows. A crash between the steps replays into the same rows."""
+        rows = [self.codec.encode(seg) for seg in closed_now]
+        evicted: list[ClosedRef] = []
+        if closed_now:
+            for seg, row in zip(closed_now, rows, strict=True):
+                self.segments[segment_key(author, seg.start_ms).encode()] = row
+            refs, evicted = append_refs(refs, closed_now, self.config)
+        self.table[author.encode()] = encode_head(buffer, refs)
+        for start, _ in evicted:
+            # already gone only if a crash between these steps made us replay them
+            with contextlib.suppress(KeyError):
+                del self.segments[segment_key(author, start).encode()]
+        return refs, rows
+
+    def closed(self, author: str, refs: Sequence[ClosedRef]) -> list[SegmentClosed]:
+        """The stored closed segments `refs` name (those still there)."""
+        out = []
+        ctx = self.config.validation_context()
+        for start, _ in refs:
+            row = self.segments.get(segment_key(author, start).encode())
+            if row is not None:
+                out.append(SegmentClosed.model_validate_json(row, context=ctx))
+        return out
+
+
+    def describe(self, author_id: str, entry: _Entry | None) -> dict[str, Any]:
+        """The stream's buffer as JSON-able data: stored closed segments, open segments (the
+        in-memory ones of `entry` when given), watermark, unpersisted events."""
+        buf, refs = self.head(author_id)
+        if entry is not None:
+            buf, refs = entry.live.snapshot(), entry.refs
+        return {
+            "author_id": author_id,
+            "closed": [seg.model_dump(mode="json") for seg in self.closed(author_id, refs)],
+            "open": [
+                {"start_ms": s.start_ms, "live_id": s.live_id, "counts": list(s.counts)}
+                for s in buf.open
+            ],
+            "watermark_ms": buf.watermark_ms,
+            "applied": dict(buf.applied),
+            "unpersisted_events": len(entry.pending) if entry else 0,
+        }
+
+
 class SegmentRuntime:
     """The segment agent's working set on one worker: per-stream open state, unacked events.
 
@@ -149,21 +219,13 @@ class SegmentRuntime:
         featurizers: Featurizers | None = None,
     ) -> None:
         self.ctx = ctx
-        self.table = table
-        self.segments = segments
+        self.tables = SegmentTables(table, segments, config, ctx.codec)
+        self.table, self.segments = table, segments
         self.config = config
         self.checkpoint_events = checkpoint_events
-        self.featurizers = featurizers or Featurizers(
-            text_model=ctx.settings.text_model,
-            frame_model=ctx.settings.frame_model,
-            text_dim=config.text_dim,
-            frame_dim=config.frame_dim,
-            text_cache_size=ctx.settings.text_cache_size,
-        )
-        self.entries: dict[str, _Entry] = {}
-        self.dirty: dict[str, None] = {}  # authors with pending events, oldest first
-        self.seq = 0
-        self.pending = 0
+        self.featurizers = featurizers or Featurizers.for_settings(ctx.settings)
+        self.work: WorkingSet[_Entry] = WorkingSet()  # streams in memory, unstored events
+        self.entries = self.work.entries
         self.align_wait_s = ctx.settings.segment_align_wait_ms / 1000
         # held (decoded, not yet applied) until every source passed their event time
         self.alignment = SourceAlignment(
@@ -172,10 +234,8 @@ class SegmentRuntime:
         self.stream: StreamT | None = None
         # decoding with the key check, dead letters, in-order acks per topic partition
         self.envelope = Envelope(ctx, AGENT_SEGMENTS, SOURCES, key_required=True)
-        self._acks = self.envelope.acks
         self._last_batch_s = float("-inf")
         self._lock = asyncio.Lock()
-        self._sources = self.envelope.sources
 
     @property
     def held(self) -> int:
@@ -186,15 +246,11 @@ class SegmentRuntime:
     def on_revoked(self, revoked: set[TP]) -> None:
         """Forget the working state of revoked partitions: their unacked events will be
         redelivered (to this worker or another) and re-applied onto the stored state."""
-        parts = {tp.partition for tp in revoked if tp.topic in self._sources}
+        parts = self.envelope.forget(revoked)  # their held acks go
         if not parts:
             return
-        for author in [a for a, e in self.entries.items() if e.partition in parts]:
-            entry = self.entries.pop(author)
-            self.pending -= len(entry.pending)
-            self.dirty.pop(author, None)
+        self.work.forget(parts)
         self.alignment.forget(parts)
-        self._acks.forget({tp for tp in revoked if tp.topic in self._sources})
         self.ctx.metrics.count(AGENT_SEGMENTS, "revocations")
 
     # --- one batch ------------------------------------------------------------------------
@@ -208,31 +264,11 @@ class SegmentRuntime:
         metrics.observe(AGENT_SEGMENTS, len(events))
         async with self._lock:
             generation = self.ctx.app.consumer_generation_id
-            sources = self._sources
-            decode = self.envelope.decode
-            track = self._acks.track
-            bad: list[Bad] = []
-            work: list[tuple[EventT, str, FrameEvent | CommentEvent | AsrSegment]] = []
-            unembedded = False  # some event needs the featurizers
-            for ev in events:
-                msg = ev.message
-                gen = msg.generation_id
-                if gen is not None and gen != generation:
-                    continue  # fetched before the latest rebalance: it will be redelivered
-                track(msg.tp, ev)
-                decoded = decode(ev)  # the codec, then the key (content topics: author_id)
-                if type(decoded) is Rejected:
-                    bad.append((ev, decoded.reason, decoded.detail, decoded.event_id))
-                    continue
-                assert isinstance(decoded, FrameEvent | CommentEvent | AsrSegment)
-                name = sources[msg.topic]
-                if not unembedded:
-                    unembedded = (
-                        decoded.embedding is None
-                        if type(decoded) is FrameEvent
-                        else decoded.text_embedding is None  # type: ignore[union-attr]
-                    )
-                work.append((ev, name, decoded))
+            bad, work = self.envelope.take(events, generation)  # content keys: author_id
+            unembedded = any(  # some event needs the featurizers
+                (m.embedding if type(m) is FrameEvent else m.text_embedding) is None
+                for _, _, m in work
+            )
             vectors: Sequence[np.ndarray | str | EmptySpeech | None]
             if unembedded:
                 vectors = await featurize(
@@ -288,7 +324,7 @@ class SegmentRuntime:
         if ready:
             metrics.observe(AGENT_SEGMENTS, 0)  # stamps the time of the latest applied event
         metrics.gauge(AGENT_SEGMENTS, "held", self.held)
-        metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.pending)
+        metrics.gauge(AGENT_SEGMENTS, "unpersisted", self.work.pending)
         metrics.gauge(AGENT_SEGMENTS, "paused_sources", len(self.alignment.paused))
 
     async def _apply(self, stream: StreamT, ready: Sequence[tuple[EventT, ContentItem]]) -> None:
@@ -296,12 +332,13 @@ class SegmentRuntime:
         that closed a segment are stored once for the whole batch (after its last item), which
         covers every event of theirs applied so far."""
         config = self.config
-        entries = self.entries
+        work = self.work
+        entries = work.entries
         closing: dict[str, tuple[_Entry, EventT, list[SegmentClosed]]] = {}
         bad: list[Bad] = []
         finished: list[EventT] = []  # replays of stored events: acked at once
         applied = replayed = 0
-        seq = self.seq
+        seq = work.seq
         vectors = quantize_vectors([item for _, item in ready], config)
         for (ev, item), q in zip(ready, vectors, strict=True):
             seq += 1
@@ -319,19 +356,14 @@ class SegmentRuntime:
                         continue
                 else:
                     applied += 1
-                pending = entry.pending
-                if not pending:  # the stream's oldest unstored event
-                    entry.first_seq = seq
-                    self.dirty[author] = None
-                pending.append(ev)
+                work.applied(author, entry, ev, seq)
                 if closed:
                     got = closing.get(author)
                     closing[author] = (entry, ev, closed if got is None else got[2] + closed)
             else:
                 assert isinstance(outcome, Reject)
                 bad.append((ev, outcome.reason, outcome.detail, outcome.event_id))
-        self.seq = seq
-        self.pending += applied + replayed - len(finished)
+        work.seq = seq
         metrics = self.ctx.metrics
         if applied:
             metrics.count(AGENT_SEGMENTS, "applied", applied)
@@ -345,11 +377,10 @@ class SegmentRuntime:
 
     def _load(self, author: str, ev: EventT) -> _Entry:
         in_event_context(ev)  # reads go to the event's partition of the store
-        raw = self.table.get(author.encode())
-        buf, refs = decode_head(raw) if raw else (SegmentBuffer.empty(author), ())
-        entry = _Entry(LiveBuffer(buf), ev.message.partition, dict(buf.applied), refs)
-        self.entries[author] = entry
-        return entry
+        buf, refs = self.tables.head(author)
+        return self.work.add(
+            author, _Entry(LiveBuffer(buf), ev.message.partition, dict(buf.applied), refs)
+        )
 
     async def _persist(
         self,
@@ -359,53 +390,28 @@ class SegmentRuntime:
         ev: EventT,
         closed_now: Sequence[SegmentClosed],
     ) -> None:
-        """Store the stream: its newly closed segments (one row each), then its head (which
-        refers to them), then drop the rows it no longer holds; publish the closed segments and
-        ack every event the write covers. A crash between the steps replays into the same rows."""
+        """Store the stream (`SegmentTables.store`), publish its newly closed segments and
+        ack every event the write covers."""
         in_event_context(ev)
         key = author.encode()
-        codec = self.ctx.codec
-        evicted: list[ClosedRef] = []
-        rows = [codec.encode(seg) for seg in closed_now]
-        if closed_now:
-            for seg, row in zip(closed_now, rows, strict=True):
-                self.segments[segment_key(author, seg.start_ms).encode()] = row
-            entry.refs, evicted = append_refs(entry.refs, closed_now, self.config)
-        self.table[key] = encode_head(entry.live.snapshot(), entry.refs)
-        for start, _ in evicted:
-            # already gone only if a crash between these steps made us replay them
-            with contextlib.suppress(KeyError):
-                del self.segments[segment_key(author, start).encode()]
+        entry.refs, rows = self.tables.store(author, entry.live.snapshot(), entry.refs, closed_now)
         metrics = self.ctx.metrics
         for seg, row in zip(closed_now, rows, strict=True):
             await self.ctx.publish("content.segments", key, row)
-            log.debug(
-                "segment_closed author_id=%s live_id=%s start_ms=%s frames=%s comments=%s asr=%s",
-                seg.author_id,
-                seg.live_id,
-                seg.start_ms,
-                seg.n_frames,
-                seg.n_comments,
-                seg.n_asr,
-            )
+            log.debug("segment_closed author_id=%s live_id=%s start_ms=%s frames=%s comments=%s "
+                      "asr=%s", seg.author_id, seg.live_id, seg.start_ms, seg.n_frames,
+                      seg.n_comments, seg.n_asr)  # fmt: skip
         metrics.count(AGENT_SEGMENTS, "segments_closed", len(closed_now))
         metrics.count(AGENT_SEGMENTS, "table_writes")
-        for ready in self._acks.done_many([(ev.message.tp, ev) for ev in entry.pending]):
-            await stream.ack(ready)
-        self.pending -= len(entry.pending)
-        entry.pending = []
+        await self.envelope.done(stream, self.work.stored(author, entry))
         entry.persisted = dict(entry.live.applied)
-        self.dirty.pop(author, None)
         if not entry.live.is_open():
             self.entries.pop(author, None)
 
     async def _checkpoint_old(self, stream: StreamT) -> None:
-        oldest_allowed = self.seq - self.checkpoint_events
-        while self.dirty:
-            author = next(iter(self.dirty))
+        """Store the streams whose unstored events are `checkpoint_events` old (or too many)."""
+        while (author := self.work.checkpoint(self.checkpoint_events)) is not None:
             entry = self.entries[author]
-            if entry.first_seq > oldest_allowed and self.pending <= self.checkpoint_events:
-                return
             await self._persist(stream, author, entry, entry.pending[-1], [])
             self.entries.pop(author, None)
             self.ctx.metrics.count(AGENT_SEGMENTS, "checkpoints")
@@ -417,10 +423,7 @@ class SegmentRuntime:
         counted), then ack it and `finished`, with whatever later events of their partitions
         they held back."""
         await self.envelope.reject_all(bad)
-        done = [(ev.message.tp, ev) for ev, *_ in bad]
-        done += [(ev.message.tp, ev) for ev in finished]
-        for ready in self._acks.done_many(done):
-            await stream.ack(ready)
+        await self.envelope.done(stream, [ev for ev, *_ in bad] + list(finished))
 
     # --- inspection (runtime.context.Inspectable) -----------------------------------------
     def samples(self) -> Iterator[Sample]:
@@ -430,40 +433,17 @@ class SegmentRuntime:
         yield "mmbee_segment_buffer_open_segments", {}, float(sum(len(e.buffer.open) for e in entries))
         yield "mmbee_segment_buffer_closed_segments", {}, float(sum(len(e.refs) for e in entries))
         yield "mmbee_segment_buffer_held_events", {}, float(self.held)
-        yield "mmbee_segment_buffer_unpersisted_events", {}, float(self.pending)
+        yield "mmbee_segment_buffer_unpersisted_events", {}, float(self.work.pending)
 
     def describe(self) -> dict[str, Any]:
         """This worker's buffers in numbers (one stream: `describe_author`)."""
         return {name.removeprefix("mmbee_segment_buffer_"): v for name, _, v in self.samples()}
 
     def describe_author(self, author_id: str) -> dict[str, Any]:
-        """The stream's buffer as JSON-able data: stored closed segments, open segments (the
-        in-memory ones when this worker holds the stream), watermark, unpersisted events."""
+        """The stream's buffer (`SegmentTables.describe`), the in-memory one when this worker
+        holds the stream."""
         clear_event_context()
-        stored = self.table.get(author_id.encode())
-        buf, refs = decode_head(stored) if stored else (SegmentBuffer.empty(author_id), ())
-        entry = self.entries.get(author_id)
-        if entry is not None:
-            buf, refs = entry.live.snapshot(), entry.refs
-        closed = []
-        for start, _ in refs:
-            row = self.segments.get(segment_key(author_id, start).encode())
-            if row is not None:
-                seg = SegmentClosed.model_validate_json(
-                    row, context=self.config.validation_context()
-                )
-                closed.append(seg.model_dump(mode="json"))
-        return {
-            "author_id": author_id,
-            "closed": closed,
-            "open": [
-                {"start_ms": s.start_ms, "live_id": s.live_id, "counts": list(s.counts)}
-                for s in buf.open
-            ],
-            "watermark_ms": buf.watermark_ms,
-            "applied": dict(buf.applied),
-            "unpersisted_events": len(entry.pending) if entry else 0,
-        }
+        return self.tables.describe(author_id, self.entries.get(author_id))
 
 
 # --- registration -------------------------------------------------------------------------

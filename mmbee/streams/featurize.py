@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmbee.schemas.events import AsrSegment, CommentEvent, FrameEvent
+from mmbee.settings import Settings
 
 if TYPE_CHECKING:
     from mmbee.encoders.featurizers import FrameEmbedder, TextEmbedder
@@ -61,6 +62,17 @@ class Featurizers:
         self._frame_dim = frame_dim
         self._text: TextEmbedder | None = None
         self._frames: FrameEmbedder | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Featurizers:
+        """The worker's featurizers (models, widths and text cache from the settings)."""
+        return cls(
+            text_model=settings.text_model,
+            frame_model=settings.frame_model,
+            text_dim=settings.text_dim,
+            frame_dim=settings.frame_dim,
+            text_cache_size=settings.text_cache_size,
+        )
 
     def text(self) -> TextEmbedder:
         """The text embedder (loaded now if needed); its width must match `text_dim`."""

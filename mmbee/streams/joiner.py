@@ -34,6 +34,7 @@ import heapq
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -44,6 +45,7 @@ from pydantic import BaseModel
 from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, UserActivity
 from mmbee.scorer.examples import LabelConfig, to_message
+from mmbee.scorer.features import FeatureConfig
 from mmbee.settings import Settings
 from mmbee.state.authors import Timeline
 from mmbee.state.users import JoinerConfig, PartitionJoiner, UserRow, complete
@@ -259,6 +261,70 @@ class _Part:
     scanned: bool = False
 
 
+class ExampleEmitter:
+    """Completes settled decisions into training examples and publishes them.
+
+    A decision waits until its streamer side is complete: the views have caught up, and the
+    author agent has published every author event up to the impression (its marks).
+
+    Args:
+        ctx: the stream context.
+        views: the global views the streamer side is read from.
+        features: the point-in-time feature config (the offline build's).
+        source_topic: where a broken example is said to come from in its dead letter.
+    """
+
+    def __init__(
+        self, ctx: StreamContext, views: Views, features: FeatureConfig, source_topic: str
+    ) -> None:
+        self.ctx = ctx
+        self.views = views
+        self.features = features
+        self.source_topic = source_topic
+        self.emitted = 0
+
+    async def emit(
+        self, parts: dict[int, _Part], now: float, write: Callable[[int, str], None]
+    ) -> int:
+        """Emit what is due in every partition; `write(partition, user)` stores the rows the
+        emission changed. Returns the number of examples published."""
+        if not self.views.reader.caught_up.is_set():
+            return 0
+        complete_through = self.views.authors.complete_through(self.ctx.settings.partitions)
+        if complete_through is None:
+            return 0
+        n = 0
+        for partition, part in list(parts.items()):
+            due = part.joiner.due(now, complete_through)
+            if not due:
+                continue
+            touched = set()
+            for user, pending in due:
+                ex = complete(user, pending, self.views.sources, self.features)
+                touched.add(user)
+                try:
+                    msg = to_message(ex)
+                except ValueError as exc:  # an invariant broke: keep the agent alive, say so
+                    log.error("example_invalid event_id=%s error=%s", pending.event_id, exc)
+                    await self.ctx.dlq.send(
+                        json.dumps({"event_id": pending.event_id, "user_id": user}).encode(),
+                        source_topic=self.source_topic, agent=AGENT_JOINER,
+                        reason="processing_error", detail=f"training example: {exc}"[:1000],
+                        event_id=pending.event_id,
+                    )  # fmt: skip
+                    continue
+                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
+                n += 1
+            if part.last_event is not None:
+                in_event_context(part.last_event)
+                for user in touched:
+                    write(partition, user)
+        if n:
+            self.emitted += n
+            self.ctx.metrics.count(AGENT_JOINER, "examples", n)
+        return n
+
+
 class JoinerRuntime:
     """The joiner agent's worker state: one `_Part` per user partition, acks, emission.
 
@@ -287,7 +353,7 @@ class JoinerRuntime:
         partitions = ctx.settings.partitions
         self.expected_marks = {f"{n}:{q}" for n in MARK_SOURCES for q in range(partitions)}
         self.stream: StreamT | None = None
-        self.emitted = 0
+        self.emitter = ExampleEmitter(ctx, views, config.features, self.watch_topic)
         self.watch_progress = Progress(ctx, ("live.watch",))
 
     def part(self, partition: int) -> _Part:
@@ -464,45 +530,7 @@ class JoinerRuntime:
         return await self.watch_progress.broadcast("author.activity", AuthorActivity, now_s)
 
     async def _emit(self, now: float) -> int:
-        """Emit every settled decision whose streamer side is complete (the author agent has
-        published every author event up to the impression: its marks), once the views have
-        caught up."""
-        if not self.views.reader.caught_up.is_set():
-            return 0
-        complete_through = self.views.authors.complete_through(self.ctx.settings.partitions)
-        if complete_through is None:
-            return 0
-        n = 0
-        features = self.config.features
-        for partition, part in list(self.parts.items()):
-            due = part.joiner.due(now, complete_through)
-            if not due:
-                continue
-            touched = set()
-            for user, pending in due:
-                ex = complete(user, pending, self.views.sources, features)
-                touched.add(user)
-                try:
-                    msg = to_message(ex)
-                except ValueError as exc:  # an invariant broke: keep the agent alive, say so
-                    log.error("example_invalid event_id=%s error=%s", pending.event_id, exc)
-                    await self.ctx.dlq.send(
-                        json.dumps({"event_id": pending.event_id, "user_id": user}).encode(),
-                        source_topic=self.watch_topic, agent=AGENT_JOINER,
-                        reason="processing_error", detail=f"training example: {exc}"[:1000],
-                        event_id=pending.event_id,
-                    )  # fmt: skip
-                    continue
-                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
-                n += 1
-            if part.last_event is not None:
-                in_event_context(part.last_event)
-                for user in touched:
-                    self._write(partition, user)
-        if n:
-            self.emitted += n
-            self.ctx.metrics.count(AGENT_JOINER, "examples", n)
-        return n
+        return await self.emitter.emit(self.parts, now, self._write)
 
     async def tick(self) -> None:
         """Timer: the safety valve, settled examples, when no batch arrives."""
@@ -527,7 +555,7 @@ class JoinerRuntime:
     def describe(self) -> dict[str, Any]:
         """Per partition: watermark, held events, waiting impressions; totals."""
         return {
-            "emitted": self.emitted,
+            "emitted": self.emitter.emitted,
             "partitions": {
                 str(p): {
                     "watermark_ms": part.joiner.watermark_ms,

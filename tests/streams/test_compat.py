@@ -66,3 +66,11 @@ def test_a_moved_private_attribute_raises_instead_of_reading_a_default() -> None
 
 def test_no_kafka_client_behind_a_consumer_that_is_not_faust_s_threaded_one() -> None:
     assert compat.kafka_client(SimpleNamespace()) is None
+
+
+def test_the_working_set_module_example_holds() -> None:
+    import doctest
+
+    from mmbee.streams.runtime import workingset
+
+    assert doctest.testmod(workingset).failed == 0

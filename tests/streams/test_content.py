@@ -224,7 +224,7 @@ def test_checkpoint_persists_idle_streams_and_acks_them(tmp_path: Path) -> None:
         await feed.settle(5)
         assert idle.message.acked  # its stream was checkpointed, segment still open
         assert "idle" not in runtime.entries
-        assert runtime.pending == 4 and "busy" in runtime.entries
+        assert runtime.work.pending == 4 and "busy" in runtime.entries
         view = runtime.describe_author("idle")
         assert view["open"][0]["counts"] == [1, 0, 0] and view["unpersisted_events"] == 0
         assert not any(ev.message.acked for ev in busy)  # b0 is only 3 events old
@@ -249,7 +249,7 @@ def test_redelivery_after_revocation_is_idempotent(tmp_path: Path) -> None:
         stored.extend(ev.message.acked for ev in first)
         assert stored[:5] == [True] * 5
         runtime.on_revoked({TP(ctx.topic_name(n), 0) for n in ("live.frames", "live.asr")})
-        assert runtime.entries == {} and runtime.pending == 0
+        assert runtime.entries == {} and runtime.work.pending == 0
         for off, e in enumerate(events):  # the broker redelivers from the committed offset
             await feed.event(e, offset=off)
         await feed.settle(16)

@@ -36,10 +36,12 @@ from mmbee.streams.codec import Rejected
 if TYPE_CHECKING:
     from mmbee.streams.runtime.context import StreamContext
 
-__all__ = ["Envelope", "Bad"]
+__all__ = ["Bad", "Envelope", "Taken"]
 
 Bad = tuple[EventT, DeadLetterReason, str, "str | None"]
 """A rejected event: (event, dead-letter reason, detail, its event_id if known)."""
+Taken = tuple[EventT, str, Any]
+"""A decoded event: (event, catalogue name of its topic, its model)."""
 
 
 class Envelope:
@@ -116,6 +118,29 @@ class Envelope:
             f"({name} is keyed by {field})",
             getattr(model, "event_id", None),
         )
+
+    def take(self, events: Iterable[EventT], generation: int) -> tuple[list[Bad], list[Taken]]:
+        """A batch through the envelope, without awaiting: events of older generations are
+        skipped, the rest held for in-order acks and decoded (key checked). Returns the
+        rejected ones and (event, catalogue name, model) of the others, in arrival order."""
+        sources, codec, track = self.sources, self.ctx.codec, self.acks.track
+        bad: list[Bad] = []
+        taken: list[Taken] = []
+        for ev in events:
+            msg = ev.message
+            gen = msg.generation_id
+            if gen is not None and gen != generation:
+                continue  # fetched before the latest rebalance: it will be redelivered
+            track(msg.tp, ev)
+            name = sources[msg.topic]
+            decoded = codec.decode_topic(name, ev.value)
+            if type(decoded) is not Rejected:
+                decoded = self.key_problem(ev, name, decoded) or decoded
+            if type(decoded) is Rejected:
+                bad.append((ev, decoded.reason, decoded.detail, decoded.event_id))
+            else:
+                taken.append((ev, name, decoded))
+        return bad, taken
 
     # --- dead letters and duplicates --------------------------------------------------------
     async def reject(
