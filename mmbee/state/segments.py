@@ -55,22 +55,15 @@ __all__ = [
     "OpenSegment",
     "SegmentBuffer",
     "segment_start",
-    "closed_until",
-    "is_replay",
     "update",
-    "apply_batch",
     "LiveBuffer",
     "quantize_vectors",
     "Outcome",
-    "advance",
     "close_all",
     "append_closed",
-    "fold",
     "append_refs",
     "ClosedRef",
     "segment_key",
-    "encode_state",
-    "decode_state",
     "encode_head",
     "decode_head",
 ]
@@ -141,7 +134,7 @@ class ContentItem(NamedTuple):
 
     `source` and `offset` identify where the item was read (e.g. the topic name and the Kafka
     offset; the partition is implied by the author); when both are set, items at or below the
-    buffer's applied offset for that source are recognised as replays (`is_replay`).
+    buffer's applied offset for that source are recognised as replays.
 
     Shapes:
         vector: (d_v,) for frames, (d_t,) for comments and ASR; float32.
@@ -205,7 +198,7 @@ class Reject(NamedTuple):
 
 
 Outcome = Reject | Literal["applied", "replayed"]
-"""What applying one item did: applied, recognised as a replay (`is_replay`), or rejected."""
+"""What applying one item did: applied, recognised as a replay, or rejected."""
 
 
 class IdSet(NamedTuple):
@@ -319,25 +312,6 @@ class SegmentBuffer(NamedTuple):
 def segment_start(ts_ms: int, config: SegmentConfig) -> int:
     """Start of the segment holding `ts_ms`: the largest multiple of segment_ms <= ts_ms."""
     return (ts_ms // config.segment_ms) * config.segment_ms
-
-
-def closed_until(watermark_ms: int | None, config: SegmentConfig) -> int | None:
-    """Segments starting before this time are closed at `watermark_ms` (None: nothing closed).
-
-    Segment [s, s + S) closes once the watermark reaches s + S + allowed_lateness, so the closed
-    horizon is the segment boundary at or below `watermark_ms - allowed_lateness_ms`.
-    """
-    if watermark_ms is None:
-        return None
-    return segment_start(watermark_ms - config.allowed_lateness_ms, config)
-
-
-def is_replay(buffer: SegmentBuffer, item: ContentItem) -> bool:
-    """True if `item` was read from a source offset this buffer has already applied."""
-    if item.source is None or item.offset is None:
-        return False
-    done = buffer.applied.get(item.source)
-    return done is not None and item.offset <= done
 
 
 def _check_vector(item: ContentItem, config: SegmentConfig) -> Reject | None:
@@ -661,42 +635,6 @@ def append_refs(
     return tuple(out[cut:]), evicted
 
 
-def _close_due(
-    buffer: SegmentBuffer, wm: int | None, horizon: int, config: SegmentConfig
-) -> tuple[SegmentBuffer, list[SegmentClosed]]:
-    due = [s for s in buffer.open if s.start_ms < horizon]
-    keep = tuple(s for s in buffer.open if s.start_ms >= horizon)
-    closed_now = [_close(s, buffer.author_id, config) for s in due]
-    recent = IdSet(tuple(c for s in due for c in s.ids.chunks))
-    return (
-        SegmentBuffer(
-            buffer.author_id,
-            append_closed(buffer.closed, closed_now, config),
-            keep,
-            wm,
-            recent,
-            buffer.applied,
-        ),
-        closed_now,
-    )
-
-
-def advance(
-    buffer: SegmentBuffer, watermark_ms: int, config: SegmentConfig
-) -> tuple[SegmentBuffer, list[SegmentClosed]]:
-    """Move the buffer's watermark to `watermark_ms` (never backwards) and close what is due.
-
-    Returns the new buffer and the segments closed by this step, oldest first.
-    """
-    wm = watermark_ms if buffer.watermark_ms is None else max(buffer.watermark_ms, watermark_ms)
-    horizon = segment_start(wm - config.allowed_lateness_ms, config)
-    if buffer.open and buffer.open[0].start_ms < horizon:
-        return _close_due(buffer, wm, horizon, config)
-    if wm == buffer.watermark_ms:
-        return buffer, []
-    return buffer._replace(watermark_ms=wm), []
-
-
 def update(
     buffer: SegmentBuffer, item: ContentItem, config: SegmentConfig
 ) -> tuple[SegmentBuffer, list[SegmentClosed], list[Reject]]:
@@ -707,9 +645,9 @@ def update(
     refused: "duplicate" (its event id is already in an open or just-closed segment), "late"
     (its segment has closed), "validation_error" (wrong width, non-finite or huge values) or
     "oversized" (the segment already holds MAX_ITEMS_PER_SEGMENT items of that modality).
-    A replayed item (`is_replay`) changes nothing and is neither applied nor rejected; a buffer
-    nothing was applied to is returned itself. (`LiveBuffer` is the same logic as mutable
-    state, `apply_batch` the same over a batch of items.)
+    A replayed item (read from a source offset the buffer has applied already) changes nothing
+    and is neither applied nor rejected; a buffer nothing was applied to is returned itself.
+    (`LiveBuffer` is the same logic as mutable state, which the segment agent uses.)
     """
     live = LiveBuffer(buffer)
     (q,) = quantize_vectors((item,), config)
@@ -718,44 +656,6 @@ def update(
         return buffer, [], [] if isinstance(outcome, str) else [outcome]
     kept = append_closed(buffer.closed, closed, config) if closed else buffer.closed
     return live.snapshot(kept), closed, []
-
-
-def apply_batch(
-    buffers: Mapping[str, SegmentBuffer], items: Sequence[ContentItem], config: SegmentConfig
-) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Outcome]]:
-    """Apply a batch of items (of any streams) in order: the same result as `update` item by
-    item, with the vector checks and fixed-point conversion done once for the batch.
-
-    Args:
-        buffers: the current buffers by author; an author missing here starts empty.
-        items: content items in the order they are applied.
-
-    Returns `(new, closed, outcomes)`: the buffers of the authors of `items` (the inputs are
-    not modified), every segment closed in closing order, and per item "applied", "replayed"
-    or its Reject.
-    """
-    lives: dict[str, LiveBuffer] = {}
-    closed_by: dict[str, list[SegmentClosed]] = {}
-    closed_all: list[SegmentClosed] = []
-    outcomes: list[Outcome] = []
-    for item, q in zip(items, quantize_vectors(items, config), strict=True):
-        live = lives.get(item.author_id)
-        if live is None:
-            base = buffers.get(item.author_id) or SegmentBuffer.empty(item.author_id)
-            live = lives[item.author_id] = LiveBuffer(base)
-        outcome, closed = live.apply(item, q, config)
-        outcomes.append(outcome)
-        if closed:
-            closed_by.setdefault(item.author_id, []).extend(closed)
-            closed_all.extend(closed)
-    new = {}
-    for author, live in lives.items():
-        base = buffers.get(author) or SegmentBuffer.empty(author)
-        mine = closed_by.get(author)
-        new[author] = live.snapshot(
-            append_closed(base.closed, mine, config) if mine else base.closed
-        )
-    return new, closed_all, outcomes
 
 
 def close_all(
@@ -774,22 +674,6 @@ def close_all(
         ),
         closed_now,
     )
-
-
-def fold(
-    items: Iterable[ContentItem],
-    config: SegmentConfig,
-    buffers: Mapping[str, SegmentBuffer] | None = None,
-) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Reject]]:
-    """Apply `items` in order to per-author buffers (offline pipelines, reference runs in tests).
-
-    Returns the buffers by author, every segment closed (in closing order) and every reject.
-    """
-    out = dict(buffers or {})
-    items = list(items)
-    new, closed, outcomes = apply_batch(out, items, config)
-    out.update(new)
-    return out, closed, [o for o in outcomes if not isinstance(o, str)]
 
 
 # --- serialisation (what the streams tables store) ------------------------------------------
@@ -867,20 +751,3 @@ def decode_head(data: bytes) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
 def segment_key(author_id: str, start_ms: int) -> str:
     """Key of one closed segment in a segment store: '<author_id>|<start_ms>'."""
     return f"{author_id}|{start_ms}"
-
-
-def encode_state(buffer: SegmentBuffer) -> bytes:
-    """The whole buffer as bytes: its head, then one `SegmentClosed` JSON per line."""
-    lines = [encode_head(buffer)] + [s.model_dump_json().encode() for s in buffer.closed]
-    return b"\n".join(lines)
-
-
-def decode_state(data: bytes, config: SegmentConfig) -> SegmentBuffer:
-    """A buffer from `encode_state` bytes (closed segments validated with the config's widths)."""
-    head, *rest = data.split(b"\n")
-    buffer, refs = decode_head(head)
-    ctx = config.validation_context()
-    closed = tuple(SegmentClosed.model_validate_json(line, context=ctx) for line in rest)
-    if [(s.start_ms, s.live_id) for s in closed] != list(refs):
-        raise ValueError("segment state: closed segments do not match the head's references")
-    return buffer._replace(closed=closed)

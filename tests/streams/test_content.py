@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from faust.types import TP, EventT
 from faust.types.tuples import Message
+from segref import fold
 from streamkit import CTX, T0, asr, comment, frame
 
 from mmbee.schemas import (
@@ -26,7 +27,7 @@ from mmbee.schemas import (
 )
 from mmbee.schemas.events import AsrSegment
 from mmbee.settings import Settings
-from mmbee.state.segments import SegmentConfig, fold
+from mmbee.state.segments import SegmentConfig
 from mmbee.streams.app import build_app
 from mmbee.streams.asr import AsrRuntime, asr_segment
 from mmbee.streams.content import SegmentRuntime

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from segref import fold
 from streamkit import CTX, REPO, T0, TOPIC_OF, WorkerProcess, asr, comment, content_stream, frame
 
 from mmbee.schemas import DeadLetter, SegmentClosed
 from mmbee.settings import Settings
-from mmbee.state.segments import ContentItem, SegmentConfig, fold
+from mmbee.state.segments import ContentItem, SegmentConfig
 from mmbee.streams.content import SOURCES
 from mmbee.streams.topics import ensure_topics
 
