@@ -102,8 +102,8 @@ def test_window_arithmetic(ts: int, seg: int, late: int) -> None:
     assert start % seg == 0
     assert start <= ts < start + seg
     # the segment holding ts closes exactly when the watermark reaches its end + lateness
-    if start < 946_684_800_000:  # before the schema's earliest event time
-        return
+    if not 946_684_800_000 <= start < start + seg + late < 4_102_444_800_000:
+        return  # the schema's event-time range (years 2000-2099) holds the segment and probe
     one = ContentItem("frame", "a", "a1", "l1", start, np.zeros(4, np.float32))
     small = SegmentConfig(segment_ms=seg, allowed_lateness_ms=late, frame_dim=4, text_dim=3)
     buf = update(SegmentBuffer.empty("a1"), one, small)[0]
