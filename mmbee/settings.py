@@ -162,6 +162,14 @@ class Settings(BaseSettings):
         description="safety valve of the event-time alignment of the content topics: once the "
         "input has stalled this long, held events are applied anyway; 0 turns alignment off",
     )
+    align_idle_ms: int = Field(
+        default=2_000,
+        ge=0,
+        description="event-time alignment (segments, joiner, authors): a source read to its "
+        "end stops holding the others back only for events that waited this long (wall time); "
+        "a fetch answered by a replay's first records still shows the topics it has not reached "
+        "yet as empty (docs/streams.md, 'Event-time alignment')",
+    )
     segment_checkpoint_events: int = Field(
         default=20_000,
         ge=1,

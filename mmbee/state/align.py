@@ -8,10 +8,12 @@ replay would dead-letter most of the slower topic as "late".
 `Aligner` holds items of one partition in a heap and releases them in (ts, source, offset) order
 once every source has delivered an item after their event time (the *frontier*). A source that
 has nothing more to deliver right now (the caller says which: "quiet", e.g. the consumer has
-read up to the partition's high watermark) does not hold the others back; a safety valve
-releases items that have waited `wait_s` of wall time anyway. Released order is canonical, so
-a replay applies events in the same order as the original run did, whatever the fetch
-interleaving.
+read up to the partition's high watermark) does not hold the others back, but only for items
+that have waited `idle_s` of wall time: "quiet" is a snapshot of the last fetch, and a fetch
+answered by a producer's first records still says a topic it has not reached yet is empty
+(docs/streams.md, "Event-time alignment"). A safety valve releases items that have waited
+`wait_s` of wall time anyway. Released order is canonical, so a replay applies events in the
+same order as the original run did, whatever the fetch interleaving.
 
 Example:
     >>> a = Aligner(wait_s=1.0, sources=2)
@@ -24,6 +26,12 @@ Example:
     ['comment@5']
     >>> a.ready(now_s=1.5)  # the rest waited long enough
     ['frame@10', 'comment@12']
+    >>> b = Aligner(wait_s=10.0, sources=2, idle_s=1.0)
+    >>> b.push(ts=7, source=0, offset=0, item="frame@7", now_s=0.0)
+    >>> b.ready(now_s=0.5, quiet={0, 1})  # both read to the end: the frame waits idle_s
+    []
+    >>> b.ready(now_s=1.0, quiet={0, 1})
+    ['frame@7']
 """
 
 from __future__ import annotations
@@ -45,17 +53,21 @@ class Aligner:
     Args:
         wait_s: safety valve: the longest wall time an item waits for the frontier.
         sources: number of sources (0 .. sources-1) merged here.
+        idle_s: wall time an item waits before quiet sources stop holding it back (0: at once).
     """
 
-    def __init__(self, wait_s: float, sources: int) -> None:
+    def __init__(self, wait_s: float, sources: int, idle_s: float = 0.0) -> None:
         self.wait_s = wait_s
         self.sources = sources
+        self.idle_s = idle_s
         self._heap: list[tuple[int, int, int, int, Any]] = []
         self._pushed = 0  # tie-break: the same offset can be delivered twice (seek after fetch)
         self._seen: dict[int, int] = {}  # source -> largest ts delivered
         self._offsets: dict[int, int] = {}  # source -> largest offset delivered
         self._held: dict[int, int] = {}  # source -> items held
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, ts) in push order
+        self._aging: deque[tuple[float, int]] = deque()  # the same, for the idle timeout
+        self._aged: int | None = None  # largest ts of an item held idle_s (None: none yet)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -71,6 +83,7 @@ class Aligner:
         if offset > self._offsets.get(source, -1):
             self._offsets[source] = offset
         self._arrivals.append((now_s, ts))
+        self._aging.append((now_s, ts))
 
     def frontier(self, quiet: Collection[int] = ()) -> int | None:
         """Event time every source not in `quiet` has reached; None while such a source has
@@ -95,13 +108,28 @@ class Aligner:
 
         Args:
             now_s: wall time (monotonic seconds), for the safety valve.
-            quiet: sources with nothing more to deliver now; they do not hold the frontier.
+            quiet: sources with nothing more to deliver now; they do not hold the frontier back
+                for items that have waited `idle_s`.
             valve: also release items that waited `wait_s` (callers open it only when their
                 input has stalled: while batches flow, a slow source is merely behind).
         """
         # strictly before the frontier: a source may still deliver more items at its newest ts
-        frontier = self.frontier(quiet)
+        frontier = self.frontier()
         limit = None if frontier is None else frontier - 1
+        aging, aged = self._aging, self._aged
+        idle_cutoff = now_s - self.idle_s
+        while aging and aging[0][0] <= idle_cutoff:
+            _, ts = aging.popleft()
+            if aged is None or ts > aged:
+                aged = ts
+        self._aged = aged
+        if quiet and aged is not None:
+            # quiet sources let through what waited idle_s: items up to the newest such one
+            relaxed = self.frontier(quiet)
+            if relaxed is not None:
+                bound = min(relaxed - 1, aged)
+                if limit is None or bound > limit:
+                    limit = bound
         cutoff = now_s - self.wait_s
         arrivals = self._arrivals
         while valve and arrivals and arrivals[0][0] <= cutoff:
@@ -117,11 +145,15 @@ class Aligner:
             out.append(entry[4])
         if not heap:
             arrivals.clear()
+            self._aging.clear()
+            self._aged = None
         return out
 
     def drain(self) -> list[Any]:
         """Every held item, in order (e.g. at shutdown of a test run)."""
         out = [heapq.heappop(self._heap)[4] for _ in range(len(self._heap))]
         self._arrivals.clear()
+        self._aging.clear()
+        self._aged = None
         self._held.clear()
         return out

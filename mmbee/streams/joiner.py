@@ -5,11 +5,13 @@ Three agents (component `joiner`, docs/serving.md has the picture):
 - `joiner_forward` over `live.gifts` + `live.comments` (key author): re-keys every gift and
   comment by its viewer onto `user.activity`, and every `joiner_mark_interval_s` sends each
   `user.activity` partition a *mark*: per source partition it owns, the largest event time
-  forwarded (None when the partition has nothing waiting). Marks carry the event-time progress
-  of the author-partitioned topics across the repartition hop.
+  forwarded (None when the partition has nothing waiting; the least valid time when it has
+  records waiting but forwarded none yet). Marks carry the event-time progress of the
+  author-partitioned topics across the repartition hop.
 - `joiner` over `live.watch` + `user.activity` (key user, co-partitioned): holds events until
   every source has passed their event time (`live.watch` by what it delivered, `user.activity`
-  by the marks of every gift/comment partition), applies them in (time, kind, offset) order to
+  by the marks of every gift/comment partition; a source read to its end, or marked idle, stops
+  holding events back only once they waited `align_idle_ms`), applies them in (time, kind, offset) order to
   the partition's `PartitionJoiner` (mmbee.state.users), writes the user's row (one table
   write per event, then the ack), and emits each decided example on `train.examples` (key user)
   once it settled, its streamer side read as of the impression from the global views. Watch
@@ -44,6 +46,7 @@ from pydantic import BaseModel
 
 from mmbee.schemas.events import CommentEvent, GiftEvent, WatchEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline, UserActivity
+from mmbee.schemas.types import TS_MIN_MS
 from mmbee.scorer.examples import LabelConfig, to_message
 from mmbee.scorer.features import FeatureConfig
 from mmbee.settings import Settings
@@ -137,7 +140,9 @@ def frontier_of(marks: dict[str, int | None], expected: set[str]) -> float | Non
 
 class Progress:
     """Per source partition this worker reads: the largest event time seen, and the marks
-    ("topic:partition" -> that time, or None when the partition is read to its end).
+    ("topic:partition" -> that time, or None when the partition is read to its end, or
+    `TS_MIN_MS` while it has records waiting and none was seen yet: a partition left out of a
+    mark keeps the receiver's earlier value, which may be a stale None).
 
     Args:
         ctx: the stream context.
@@ -170,6 +175,8 @@ class Progress:
                 out[key] = None
             elif tp in self.ts:
                 out[key] = self.ts[tp]
+            elif tp in self.offsets or self.idle(tp) is False:
+                out[key] = TS_MIN_MS  # records wait, their time unknown: hold the others back
         return out
 
     async def broadcast(
@@ -259,6 +266,9 @@ class _Part:
     last_event: EventT | None = None
     arrivals: deque[float] = field(default_factory=deque)
     scanned: bool = False
+    activity_offset: int | None = None
+    aging: deque[tuple[float, int]] = field(default_factory=deque)  # (arrival, ts), in order
+    aged: int | None = None  # largest ts of an event held `align_idle_ms` (None: none yet)
 
 
 class ExampleEmitter:
@@ -348,6 +358,7 @@ class JoinerRuntime:
         self._seq = 0
         self._last_batch_s = float("-inf")
         self.align_wait_s = ctx.settings.joiner_align_wait_ms / 1000
+        self.idle_s = ctx.settings.align_idle_ms / 1000
         self.watch_topic = ctx.topic_name("live.watch")
         self.activity_topic = ctx.topic_name("user.activity")
         partitions = ctx.settings.partitions
@@ -421,6 +432,8 @@ class JoinerRuntime:
         ctx.metrics.count(AGENT_JOINER, "read_watch" if is_watch else "read_activity")
         decoded = self.envelope.decode(ev, check_key=False)
         if type(decoded) is not Rejected:
+            if not is_watch and (part.activity_offset is None or msg.offset > part.activity_offset):
+                part.activity_offset = msg.offset
             if isinstance(decoded, UserActivity) and decoded.kind == "mark":
                 part.marks.update(decoded.marks)  # marks go to every partition, unkeyed
                 await self._done(stream, ev)
@@ -458,13 +471,19 @@ class JoinerRuntime:
         self._seq += 1
         heapq.heappush(part.heap, (ts, rank, msg.offset, self._seq, ev, decoded))
         part.arrivals.append(now)
+        part.aging.append((now, ts))
 
-    def frontier(self, partition: int) -> float | None:
-        """Event time every source of `partition` has passed (None: unknown yet)."""
+    def frontier(self, partition: int, idle: bool = True) -> float | None:
+        """Event time every source of `partition` has passed (None: unknown yet).
+
+        `idle`: a `live.watch` partition read to its end, and a gift/comment partition marked
+        idle (None), do not count; they count as long as the marks in hand may be out of date
+        (this worker has not read `user.activity` to its end). False: every source counts, an
+        idle one as unknown (the frontier events are released by at once, without waiting
+        `align_idle_ms`)."""
         part = self.parts[partition]
-        tp = TP(self.watch_topic, partition)
-        watch_idle = _caught_up(self.ctx, tp, part.watch_offset)
-        if watch_idle:
+        ctx = self.ctx
+        if idle and _caught_up(ctx, TP(self.watch_topic, partition), part.watch_offset):
             watch: float = float("inf")
         elif part.watch_max is None:
             return None
@@ -473,14 +492,39 @@ class JoinerRuntime:
         if not self.expected_marks <= part.marks.keys():
             return None
         busy = [v for v in part.marks.values() if v is not None]
+        if len(busy) < len(part.marks) and not (
+            idle and _caught_up(ctx, TP(self.activity_topic, partition), part.activity_offset)
+        ):
+            return None  # an idle mark, maybe overtaken by marks not read yet
         activity = float(min(busy)) if busy else float("inf")
         return min(watch, activity)
+
+    def _limit(self, part: _Part, partition: int, now: float) -> float | None:
+        """Events before this time may be applied: those every source has passed, and, of
+        those held `align_idle_ms`, those the sources that are not idle have passed (an idle
+        source is judged by the last fetch, which may predate records a producer is sending
+        now: docs/streams.md, "Event-time alignment")."""
+        aging, aged = part.aging, part.aged
+        cutoff = now - self.idle_s
+        while aging and aging[0][0] <= cutoff:
+            _, ts = aging.popleft()
+            if aged is None or ts > aged:
+                aged = ts
+        part.aged = aged
+        limit = self.frontier(partition, idle=False)
+        if aged is not None:
+            relaxed = self.frontier(partition)
+            if relaxed is not None:
+                bound = min(relaxed, aged + 1)
+                if limit is None or bound > limit:
+                    limit = bound
+        return limit
 
     async def _release(self, stream: StreamT, partition: int, now: float) -> None:
         part = self.parts[partition]
         if not part.heap:
             return
-        frontier = self.frontier(partition)
+        frontier = self._limit(part, partition, now)
         stalled = now - self._last_batch_s >= self.align_wait_s
         valve = stalled and part.arrivals and now - part.arrivals[0] >= self.align_wait_s
         if valve:
@@ -507,6 +551,9 @@ class JoinerRuntime:
                 continue
             touched |= res.touched
             applied.append(ev)
+        if not part.heap:
+            part.aging.clear()
+            part.aged = None
         if applied:
             in_event_context(applied[-1])  # the changelog partition is the source partition
             for user in touched:

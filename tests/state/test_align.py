@@ -73,3 +73,26 @@ def test_any_interleaving_of_sorted_sources_gives_one_order(
         out += a.ready(0)
     out += a.ready(10)
     assert out == canonical
+
+
+def test_quiet_sources_hold_back_what_has_not_waited_the_idle_time() -> None:
+    """A source read to its end is judged by the last fetch: a fetch answered by a replay's
+    first frames still says the comments are empty. Only frames held `idle_s` pass it."""
+    a = Aligner(wait_s=60.0, sources=2, idle_s=1.0)
+    a.push(ts=10, source=0, offset=0, item="f10", now_s=0.0)
+    a.push(ts=20, source=0, offset=1, item="f20", now_s=0.0)
+    a.push(ts=30, source=0, offset=2, item="f30", now_s=0.6)
+    assert a.ready(0.5, quiet={1}) == []  # without the idle time, f10 and f20 went out here
+    a.push(ts=15, source=1, offset=0, item="c15", now_s=0.7)  # the replay reached the comments
+    assert a.ready(0.7, quiet=set()) == ["f10"]  # every source passed 10
+    assert a.ready(1.2, quiet={1}) == ["c15", "f20"]  # held 1 s; f30 must wait till 1.6
+    assert a.ready(1.5, quiet={1}) == []
+    assert a.ready(1.6, quiet={1}) == []  # f30 is source 0's newest: more may come at ts 30
+    assert a.ready(1.6, quiet={0, 1}) == ["f30"]
+
+
+def test_without_idle_time_quiet_sources_release_at_once() -> None:
+    a = Aligner(wait_s=60.0, sources=2)
+    a.push(ts=10, source=0, offset=0, item="f10", now_s=0.0)
+    a.push(ts=20, source=0, offset=1, item="f20", now_s=0.0)
+    assert a.ready(0.0, quiet={1}) == ["f10"]

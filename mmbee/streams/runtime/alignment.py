@@ -4,7 +4,10 @@
 passed an item's time. What it cannot know by itself comes from the consumer, and lives here:
 
 - a source that has nothing more to deliver now (read to its high watermark,
-  `runtime.progress.caught_up`) is *quiet* and does not hold the others back;
+  `runtime.progress.caught_up`) is *quiet* and does not hold the others back, but only for
+  items held `Settings.align_idle_ms` of wall time: the high watermark is that of the last
+  fetch, and a fetch answered by a replay's first records says the topics it has not reached
+  yet are empty (docs/streams.md, "Event-time alignment");
 - a source that runs far ahead in event time is paused at the Kafka client until the items it
   piled up have drained (`compat.pause_fetching`), so a replay's memory stays bounded;
 - revoked partitions are forgotten (their events are redelivered).
@@ -41,13 +44,16 @@ class SourceAlignment:
         sources: catalogue names of the co-partitioned topics, in a fixed order.
         wait_s: the aligner's safety valve (0: no alignment, every item is ready at once).
         pause_at: items held from one source above which that source is paused.
+        idle_s: wall time an item waits before quiet sources stop holding it back (None:
+            `Settings.align_idle_ms`).
     """
 
     def __init__(
         self, ctx: StreamContext, agent: str, sources: tuple[str, ...], wait_s: float,
-        pause_at: int,
+        pause_at: int, idle_s: float | None = None,
     ) -> None:  # fmt: skip
         self.ctx = ctx
+        self.idle_s = ctx.settings.align_idle_ms / 1000 if idle_s is None else idle_s
         self.agent = agent
         self.sources = sources
         self.wait_s = wait_s
@@ -68,7 +74,9 @@ class SourceAlignment:
         """Hold `item` of `source` (at `offset` of `partition`) until its time is aligned."""
         aligner = self.aligners.get(partition)
         if aligner is None:
-            aligner = self.aligners[partition] = Aligner(self.wait_s, len(self.sources))
+            aligner = self.aligners[partition] = Aligner(
+                self.wait_s, len(self.sources), self.idle_s
+            )
         aligner.push(ts=ts, source=self._index[source], offset=offset, item=item, now_s=now_s)
 
     async def release(self, now_s: float, valve: bool) -> list[Any]:

@@ -3,6 +3,12 @@
 Event-time alignment needs it: a source that has delivered everything it holds must not hold
 back the others' frontier. Kafka tells the consumer a partition's high watermark with each
 fetch; Faust remembers the next offset it will read.
+
+The answer is as of the last fetch response, and a response can be one fetch out of date in a
+way that matters: a long-poll fetch answered by a producer's first records carries, for the
+topics that producer has not reached yet, the high watermarks of that moment. So "caught up"
+never means idle at once: the alignment takes a source as idle only for events held
+`Settings.align_idle_ms` (runtime/alignment.py, the joiner; docs/streams.md).
 """
 
 from __future__ import annotations
