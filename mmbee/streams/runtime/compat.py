@@ -1,6 +1,6 @@
 """Every patch of a faust/mode/aiokafka internal, and every private read, in one place.
 
-mmbee runs on faust-streaming, mode-streaming and aiokafka, and it needs five changes to their
+mmbee runs on faust-streaming, mode-streaming and aiokafka, and it needs six changes to their
 internals for at-least-once delivery, for throughput, and for the embedded broker. It also reads
 four private attributes that have no public accessor. All of them were written against the
 versions in `PINS`, which pyproject.toml pins exactly. `install()` checks the installed versions
@@ -18,6 +18,7 @@ The patches (each section below gives the reason, the upstream behaviour and the
 | fetch scope | a fetch with no active partition takes every partition's records | test_fetch_scope.py |
 | inline hand-off | four tasks per message between consumer and stream (speed) | test_handoff.py |
 | fetch wait | an idle consumer spins on noida-db, which ignores fetch.max.wait.ms | test_fetch_wait.py |
+| stale acks | the ack of an older generation's message commits past messages not yet redelivered | test_stale_acks.py |
 
 The private reads: Faust's current-event contextvar (table writes inside batches), the
 consumer's read and committed offsets, the aiokafka client behind Faust's consumer thread (to
@@ -27,7 +28,7 @@ Upgrading one of the pinned packages: bump the pin in `PINS` and in pyproject.to
 upstream code each section names, and run `pytest tests/streams` (the tests above fail when a
 patch no longer applies or no longer fixes what it fixed). Upstream: the recovery order is
 related to faust-streaming/faust#216 and #217, which reordered `_resume_streams` but kept the
-buffer-clearing flow resume; no upstream report exists yet for the other four.
+buffer-clearing flow resume; no upstream report exists yet for the other five.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
     "install_full_flush",
     "install_inline_handoff",
     "install_sources_resume_after_flow",
+    "install_stale_ack_refusal",
     "installed_fetch_wait_ms",
     "installed_versions",
     "kafka_client",
@@ -70,6 +72,7 @@ __all__ = [
     "set_current_event",
     "sources_resume_after_flow",
     "sources_resume_after_flow_installed",
+    "stale_ack_refusal_installed",
     "uninstall_inline_handoff",
 ]
 
@@ -134,6 +137,7 @@ def install(settings: Settings) -> None:
     install_full_flush()  # offsets are committed only after the buffered writes were sent
     install_sources_resume_after_flow()  # no source message is fetched before recovery's seek
     install_fetch_scope()  # a fetch never takes records of partitions Faust has paused
+    install_stale_ack_refusal()  # an older generation's message is never acked (redelivered)
     if settings.faust_inline_handoff:
         install_inline_handoff()
     else:
@@ -594,3 +598,55 @@ def installed_fetch_wait_ms() -> int:
     from aiokafka.consumer.fetcher import Fetcher
 
     return int(getattr(Fetcher._proc_fetch_request, _WAIT_ATTR, 0))
+
+
+# --- patch 6: stale acks (faust.transport.consumer.Consumer.ack) ----------------------------
+# faust-streaming 0.15.3's stream iterator (`Stream.__aiter__`) skips a message fetched under an
+# older consumer generation (`message.generation_id != app.consumer_generation_id`) and acks it,
+# "otherwise the lag would increase". After a rebalance the partition's owner, this worker or
+# another, has sought to the committed offset and receives the message again; the skipped copy
+# must not count. But `Consumer.ack` books the stale offset as done, and `_new_offset` then
+# commits past messages the new generation has not delivered yet:
+#   - the committed offset is C and the stale message is C+1: `_new_offset`'s head-gap test is
+#     `min(acked) - committed > 1`, off by one, so it commits C+2 with C not delivered again yet;
+#   - no committed offset (a new group, or 0, which `perform_seek` stores as None): no head-gap
+#     test at all, so a stale ack at offset 150 commits 151 over 0..149;
+#   - the stale offset fills a gap of the new generation's acks (its own copy's ack is then
+#     refused as "already acked"), so the commit covers it before it was processed again.
+# A crash or another rebalance before the new generation processes those messages loses them:
+# the next owner starts at the committed offset. tests/streams/test_stale_acks.py shows all
+# three with Faust's own consumer bookkeeping, and through the broker that a consumer of the
+# group then starts past a message it never received. The patch makes `Consumer.ack` refuse
+# a message of another generation (no generation: tests, channels: acked as before). Nothing is
+# lost by refusing: every rebalance (Faust's aiokafka groups are eager) revokes every
+# partition and seeks the reassigned ones to the committed offset, so whatever the stale
+# message was is redelivered in the current generation; mmbee's agents already treat stale
+# events so (runtime/agent.py, `Envelope.live`).
+
+_STALE_ATTR = "_mmbee_stale_ack_refusal"
+
+
+def stale_ack_refusal_installed() -> bool:
+    """Whether `install_stale_ack_refusal` patched this process's Faust."""
+    from faust.transport.consumer import Consumer
+
+    return bool(getattr(Consumer.ack, _STALE_ATTR, False))
+
+
+def install_stale_ack_refusal() -> None:
+    """Patch Faust's `Consumer.ack` to refuse messages of an older generation (idempotent)."""
+    from faust.transport.consumer import Consumer
+
+    if stale_ack_refusal_installed():
+        return
+    ack = Consumer.ack
+
+    @functools.wraps(ack)
+    def guarded_ack(self: Any, message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != self.app.consumer_generation_id:
+            return False  # redelivered to the partition's owner in the current generation
+        return bool(ack(self, message))
+
+    setattr(guarded_ack, _STALE_ATTR, True)
+    Consumer.ack = guarded_ack  # type: ignore[method-assign]
