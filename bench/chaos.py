@@ -50,8 +50,9 @@ Figures on the last line (one JSON object, exactly these keys):
   process) reports ready with every one of them assigned, and has read each of those content
   partitions that still had work from the offset the group had committed for it at the kill
   (its `/mmbee/status/` read offsets, polled every 0.1 s): processing again. None when no
-  worker kill ran. For broker kills, stderr gives `produce_stall_s` (SIGKILL to the next
-  acknowledgement) instead.
+  worker kill ran. For broker kills, stderr gives `produce_stall_s` instead: SIGKILL to the
+  first acknowledgement of a gift sent to a `live.gifts` partition the killed node led (its new
+  leader taking acks=all writes); None when no such gift was sent after the kill.
 
 Each round's details (seed, kill point, victim, dead letters, duplicate counters) go to stderr as
 one JSON line. The machine is shared: recovery times include waiting for the CPU.
@@ -390,7 +391,9 @@ class AckedProducer:
             request_timeout_ms=15_000, max_block_ms=30_000,
         )  # fmt: skip
         self.acked: set[str] = set()
-        self.last_ack = 0.0
+        self.killed_at: float | None = None
+        self.moved: set[int] = set()  # partitions whose leader was killed
+        self.first_moved_ack: float | None = None
         self.failed: list[Message] = []
         self.failures = 0
         self._lock = threading.Lock()
@@ -399,10 +402,16 @@ class AckedProducer:
         topic, key, value, _ = msg
         eid = json.loads(value)["event_id"]
 
-        def ok(_: Any) -> None:
+        def ok(meta: Any) -> None:
+            now = time.monotonic()
             with self._lock:
                 self.acked.add(eid)
-                self.last_ack = time.monotonic()
+                if (
+                    self.first_moved_ack is None
+                    and self.killed_at is not None
+                    and meta.partition in self.moved
+                ):
+                    self.first_moved_ack = now
 
         def bad(_: Exception) -> None:
             with self._lock:
@@ -493,24 +502,26 @@ def broker_round(
         )  # fmt: skip
         out |= {"victim_node": victim_id, "victim_led": dict(sorted(led.items()))}
         pace_s = 8.0 / max(1, len(lg.gift_msgs))
+        producer.moved = {p["partition_index"] for p in gifts_topic["partitions"]
+                          if p["leader_id"] == victim_id}  # fmt: skip
         killed: float | None = None
         for i, m in enumerate(lg.gift_msgs):
             producer.send(m)
             if killed is None and len(producer.acked) >= frac * len(lg.gift_msgs):
                 victim.kill()
-                killed = time.monotonic()
+                killed = producer.killed_at = time.monotonic()
                 out |= {"killed_after_acked": len(producer.acked), "killed_after_sent": i + 1}
             time.sleep(pace_s)
         producer.resend_failed()
         if killed is None:  # the acks lagged the sends: kill now, while the worker reads
             victim.kill()
-            killed = time.monotonic()
+            killed = producer.killed_at = time.monotonic()
             out |= {
                 "killed_after_acked": len(producer.acked),
                 "killed_after_sent": len(lg.gift_msgs),
             }
-        stall = producer.last_ack - killed
-        out["produce_stall_s"] = round(stall, 2) if stall > 0 else None
+        first = producer.first_moved_ack
+        out["produce_stall_s"] = None if first is None else round(first - killed, 2)
         out["send_failures_resent"] = producer.failures
         acked = set(producer.acked)
         on_topic = topic_ids(settings, "live.gifts")
