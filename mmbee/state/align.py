@@ -6,9 +6,11 @@ but ~500 comments). The segment buffer judges lateness by event time, so without
 replay would dead-letter most of the slower topic as "late".
 
 `Aligner` holds items of one partition in a heap and releases them in (ts, source, offset) order
-once every source has delivered an item after their event time (the *frontier*). A source that
-has nothing more to deliver right now (the caller says which: "quiet", e.g. the consumer has
-read up to the partition's high watermark) does not hold the others back, but only for items
+once every source has delivered an item after their event time (the *frontier*); an item that
+arrives behind its own source's newest event time keeps its place in that source (it leaves
+with the newest time as its key), so each source's offsets leave in the order they came.
+A source that has nothing more to deliver right now (the caller says which: "quiet", e.g. the
+consumer has read up to the partition's high watermark) does not hold the others back, but only for items
 that have waited `idle_s` of wall time: "quiet" is a snapshot of the last fetch, and a fetch
 answered by a producer's first records still says a topic it has not reached yet is empty
 (docs/streams.md, "Event-time alignment"). A safety valve releases items that have waited
@@ -75,9 +77,15 @@ class Aligner:
     def push(self, *, ts: int, source: int, offset: int, item: Any, now_s: float) -> None:
         """Hold `item` (event time `ts`, read from `source` at `offset`)."""
         self._pushed += 1
-        heapq.heappush(self._heap, (ts, source, offset, self._pushed, item))
-        self._held[source] = self._held.get(source, 0) + 1
         prev = self._seen.get(source)
+        # one source's items leave in the order they came (an item behind its source's newest
+        # event time takes that time as its key): a consumer that takes an offset at or below
+        # the last applied one for a replay (the segment buffers) must never see a source's
+        # offsets go backwards, or an event delivered out of order within the allowed lateness
+        # is skipped as a replay of an offset it has not applied
+        key = ts if prev is None or ts > prev else prev
+        heapq.heappush(self._heap, (key, source, offset, self._pushed, item))
+        self._held[source] = self._held.get(source, 0) + 1
         if prev is None or ts > prev:
             self._seen[source] = ts
         if offset > self._offsets.get(source, -1):
