@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
 
 from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, encode_embedding
 from mmbee.settings import Settings
@@ -87,6 +88,21 @@ def content_stream(n_authors: int, n_per_author: int, step_ms: int, seed: int = 
             kind = makers[int(rng.integers(0, 3))]
             out.append(kind(f"e{a}-{i}", i * step_ms, author=f"a{a}", seed=int(rng.integers(1e6))))
     return out
+
+
+def read_topic(settings: Settings, name: str) -> list[bytes]:
+    """Every value on topic `name` (all partitions, from the beginning) until it is quiet 1.5 s."""
+    topic = settings.topic(name)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_list(), consumer_timeout_ms=1500)
+    try:
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
