@@ -54,8 +54,9 @@ Figures on the last line (one JSON object, exactly these keys):
   first acknowledgement of a gift sent to a `live.gifts` partition the killed node led (its new
   leader taking acks=all writes); None when no such gift was sent after the kill.
 
-Each round's details (seed, kill point, victim, dead letters, duplicate counters) go to stderr as
-one JSON line. The machine is shared: recovery times include waiting for the CPU.
+Each round's details (seed, kill point, victim, dead letters, duplicate counters, Faust agent
+crashes found in the workers' logs) go to stderr as one JSON line; a round that did not reach the
+reference state, or had an agent crash, makes the exit status 1. The machine is shared: recovery times include waiting for the CPU.
 """
 
 from __future__ import annotations
@@ -166,6 +167,19 @@ def duplicate_counts(w: Worker) -> dict[str, int]:
         for a, m in sorted(metrics(w).items())
         if (n := m.get("counters", {}).get("duplicates"))
     }
+
+
+def agent_crashes(workers: list[Worker]) -> list[str]:
+    """'<log file>: <agent>: <exception type>' for every Faust agent crash in the workers' logs
+    (a crashed agent stops consuming while its worker process stays up)."""
+    out = []
+    for w in workers:
+        for line in w.log_path.read_text(errors="replace").splitlines():
+            if "Crashed reason=" in line:
+                agent = line.split("Agent*: ", 1)[-1].split("]", 1)[0]
+                reason = line.split("Crashed reason=", 1)[1][:40]
+                out.append(f"{w.log_path.name}: {agent}: {reason}")
+    return out
 
 
 def wait(cond: Any, what: str, workers: list[Worker], timeout_s: float, step: float = 0.2) -> bool:
@@ -372,6 +386,7 @@ def worker_round(
         admin.close()
         for w in workers:
             w.stop()
+    out["agent_crashes"] = agent_crashes(workers)
     return out
 
 
@@ -539,6 +554,7 @@ def broker_round(
     finally:
         producer.close()
         w.stop()
+        out["agent_crashes"] = agent_crashes([w])
         if victim is not None and not victim.running:
             t0 = time.monotonic()
             victim.start()
@@ -610,9 +626,10 @@ def main() -> int:
         "acked_events_lost": sum(x.get("acked_events_lost", 0) for x in rounds),
     }
     bad = [x["round"] for x in rounds if not x["state_equal"] or not x["finished"]]
+    bad += [x["round"] for x in rounds if x["agent_crashes"]]
     bad += [x["round"] for x in worker_kills if x.get("recovery_seconds") is None]
     if bad:
-        log({"rounds_not_equal_to_reference_or_unrecovered": bad})
+        log({"rounds_not_equal_to_reference_or_unrecovered": sorted(set(bad))})
     print(json.dumps(result))
     return 1 if bad else 0
 

@@ -297,7 +297,7 @@ def test_broker_killed_mid_replay_loses_no_acknowledged_event(
         leaders = leader_counts(run, "live.gifts")
         victim_id = max(sorted(leaders), key=lambda n: (leaders[n], rng.random()))
         victim = next(n for n in cluster.nodes if n.node_id == victim_id)
-        pace_s = 8.0 / len(gift_msgs)  # the gifts spread over ~8 s of wall time
+        pace_s = 6.0 / len(gift_msgs)  # the gifts spread over ~6 s of wall time
         killed_after: int | None = None
         for i, m in enumerate(gift_msgs):
             producer.send(m)
