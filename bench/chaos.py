@@ -85,6 +85,7 @@ from scale import Worker, make_log  # noqa: E402
 
 from mmbee.graph import build  # noqa: E402
 from mmbee.schemas import GiftEvent  # noqa: E402
+from mmbee.schemas.topics import partition_for  # noqa: E402
 from mmbee.settings import Settings  # noqa: E402
 from mmbee.simulator.replay import publish  # noqa: E402
 from mmbee.streams.broker import KafkaBroker, KafkaCluster, free_port  # noqa: E402
@@ -535,6 +536,12 @@ def broker_round(
                 "killed_after_acked": len(producer.acked),
                 "killed_after_sent": len(lg.gift_msgs),
             }
+        n_parts = len(gifts_topic["partitions"])
+        out["gifts_sent_to_moved_partitions_after_kill"] = sum(
+            1
+            for m in lg.gift_msgs[out["killed_after_sent"] :]
+            if partition_for(m[1], n_parts) in producer.moved
+        )
         first = producer.first_moved_ack
         out["produce_stall_s"] = None if first is None else round(first - killed, 2)
         out["send_failures_resent"] = producer.failures
