@@ -1,6 +1,6 @@
-"""The chaos suite (issue 21, build item 2 a and c), on the session broker (Apache Kafka): each
-check replays one simulated log and compares a disturbed run with one uninterrupted run of the
-same log (the module's `reference`, made once):
+"""The chaos suite (issue 21, build item 2 a and c; marked `chaos`, not in the default run yet),
+on the session broker (Apache Kafka): each check replays one simulated log and compares a
+disturbed run with one uninterrupted run of the same log (the module's `reference`, made once):
 
 - a worker SIGKILLed at a random point of the replay and restarted (`test_sigkill_then_restart`);
 - two workers, one SIGKILLed at a random point, the survivor takes over
@@ -8,14 +8,17 @@ same log (the module's `reference`, made once):
 - every event delivered late by up to the allowed lateness, and a share of them twice
   (`test_duplicated_and_reordered_delivery`).
 
-Compared exactly: every segment buffer (closed and open segments, watermark, applied offsets),
-the gift graph (digest and count: no gift counted twice or lost), the joined training examples on
-`train.examples` (every field; a re-emitted example must equal the first), and the dead letters
-(none: redeliveries are counted as duplicates).
+Compared exactly: every segment buffer (closed and open segments, watermark, applied offsets;
+not the offsets after disturbed delivery, which shifts them), the gift graph (digest and gift
+count: no gift counted twice or lost), the user side of every joined example on
+`train.examples` (a re-emitted example must equal the first), and the dead letters of every
+agent but `authors` (none). Not compared, only printed: the streamer side of the examples
+(`STREAMER_SIDE`: two uninterrupted runs already differ there) and the `authors` agent's `late`
+dead letters after a kill (deploy/RUNBOOK.md section 11).
 
 The kill points, the victim's volume (kept or lost) and the perturbations are drawn from one seed,
 printed by every test; `MMBEE_CHAOS_SEED=<seed> pytest -m chaos ...` replays them. A kill point
-is a number of content events the workers have applied (polled every 0.1 s, so the actual point
+is a number of content events the workers have applied (polled every 0.2 s, so the actual point
 can be a little later; it is printed too).
 """
 
@@ -60,8 +63,6 @@ from mmbee.state.segments import (
 from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
 from mmbee.streams.deployment import provision
 from mmbee.streams.graph_agent import state_digest
-
-pytestmark = pytest.mark.chaos
 
 Start = Callable[[Settings], WorkerProcess]
 COMPONENTS = ("segments", "graph", "joiner")
@@ -214,12 +215,19 @@ def diff(expected: State, got: State, offsets: bool = True) -> str:
     differ = [i for i in both if user_side(e[i]) != user_side(g[i])]
     if differ or e.keys() != g.keys():
         fields = sorted({k for i in differ for k in user_side(e[i]) if e[i][k] != g[i].get(k)})
+        first = ""
+        if differ:
+            i = sorted(differ)[0]
+            first = f", e.g. {i}: " + str(
+                {k: (e[i][k], g[i].get(k)) for k in fields if e[i][k] != g[i].get(k)}
+            )
         out.append(
             f"examples: {len(e.keys() - g.keys())} missing, {len(g.keys() - e.keys())} extra, "
-            f"{len(differ)} differ in their user side (fields {fields}) of {len(e)}"
+            f"{len(differ)} differ in their user side (fields {fields}) of {len(e)}{first}"
         )
     if not_authors(got.dead_letters) != not_authors(expected.dead_letters):
-        out.append(f"dead letters {got.dead_letters[:5]} != {expected.dead_letters[:5]}")
+        got_dl, want_dl = not_authors(got.dead_letters), not_authors(expected.dead_letters)
+        out.append(f"dead letters ({len(got_dl)}) {got_dl[:5]} != ({len(want_dl)}) {want_dl[:5]}")
     return "; ".join(out)
 
 
@@ -295,6 +303,7 @@ def kill_when(point: int, workers: list[WorkerProcess], victim: Callable[[], Wor
     return through
 
 
+@pytest.mark.chaos
 @pytest.mark.broker
 @pytest.mark.slow
 def test_sigkill_then_restart(reference: Reference) -> None:
@@ -335,6 +344,7 @@ def test_sigkill_then_restart(reference: Reference) -> None:
             w.kill()
 
 
+@pytest.mark.chaos
 @pytest.mark.broker
 @pytest.mark.slow
 def test_two_workers_one_killed_end_like_one(reference: Reference) -> None:
@@ -405,6 +415,7 @@ def perturbed(logdir: Path, rng: np.random.Generator, late_ms: int, dup_share: f
     return [m for _, _, m in sorted(arrive)]
 
 
+@pytest.mark.chaos
 @pytest.mark.broker
 @pytest.mark.slow
 def test_duplicated_and_reordered_delivery(reference: Reference) -> None:
@@ -445,10 +456,11 @@ def test_duplicated_and_reordered_delivery(reference: Reference) -> None:
 
 
 def test_an_event_out_of_order_within_its_source_is_applied_not_skipped() -> None:
-    """The (c) failure, without a broker: the segment agent's aligner released one topic's
-    items in event-time order, so an event that came after a later one (within the allowed
-    lateness) reached the buffer behind a higher offset and was skipped as a replay: a comment
-    missing from a closed segment, nothing dead-lettered (seed 1019942288, 2026-12-07)."""
+    """The (c) failure, without a broker (pure, so not marked chaos: in the default run): the
+    segment agent's aligner released one topic's items in event-time order, so an event that
+    came after a later one (within the allowed lateness) reached the buffer behind a higher
+    offset and was skipped as a replay: a comment missing from a closed segment, nothing
+    dead-lettered (seed 1019942288, 2026-12-07)."""
     cfg = SegmentConfig(segment_ms=1_000, allowed_lateness_ms=500, frame_dim=2, text_dim=2)
     t0 = 1_700_000_000_000
     vec = np.ones(2, np.float32)
