@@ -166,6 +166,13 @@ class Progress:
     def idle(self, tp: TP) -> bool | None:
         return _caught_up(self.ctx, tp, self.offsets.get(tp))
 
+    def forget(self, revoked: set[TP]) -> None:
+        """Forget revoked partitions: whoever reads them next starts at the committed offset,
+        behind what was seen here, and must not mark (or judge idle) by the old progress."""
+        for tp in revoked:
+            self.ts.pop(tp, None)
+            self.offsets.pop(tp, None)
+
     def marks(self) -> dict[str, int | None]:
         tps = _assigned(self.ctx, set(self.names)) or set(self.offsets)
         out: dict[str, int | None] = {}
@@ -401,6 +408,7 @@ class JoinerRuntime:
         parts = self.envelope.forget(revoked)
         for p in parts:
             self.parts.pop(p, None)
+        self.watch_progress.forget(revoked)
         if parts:
             self.ctx.metrics.count(AGENT_JOINER, "revocations")
 
@@ -658,6 +666,7 @@ class AuthorRuntime:
         return tl
 
     def on_revoked(self, revoked: set[TP]) -> None:
+        self.gifts.forget(revoked)
         if any(tp.topic == self._activity for tp in revoked):
             self.timelines.clear()  # reloaded from the table on next use
 
@@ -776,6 +785,7 @@ def register(ctx: StreamContext) -> None:
     ctx.runtimes[AGENT_FORWARD] = forward
     ctx.runtimes[AGENT_JOINER] = joiner
     ctx.runtimes[AGENT_AUTHORS] = authors
+    ctx.on_partitions_revoked(forward.progress.forget)
     ctx.on_partitions_revoked(joiner.on_revoked)
     ctx.on_partitions_revoked(authors.on_revoked)
     batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000

@@ -18,13 +18,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from joinkit import make_log, text_vectors  # noqa: E402
+from joinkit import compare, make_log, text_vectors  # noqa: E402
 
 from mmbee.jobs.demo import _landed_examples, _wait_consumed  # noqa: E402
 from mmbee.jobs.stack import WorkerProcess  # noqa: E402
 from mmbee.jobs.train import BuildConfig, build_examples  # noqa: E402
+from mmbee.schemas.scoring import TrainingExample  # noqa: E402
 from mmbee.settings import Settings  # noqa: E402
 from mmbee.simulator.replay import replay_log  # noqa: E402
+from mmbee.streams.codec import EventCodec  # noqa: E402
 from mmbee.streams.topics import ensure_topics  # noqa: E402
 
 pytestmark = [pytest.mark.broker, pytest.mark.models, pytest.mark.slow]
@@ -47,7 +49,9 @@ def test_full_speed_replay_into_a_running_worker_is_not_late(
         )
     )
     ensure_topics(settings)
-    offline = len(build_examples(log, BuildConfig(), progress=False).table)
+    build = BuildConfig()  # the worker's defaults: H 50, L 10, N 20, 1 h label window
+    built = build_examples(log, build, progress=False)
+    offline = len(built.table)
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     try:
         worker.wait_ready(120)
@@ -67,15 +71,38 @@ def test_full_speed_replay_into_a_running_worker_is_not_late(
         }
         consumed_s = _wait_consumed(worker, expected, 240, [])
         joined = _landed_examples(settings, worker, timeout_s=30.0)
+        report = compare(examples(settings), built, build)
         dead = worker.dead_letters()
         late = sum(reasons.get("late", 0) for reasons in dead.values())
         print(
             f"replayed {stats.events} events {dict(per)} in {replay_s:.1f} s into the running "
             "worker, "
             f"consumed after {consumed_s:.1f} s; late dead letters {late}, dead letters {dead}; "
-            f"joined {joined} of {offline} offline examples ({joined / max(offline, 1):.4f})"
+            f"joined {joined} of {offline} offline examples ({joined / max(offline, 1):.4f}); "
+            f"against the offline build: {report}"
         )
         assert late == 0, dead
         assert joined >= 0.99 * offline > 0, (joined, offline)
+        assert report["extra"] == 0 and report.get("missing_not_tail", 0) == 0, report
     finally:
         worker.stop()
+
+
+def examples(settings: Settings) -> list[TrainingExample]:
+    """Every training example on `train.examples`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = settings.topic("train.examples")
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_list(), consumer_timeout_ms=3000)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        codec, out = EventCodec(), []
+        for m in consumer:
+            ex = codec.decode(TrainingExample, m.value)
+            assert isinstance(ex, TrainingExample), ex
+            out.append(ex)
+        return out
+    finally:
+        consumer.close()
