@@ -61,14 +61,20 @@ class AckSequencer:
             out.append(head[0])
         return out
 
-    def done_many(self, finished: Iterable[tuple[Hashable, Any]]) -> list[Any]:
+    def done_many(
+        self, finished: Iterable[tuple[Hashable, Any]], *, forgotten: bool = False
+    ) -> list[Any]:
         """Mark several (key, item) finished; returns what may be acked now, each key's items
-        in their arrival order (keys in the order they first appear in `finished`)."""
+        in their arrival order (keys in the order they first appear in `finished`).
+        `forgotten`: items of keys dropped by `forget` meanwhile (a rebalance while the caller
+        awaited) are skipped instead of refused: they will be redelivered."""
         entries = self._entries
         keys: dict[Hashable, None] = {}
         for key, item in finished:
             entry = entries.get(id(item))
             if entry is None or entry[0] is not item:
+                if forgotten:
+                    continue
                 raise KeyError(f"{item!r} is not tracked")
             entry[1] = True
             keys[key] = None

@@ -403,6 +403,8 @@ class SegmentRuntime:
                       seg.n_comments, seg.n_asr)  # fmt: skip
         metrics.count(AGENT_SEGMENTS, "segments_closed", len(closed_now))
         metrics.count(AGENT_SEGMENTS, "table_writes")
+        if self.entries.get(author) is not entry:
+            return  # revoked while publishing: forgotten, its events go to the new owner
         await self.envelope.done(stream, self.work.stored(author, entry))
         entry.persisted = dict(entry.live.applied)
         if not entry.live.is_open():

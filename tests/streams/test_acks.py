@@ -67,3 +67,14 @@ def test_done_many_releases_like_done_one_by_one(
     assert len(one) == len(many) == 0
     with pytest.raises(KeyError):
         many.done_many([(keys[0], items[0])])
+
+
+def test_items_of_a_forgotten_partition_are_skipped_only_when_asked() -> None:
+    seq = AckSequencer()
+    seq.track(("t", 0), "a")
+    seq.track(("t", 1), "b")
+    seq.forget({("t", 0)})  # revoked while the agent awaited a write for "a"
+    with pytest.raises(KeyError, match="not tracked"):
+        seq.done_many([(("t", 0), "a")])
+    assert seq.done_many([(("t", 0), "a"), (("t", 1), "b")], forgotten=True) == ["b"]
+    assert len(seq) == 0

@@ -177,8 +177,12 @@ class Envelope:
         self.acks.track(ev.message.tp, ev)
 
     async def done(self, stream: StreamT, events: Iterable[EventT]) -> None:
-        """Mark `events` finished and ack whatever that releases, in arrival order."""
-        for ready in self.acks.done_many([(ev.message.tp, ev) for ev in events]):
+        """Mark `events` finished and ack whatever that releases, in arrival order. Events of
+        partitions revoked while the caller awaited are skipped: the new owner gets them again
+        (without this, a rebalance during a table write or a dead letter crashed the agent:
+        `KeyError: ... is not tracked`, found by bench/chaos.py)."""
+        finished = [(ev.message.tp, ev) for ev in events]
+        for ready in self.acks.done_many(finished, forgotten=True):
             await stream.ack(ready)
 
     def owned(self, revoked: Iterable[TP]) -> set[TP]:
