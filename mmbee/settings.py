@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         description="hand fetched messages to the agents' buffers inline instead of through four "
         "tasks per message (mmbee/streams/runtime/compat.py); off restores Faust's own hand-off",
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=1500,
+        description="longest a worker's fetch waits at the broker for data (Kafka's "
+        "fetch.max.wait.ms); Faust hard-codes 1.5 s, which a record of a partition left out of "
+        "the fetch in flight can wait (mmbee/streams/runtime/compat.py, patch 7)",
+    )
     faust_patches: bool = Field(
         default=True,
         description="install mmbee's patches of faust/aiokafka internals, which need the exact "

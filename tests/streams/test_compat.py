@@ -74,3 +74,23 @@ def test_the_working_set_module_example_holds() -> None:
     from mmbee.streams.runtime import workingset
 
     assert doctest.testmod(workingset).failed == 0
+
+
+def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait() -> None:
+    import asyncio
+
+    from mmbee.streams.app import build_app
+
+    async def consumer_wait(settings: Settings) -> int:
+        ctx = build_app(settings, components=[])
+        thread = ctx.app.consumer._thread
+        client = thread._create_worker_consumer(ctx.app.transport)  # what the thread starts
+        try:
+            return int(client._fetch_max_wait_ms)
+        finally:
+            await client.stop()
+
+    assert asyncio.run(consumer_wait(Settings(store="memory://"))) == 100
+    assert compat.installed_fetch_max_wait_ms() == 100
+    assert asyncio.run(consumer_wait(Settings(store="memory://", consumer_fetch_max_wait_ms=7))) == 7
+    compat.install_fetch_max_wait(100)  # as the rest of the suite expects it

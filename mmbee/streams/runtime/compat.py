@@ -19,6 +19,7 @@ The patches (each section below gives the reason, the upstream behaviour and the
 | inline hand-off | four tasks per message between consumer and stream (speed) | test_handoff.py |
 | fetch wait | an idle consumer spins on noida-db, which ignores fetch.max.wait.ms | test_fetch_wait.py |
 | stale acks | the ack of an older generation's message commits past messages not yet redelivered | test_stale_acks.py |
+| fetch max wait | Faust hard-codes a 1.5 s fetch.max.wait.ms: on Kafka a record can wait that long | test_compat.py |
 
 The private reads: Faust's current-event contextvar (table writes inside batches), the
 consumer's read and committed offsets, the aiokafka client behind Faust's consumer thread (to
@@ -64,6 +65,8 @@ __all__ = [
     "install_inline_handoff",
     "install_sources_resume_after_flow",
     "install_stale_ack_refusal",
+    "install_fetch_max_wait",
+    "installed_fetch_max_wait_ms",
     "installed_fetch_wait_ms",
     "installed_versions",
     "kafka_client",
@@ -138,6 +141,7 @@ def install(settings: Settings) -> None:
     install_sources_resume_after_flow()  # no source message is fetched before recovery's seek
     install_fetch_scope()  # a fetch never takes records of partitions Faust has paused
     install_stale_ack_refusal()  # an older generation's message is never acked (redelivered)
+    install_fetch_max_wait(settings.consumer_fetch_max_wait_ms)  # Kafka's long-poll bound
     if settings.faust_inline_handoff:
         install_inline_handoff()
     else:
@@ -650,3 +654,52 @@ def install_stale_ack_refusal() -> None:
 
     setattr(guarded_ack, _STALE_ATTR, True)
     Consumer.ack = guarded_ack  # type: ignore[method-assign]
+
+
+# --- patch 7: fetch max wait (faust.transport.drivers.aiokafka._create_worker_consumer) -------
+# faust-streaming 0.15.3 builds its worker consumer with `fetch_max_wait_ms=1500`, hard-coded,
+# and no Faust setting reaches it. aiokafka keeps one fetch in flight per broker and leaves out
+# of it the partitions whose records Faust has not taken yet; Apache Kafka holds that fetch until
+# data arrives for a partition *in* it or the wait passes. A record of a left-out partition then
+# waits up to 1.5 s: bench/serve.py on Kafka saw 30-38 fetches per run held 0.3-1.6 s and the
+# freshness samples spread evenly up to ~1.5 s (RUNBOOK section 12; noida-db answers every fetch
+# at once, so it never showed). The patch sets the worker consumer's wait to
+# `Settings.consumer_fetch_max_wait_ms` (100 ms) before aiokafka builds its fetcher from it
+# (`AIOKafkaConsumer.start`); an idle worker then sends ~10 empty fetches a second per broker.
+
+_MAX_WAIT_ATTR = "_mmbee_fetch_max_wait_ms"
+_MAX_WAIT_CALL = "fetch_max_wait_ms=1500,"  # in _create_worker_consumer, whitespace removed
+
+
+def installed_fetch_max_wait_ms() -> int | None:
+    """The worker consumer's fetch wait this process installed (None: Faust's 1.5 s)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    return getattr(AIOKafkaConsumerThread._create_worker_consumer, _MAX_WAIT_ATTR, None)
+
+
+def install_fetch_max_wait(wait_ms: int) -> bool:
+    """Make Faust's worker consumer wait at most `wait_ms` per fetch (re-installable with
+    another value). Returns False, with a warning, over another `_create_worker_consumer`."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    original = getattr(create, "__wrapped__", create)
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        source = ""
+    if _MAX_WAIT_CALL not in "".join(source.split()):
+        log.warning("faust's worker consumer changed: its fetch wait is left as Faust sets it")
+        return False
+
+    @functools.wraps(original)
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        _private(consumer, "_fetch_max_wait_ms")  # read by AIOKafkaConsumer.start()
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    setattr(_create_worker_consumer, _MAX_WAIT_ATTR, wait_ms)
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    return True
