@@ -626,6 +626,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         k_rtt, k_server, k_err = asyncio.run(_kafka_round_trips(settings, kreqs))
         marks.append(_Reading.take(stack, worker))
         log(f"      Kafka: {len(k_rtt)} answered, {len(k_err)} errors")
+        # the page as the log left it (the freshness probes below move one streamer's event
+        # time minutes past the log's end, where no other stream is live any more)
+        report["page"] = page_screenshot(worker, out / "page.png", config.timeout_s)
+        log(f"      live page {worker.base_url}/: "
+            + (f"screenshot {out / 'page.png'}" if "path" in report["page"]
+               else report["page"]["missing"]))  # fmt: skip
+        fresh_start = _Reading.take(stack, worker)  # the freshness phase starts after it
         fresh, missed, bg_rate = freshness(settings, worker, facts, config.freshness_probes, rng,
                                            background_rate=config.background_rate)  # fmt: skip
         marks.append(_Reading.take(stack, worker))
@@ -649,7 +656,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
             # what the cores did in each phase: noida-db rewrites its whole store after writes
             "cpu_cores": {
                 phase: a.cores_until(b)
-                for phase, a, b in zip(PHASES, marks[:-1], marks[1:], strict=True)
+                for phase, a, b in zip(
+                    PHASES, [marks[0], marks[1], fresh_start], marks[1:], strict=True
+                )
             },
             "broker_store_mib": round(end.store_mib, 1),
             "broker_rss_mib": end.rss_mib,
@@ -658,10 +667,6 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict[str
         }
         report["latency_samples"] = {"kafka_rtt": k_rtt, "http_rtt": h_rtt, "server": k_server + h_server,
                                      "freshness": fresh}  # fmt: skip
-        report["page"] = page_screenshot(worker, out / "page.png", config.timeout_s)
-        log(f"      live page {worker.base_url}/: "
-            + (f"screenshot {out / 'page.png'}" if "path" in report["page"]
-               else report["page"]["missing"]))  # fmt: skip
 
     if not config.keep_broker_data:
         freed = stack.broker.discard_store()
