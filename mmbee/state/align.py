@@ -90,8 +90,10 @@ class Aligner:
             self._seen[source] = ts
         if offset > self._offsets.get(source, -1):
             self._offsets[source] = offset
-        self._arrivals.append((now_s, ts))
-        self._aging.append((now_s, ts))
+        # the valve and the idle rule release by the key the item is held under, not its own
+        # time: an item keyed up to its source's newest time would otherwise never be reached
+        self._arrivals.append((now_s, key))
+        self._aging.append((now_s, key))
 
     def frontier(self, quiet: Collection[int] = ()) -> int | None:
         """Event time every source not in `quiet` has reached; None while such a source has

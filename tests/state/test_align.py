@@ -96,3 +96,17 @@ def test_without_idle_time_quiet_sources_release_at_once() -> None:
     a.push(ts=10, source=0, offset=0, item="f10", now_s=0.0)
     a.push(ts=20, source=0, offset=1, item="f20", now_s=0.0)
     assert a.ready(0.0, quiet={1}) == ["f10"]
+
+
+def test_the_valve_releases_an_item_that_came_behind_its_source() -> None:
+    # a frame behind its source's newest time is held under that time; the valve must reach it
+    a = Aligner(wait_s=1.0, sources=2)
+    a.push(ts=0, source=0, offset=0, item="f0", now_s=0.0)
+    a.push(ts=500, source=0, offset=1, item="f1", now_s=0.0)
+    a.push(ts=600, source=1, offset=0, item="c0", now_s=0.0)
+    assert a.ready(now_s=0.1, valve=False) == ["f0"]  # frontier 500
+    assert a.ready(now_s=1.5) == ["f1", "c0"]  # the valve; nothing held any more
+    a.push(ts=50, source=0, offset=2, item="f0-again", now_s=2.0)  # held under 500
+    assert a.ready(now_s=2.5) == []
+    assert a.ready(now_s=3.5) == ["f0-again"]  # before the fix: held for ever
+    assert len(a) == 0
