@@ -171,12 +171,14 @@ class Settings(BaseSettings):
         "input has stalled this long, held events are applied anyway; 0 turns alignment off",
     )
     align_idle_ms: int = Field(
-        default=2_000,
+        default=0,
         ge=0,
         description="event-time alignment (segments, joiner, authors): a source read to its "
         "end stops holding the others back only for events that waited this long (wall time); "
         "a fetch answered by a replay's first records still shows the topics it has not reached "
-        "yet as empty (docs/streams.md, 'Event-time alignment')",
+        "yet as empty (docs/streams.md, 'Event-time alignment'). 0 (the default) serves live "
+        "freshness; set it (2000) for a deployment that replays logs into running workers: the "
+        "wait adds to the freshness of every partition where one source is quiet",
     )
     segment_checkpoint_events: int = Field(
         default=20_000,

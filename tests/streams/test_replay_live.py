@@ -46,6 +46,9 @@ def test_full_speed_replay_into_a_running_worker_is_not_late(
             commit_interval_s=1.0,
             graph_refresh_interval_s=0.5,
             graph_idle_rebuild_s=1.0,
+            # a replay into a running worker: a source read to its end holds others back for
+            # 2 s (the default, 0, serves live freshness; docs/streams.md, event-time alignment)
+            align_idle_ms=2_000,
         )
     )
     ensure_topics(settings)
