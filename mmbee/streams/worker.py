@@ -18,21 +18,28 @@ import faust
 
 from mmbee.settings import Settings
 from mmbee.streams.app import build_app
-from mmbee.streams.deployment import verify_worker_topics
+from mmbee.streams.deployment import provision, verify_worker_topics
 from mmbee.streams.observability import logging_config, observability
 from mmbee.streams.runtime.compat import install_fetch_wait
 from mmbee.streams.runtime.context import Component
-from mmbee.streams.topics import ensure_topics, verify_copartitioning
+from mmbee.streams.topics import verify_copartitioning
 
 __all__ = ["prepare_topics", "run_worker"]
 
 log = logging.getLogger("mmbee.streams.worker")
 
 
-def prepare_topics(settings: Settings) -> list[str]:
-    """Create missing catalogue topics (dev profile only; production topics are provisioned with
-    `mmbee topics create`), then refuse to run if co-partitioned topics disagree."""
-    created = ensure_topics(settings) if settings.profile == "dev" else []
+def prepare_topics(
+    settings: Settings, components: Sequence[str | Component] | None = None
+) -> list[str]:
+    """Create missing topics (dev profile only; production topics are provisioned with
+    `mmbee topics create`), then refuse to run if co-partitioned topics disagree.
+
+    The table changelogs are created here too, before Faust starts: left to Faust, they were
+    still being created on Apache Kafka when the first event wrote a table, and the agent crashed
+    on `PartitionsMismatch` ('changelog topic ... has 0 partitions'; 2 worker starts of about 30
+    in the tests of 2026-12-07)."""
+    created = provision(settings, components) if settings.profile == "dev" else []
     verify_copartitioning(settings)
     return created
 
@@ -42,7 +49,7 @@ def run_worker(settings: Settings, components: Sequence[str | Component] | None 
     is stopped by a signal. Raises SystemExit when the worker ends, like any Faust worker."""
     if settings.profile == "dev":
         install_fetch_wait(settings.embedded_fetch_wait_ms)
-    created = prepare_topics(settings)
+    created = prepare_topics(settings, components)
     if created:
         log.info("created topics: %s", ", ".join(created))
     ctx = build_app(settings, components)
