@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from streamkit import WorkerProcess
-from test_worker import read_topic
+from streamkit import WorkerProcess, read_topic
 
 from mmbee.schemas import GiftEvent
 from mmbee.schemas.serving import AuthorTimeline

@@ -191,7 +191,7 @@ def test_forwarder_validates_and_forwards(tmp_path: Path) -> None:
 @pytest.mark.broker
 def test_incremental_through_kafka_equals_batch(broker_settings: Settings, workers: Any) -> None:
     from kafka import KafkaProducer
-    from test_worker import read_topic
+    from streamkit import read_topic
 
     from mmbee.streams.topics import ensure_topics
 

@@ -9,9 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from segref import fold
-from streamkit import CTX, REPO, T0, TOPIC_OF, WorkerProcess, asr, comment, content_stream, frame
+from streamkit import (
+    CTX,
+    REPO,
+    T0,
+    TOPIC_OF,
+    WorkerProcess,
+    asr,
+    comment,
+    content_stream,
+    frame,
+    read_topic,
+)
 
 from mmbee.schemas import DeadLetter, SegmentClosed
 from mmbee.settings import Settings
@@ -55,20 +66,6 @@ def produce(
         producer.send(settings.topic(name), key=key, value=value)
     producer.flush()
     producer.close()
-
-
-def read_topic(settings: Settings, name: str) -> list[bytes]:
-    topic = settings.topic(name)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_list(), consumer_timeout_ms=1500)
-    try:
-        parts = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        return [m.value for m in consumer]
-    finally:
-        consumer.close()
 
 
 def reference(events: list[Any], settings: Settings) -> tuple[dict[str, Any], list[SegmentClosed]]:
