@@ -89,8 +89,8 @@ from mmbee.schemas.topics import partition_for  # noqa: E402
 from mmbee.settings import Settings  # noqa: E402
 from mmbee.simulator.replay import publish  # noqa: E402
 from mmbee.streams.broker import KafkaBroker, KafkaCluster, free_port  # noqa: E402
+from mmbee.streams.components.graph import state_digest  # noqa: E402
 from mmbee.streams.deployment import provision  # noqa: E402
-from mmbee.streams.graph_agent import state_digest  # noqa: E402
 
 CONTENT = ("live.frames", "live.comments", "live.asr")
 KINDS = ("restart", "takeover", "broker")

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from mmbee.settings import Settings  # noqa: E402
 from mmbee.streams.broker import NoidaBroker, free_port  # noqa: E402
-from mmbee.streams.content import SOURCES  # noqa: E402
+from mmbee.streams.components.segments import SOURCES  # noqa: E402
 from mmbee.streams.runtime.context import StreamContext  # noqa: E402
 from mmbee.streams.topics import ensure_topics  # noqa: E402
 

@@ -26,8 +26,9 @@ from typing import Any
 import faust
 
 from mmbee.settings import Settings
-from mmbee.streams import asr, content, graph_agent, joiner, refresh, serving, watchdog, web
+from mmbee.streams import watchdog, web
 from mmbee.streams.codec import EventCodec
+from mmbee.streams.components import asr, graph, joiner, refresh, segments, serving
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.publish import FaustPublisher, Publisher
@@ -47,9 +48,9 @@ __all__ = [
 log = logging.getLogger("mmbee.streams")
 
 COMPONENTS: dict[str, Component] = {
-    "segments": content.register_segments,
+    "segments": segments.register_segments,
     "asr": asr.register_asr,
-    "graph": graph_agent.register,
+    "graph": graph.register,
     "joiner": joiner.register,
     "serving": serving.register,
     "refresh": refresh.register,

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LOAD_ERRORS", "SCORING_ERRORS", "ContentCache", "ModelSlot", "Miss"]
 
-log = logging.getLogger("mmbee.streams.serving")
+log = logging.getLogger("mmbee.streams.components.serving")
 
 SCORING_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, TypeError)
 """What a forward pass or a feature read may raise on data the model does not fit."""

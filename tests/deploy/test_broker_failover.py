@@ -57,8 +57,8 @@ from mmbee.simulator.reader import iter_encoded, read_log
 from mmbee.simulator.replay import publish
 from mmbee.simulator.world import generate_world
 from mmbee.streams.broker import KafkaCluster, free_port
+from mmbee.streams.components.graph import state_digest
 from mmbee.streams.deployment import provision
-from mmbee.streams.graph_agent import state_digest
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.chaos]
 

@@ -61,8 +61,8 @@ from mmbee.state.segments import (
     quantize_vectors,
 )
 from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
+from mmbee.streams.components.graph import state_digest
 from mmbee.streams.deployment import provision
-from mmbee.streams.graph_agent import state_digest
 
 Start = Callable[[Settings], WorkerProcess]
 COMPONENTS = ("segments", "graph", "joiner")

@@ -29,8 +29,8 @@ from mmbee.schemas.events import AsrSegment
 from mmbee.settings import Settings
 from mmbee.state.segments import SegmentConfig
 from mmbee.streams.app import build_app
-from mmbee.streams.asr import AsrRuntime, asr_segment
-from mmbee.streams.content import SegmentRuntime
+from mmbee.streams.components.asr import AsrRuntime, asr_segment
+from mmbee.streams.components.segments import SegmentRuntime
 from mmbee.streams.publish import MemoryPublisher
 from mmbee.streams.runtime.context import StreamContext
 

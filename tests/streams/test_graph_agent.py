@@ -19,7 +19,7 @@ from mmbee.schemas import DeadLetter, GiftEvent
 from mmbee.schemas.graph import AuthorExpansions, UserExpansions
 from mmbee.settings import Settings
 from mmbee.streams.app import build_app
-from mmbee.streams.graph_agent import INTERNAL_TOPIC, GraphRuntime, state_digest
+from mmbee.streams.components.graph import INTERNAL_TOPIC, GraphRuntime, state_digest
 from mmbee.streams.publish import MemoryPublisher
 from mmbee.streams.runtime.context import StreamContext
 

@@ -21,13 +21,13 @@ from test_worker import produce
 from mmbee.schemas import ScoreRequest
 from mmbee.scorer.predict import ContentBuffer
 from mmbee.settings import Settings
+from mmbee.streams.components.serving import SCORE_PATH
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.page.browser import HeadlessPage, find_chromium
 from mmbee.streams.page.history import DLQ_LOGGER, RecentDeadLetters, SeriesRing
 from mmbee.streams.page.top import ablate
 from mmbee.streams.publish import MemoryPublisher
-from mmbee.streams.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 from mmbee.streams.web import ROUTES
 

@@ -30,7 +30,7 @@ from mmbee.settings import Settings
 from mmbee.simulator.logs import MANIFEST
 from mmbee.simulator.reader import iter_events
 from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
-from mmbee.streams.serving import SCORE_PATH
+from mmbee.streams.components.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 
 pytestmark = [pytest.mark.broker, pytest.mark.models, pytest.mark.slow]

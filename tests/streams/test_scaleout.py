@@ -49,8 +49,8 @@ from mmbee.simulator.reader import iter_events
 from mmbee.simulator.replay import replay_log
 from mmbee.simulator.world import generate_world
 from mmbee.streams.broker import free_port
+from mmbee.streams.components.graph import state_digest
 from mmbee.streams.deployment import provision
-from mmbee.streams.graph_agent import state_digest
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.chaos]
 

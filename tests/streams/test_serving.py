@@ -41,7 +41,7 @@ from mmbee.settings import Settings
 from mmbee.simulator.reader import iter_events
 from mmbee.simulator.replay import replay_log
 from mmbee.streams.broker import KafkaBroker, NoidaBroker, free_port
-from mmbee.streams.serving import SCORE_PATH
+from mmbee.streams.components.serving import SCORE_PATH
 from mmbee.streams.topics import ensure_topics
 
 FEATURES = FeatureConfig(history=20, segments=5, expansion_n=10)
@@ -647,8 +647,8 @@ def in_process(tmp_path: Path, **settings: Any) -> tuple[Any, Any]:
     """(StreamContext, ServingRuntime) of `joiner` + `serving` built but not started (frame
     width 8, text width 4), its views marked caught up."""
     from mmbee.streams.app import build_app
+    from mmbee.streams.components.serving import ServingRuntime
     from mmbee.streams.publish import MemoryPublisher
-    from mmbee.streams.serving import ServingRuntime
 
     s = Settings(store="memory://", data_dir=tmp_path / "w", frame_dim=8, text_dim=4, **settings)
     ctx = build_app(s, components=["joiner", "serving"], publisher=MemoryPublisher())
@@ -680,7 +680,7 @@ def test_a_scoring_failure_is_an_error_response_not_a_dead_agent(tmp_path: Path)
     segments: the forward pass raises; the request gets `scoring failed` (HTTP 500), counted."""
     from mmbee.schemas import SegmentClosed
     from mmbee.scorer.predict import load_model
-    from mmbee.streams.serving import SCORING_FAILED
+    from mmbee.streams.components.serving import SCORING_FAILED
 
     ctx, runtime = in_process(tmp_path, serving_reject_unknown_users=False)
     path = small_checkpoint(tmp_path / "wide.pt", 0, visual_dim=16)

@@ -27,7 +27,7 @@ from streamkit import (
 from mmbee.schemas import DeadLetter, SegmentClosed
 from mmbee.settings import Settings
 from mmbee.state.segments import ContentItem, SegmentConfig
-from mmbee.streams.content import SOURCES
+from mmbee.streams.components.segments import SOURCES
 from mmbee.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.broker

@@ -181,7 +181,7 @@ class TopStreams:
             return data
 
     async def _compute(self) -> dict[str, Any]:
-        from mmbee.streams.serving import ServingRuntime
+        from mmbee.streams.components.serving import ServingRuntime
         from mmbee.streams.views import Views
 
         cpu0 = time.thread_time()

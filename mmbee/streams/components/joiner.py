@@ -73,7 +73,7 @@ __all__ = [
     "register",
 ]
 
-log = logging.getLogger("mmbee.streams.joiner")
+log = logging.getLogger("mmbee.streams.components.joiner")
 
 AGENT_FORWARD = "joiner_forward"
 AGENT_JOINER = "joiner"

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AGENT_ASR", "AsrRuntime", "asr_segment", "register_asr"]
 
-log = logging.getLogger("mmbee.streams.asr")
+log = logging.getLogger("mmbee.streams.components.asr")
 
 AGENT_ASR = "asr"
 

@@ -56,7 +56,7 @@ from mmbee.scorer.predict import (
 from mmbee.settings import Settings
 from mmbee.state.users import user_side_now
 from mmbee.streams.codec import Rejected
-from mmbee.streams.joiner import AGENT_JOINER, JoinerRuntime
+from mmbee.streams.components.joiner import AGENT_JOINER, JoinerRuntime
 from mmbee.streams.observability import observability
 from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
@@ -72,7 +72,7 @@ __all__ = [
     "register",
 ]
 
-log = logging.getLogger("mmbee.streams.serving")
+log = logging.getLogger("mmbee.streams.components.serving")
 
 T = TypeVar("T")
 

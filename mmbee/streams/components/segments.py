@@ -4,7 +4,7 @@ One agent over `live.frames`, `live.comments` and `live.asr` (all keyed by autho
 co-partitioned). It decodes raw bytes through its envelope (`runtime.agent`), embeds content
 that arrives without an embedding (`mmbee.streams.featurize`), and applies each item to the
 stream's buffer (`mmbee.state.segments.LiveBuffer`). Closed segments go to `content.segments`.
-(`mmbee.streams.asr` turns `live.audio` into `live.asr`.)
+(`mmbee.streams.components.asr` turns `live.audio` into `live.asr`.)
 
 Event time across topics: Faust interleaves the three topics by count, not by time, so the
 agent first aligns them per partition (`mmbee.state.align`): an item is applied once every
@@ -81,7 +81,7 @@ __all__ = [
     "register_segments",
 ]
 
-log = logging.getLogger("mmbee.streams.content")
+log = logging.getLogger("mmbee.streams.components.segments")
 
 SOURCES = ("live.frames", "live.comments", "live.asr")
 """Catalogue topics the segment agent reads (all keyed by author_id)."""

@@ -86,7 +86,7 @@ __all__ = [
     "register",
 ]
 
-log = logging.getLogger("mmbee.streams.refresh")
+log = logging.getLogger("mmbee.streams.components.refresh")
 
 AGENT_REFRESH = "refresh"
 REFRESH_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
