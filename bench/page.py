@@ -12,7 +12,7 @@ the worker's CPU seconds per second (`/proc/<pid>/stat`) with no page open, and 
 open in headless Chromium (the real page: it polls `/mmbee/page/` every 3 s, the worker
 recomputes the top streams with their modality ablation each time, as the 2 s cache has
 expired). First with the worker idle (no new events), then while content events for the
-streamers flow at `--background-rate` events/s (`mmbee.jobs.demo.Background`). Figures: medians
+streamers flow at `--background-rate` events/s (`mmbee.jobs.probes.Background`). Figures: medians
 of the windows and the median of the paired differences (`page_cost_*_cores`).
 
 `*page_requests`: the worker's own CPU per `/mmbee/page/` request, measured inside it with
@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmbee.jobs.demo import COMPONENTS, Background, log_facts
+from mmbee.jobs.demo import COMPONENTS
+from mmbee.jobs.probes import Background, log_facts
 from mmbee.jobs.stack import LocalStack, WorkerProcess, counters_of
 from mmbee.settings import load_settings
 from mmbee.streams.broker import process_usage
@@ -110,7 +111,7 @@ def ab_windows(worker: WorkerProcess, pairs: int, window_s: float) -> dict[str, 
     on: list[float] = []
     errors: list[str] = []
     for i in range(pairs):
-        for with_page in ((False, True) if i % 2 == 0 else (True, False)):
+        for with_page in (False, True) if i % 2 == 0 else (True, False):
             if not with_page:
                 time.sleep(2.0)  # the previous page's last request is over
                 off.append(cores(worker, window_s))
@@ -194,7 +195,9 @@ def main() -> None:
                            progress=False)  # fmt: skip
         worker = stack.start_worker(COMPONENTS)
         worker.wait_ready(300)
-        content = sum(stats.per_topic.get(n, 0) for n in ("live.frames", "live.asr", "live.comments"))
+        content = sum(
+            stats.per_topic.get(n, 0) for n in ("live.frames", "live.asr", "live.comments")
+        )
 
         def consumed() -> bool:
             seg = counters_of(worker.agents()).get("segments", {})

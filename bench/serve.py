@@ -18,7 +18,7 @@ with live content (about 90 in the default world) and `--cold` ids the worker ha
   (target <= 50 ms); `http_rtt_p99_ms` the same over `POST /mmbee/score/`;
 - `freshness_p99_ms`: a content event for a streamer -> that streamer's score changed, while
   content events for the streamers outside its partition flow at `--background-rate` events/s,
-  their event time moving with the wall clock (`mmbee.jobs.demo.Background` says why) (target
+  their event time moving with the wall clock (`mmbee.jobs.probes.Background` says why) (target
   <= 500 ms at 2k events/s); `background_events_per_s` is the rate the load thread achieved;
   `cpu_cores` gives the CPU seconds per second the broker, the worker and this process used in
   each phase (HTTP and Kafka requests without and with the page, freshness), and
@@ -74,21 +74,19 @@ from typing import Any
 
 import numpy as np
 
-from mmbee.jobs.demo import (
-    COMPONENTS,
+from mmbee.jobs.demo import COMPONENTS, DemoConfig, demo_settings
+from mmbee.jobs.probes import (
     Background,
-    DemoConfig,
     LogFacts,
-    _http_round_trips,
-    _kafka_round_trips,
-    _Reading,
-    _served_version,
-    _settings,
-    _wait_consumed,
+    Reading,
     freshness,
+    http_round_trips,
+    kafka_round_trips,
     log_facts,
     percentiles,
     requests_for,
+    served_version,
+    wait_consumed,
 )
 from mmbee.jobs.stack import LocalStack, WorkerProcess
 from mmbee.streams.broker import process_usage
@@ -310,9 +308,9 @@ def serve_phases(stack: LocalStack, worker: WorkerProcess, facts: LogFacts,
     page: dict[str, Any] = {}
 
     def timed(phase: str, fn: Any, *fn_args: Any) -> Any:
-        a = _Reading.take(stack, worker)
+        a = Reading.take(stack, worker)
         got = fn(*fn_args)
-        b = _Reading.take(stack, worker)
+        b = Reading.take(stack, worker)
         out["cpu_cores"][phase] = a.cores_until(b)
         out["seconds"][phase] = round(b.t - a.t, 1)
         return got
@@ -325,9 +323,9 @@ def serve_phases(stack: LocalStack, worker: WorkerProcess, facts: LogFacts,
         with viewer_ctx if viewer_ctx is not None else contextlib.nullcontext():
             if viewer:
                 time.sleep(1.0)  # the page has loaded before the first reading
-            h_rtt, h_server, h_err = timed(f"http_{tag}", _http_round_trips, worker, hreqs)
+            h_rtt, h_server, h_err = timed(f"http_{tag}", http_round_trips, worker, hreqs)
             k_rtt, k_server, k_err = timed(
-                f"kafka_{tag}", lambda r: asyncio.run(_kafka_round_trips(settings, r)), kreqs
+                f"kafka_{tag}", lambda r: asyncio.run(kafka_round_trips(settings, r)), kreqs
             )
         if viewer_ctx is not None:
             page["serving_requests"] = viewer_ctx.figures()
@@ -389,7 +387,7 @@ def serve_on(kind: str, logdir: Path, facts: LogFacts, checkpoint: Path, args: a
     # the demo's deployment reads its settings (broker_kind included) from MMBEE_* variables
     os.environ["MMBEE_BROKER_KIND"] = kind
     config = DemoConfig(out=args.out / kind, cold_candidates=args.cold)
-    settings = _settings(config)
+    settings = demo_settings(config)
     result: dict[str, Any] = {"broker": kind}
     with LocalStack(args.out / kind / "stack", settings) as stack:
         settings = stack.settings
@@ -408,10 +406,10 @@ def serve_on(kind: str, logdir: Path, facts: LogFacts, checkpoint: Path, args: a
             "joiner_settled": per.get("live.watch", 0) + per.get("live.comments", 0)
             + per.get("live.gifts", 0),
         }  # fmt: skip
-        consumed_s = _wait_consumed(worker, expected, config.timeout_s, [])
+        consumed_s = wait_consumed(worker, expected, config.timeout_s, [])
         result["stream_events_per_s"] = round(stats.events / (replay_s + consumed_s), 1)
         mv = announce(settings, checkpoint, "bench-1", source="train")
-        worker.wait_until(lambda: _served_version(worker) == mv.version, "the model swap",
+        worker.wait_until(lambda: served_version(worker) == mv.version, "the model swap",
                           config.timeout_s)  # fmt: skip
         result.update(serve_phases(stack, worker, facts, args, rng))
         end = stack.broker.usage()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mmbee.jobs.demo import DemoConfig, partition_of, run_demo
+from mmbee.jobs.demo import DemoConfig, run_demo
+from mmbee.schemas.topics import partition_for
 from mmbee.settings import Settings
 from mmbee.streams.page.browser import find_chromium
 from mmbee.streams.topics import ensure_topics
@@ -68,6 +69,6 @@ def test_partition_of_matches_where_a_producer_puts_keyed_records(
         for i in range(40):
             key = f"author-{i}".encode()
             meta = producer.send(topic, key=key, value=b"{}").get(timeout=30)
-            assert meta.partition == partition_of(key, broker_settings.partitions), key
+            assert meta.partition == partition_for(key, broker_settings.partitions), key
     finally:
         producer.close()

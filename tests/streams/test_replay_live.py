@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from joinkit import compare, make_log, text_vectors  # noqa: E402
 
-from mmbee.jobs.demo import _landed_examples, _wait_consumed  # noqa: E402
+from mmbee.jobs.probes import landed_examples, wait_consumed  # noqa: E402
 from mmbee.jobs.stack import WorkerProcess  # noqa: E402
 from mmbee.jobs.train import BuildConfig, build_examples  # noqa: E402
 from mmbee.schemas.scoring import TrainingExample  # noqa: E402
@@ -72,8 +72,8 @@ def test_full_speed_replay_into_a_running_worker_is_not_late(
             + per.get("live.comments", 0)
             + per.get("live.gifts", 0),
         }
-        consumed_s = _wait_consumed(worker, expected, 240, [])
-        joined = _landed_examples(settings, worker, timeout_s=30.0)
+        consumed_s = wait_consumed(worker, expected, 240, [])
+        joined = landed_examples(settings, worker, timeout_s=30.0)
         report = compare(examples(settings), built, build)
         dead = worker.dead_letters()
         late = sum(reasons.get("late", 0) for reasons in dead.values())
