@@ -4,8 +4,9 @@ The `graph` stream component (`mmbee.streams.components.graph`) holds the whole 
 on one worker. Its state is a `GiftGraph` (`mmbee.graph.state`) plus a `DedupeWindow` of the
 gift ids applied within a horizon of event time; it is stored as one row per user (`UserRow`):
 the user's exact edges and the ids of the user's gifts within the horizon. `apply_gift` is the
-pure step on a gift; the walk cache (derived, rebuilt after every load) is not part of the
-state: the step only says which nodes it touched (`Applied`), and the agent marks them.
+step on a gift (pure as `mmbee.streams.runtime.component` means it: it updates the state in
+place and touches nothing else). The walk cache (derived, rebuilt after every load) is not part
+of the state: the step only says which nodes it touched (`Applied`), and the agent marks them.
 
 Choices (issue 18):
 - A duplicate id is a `duplicate` problem (the envelope counts it, never dead-letters it); a
@@ -17,7 +18,7 @@ Choices (issue 18):
 
 Example:
     >>> from mmbee.graph import GraphConfig
-    >>> from mmbee.schemas.events import DeadLetterReason, GiftEvent
+    >>> from mmbee.schemas.events import GiftEvent
     >>> s = GraphState.empty(GraphConfig(), horizon_ms=3_600_000)
     >>> g = GiftEvent(event_id="g1", ts_ms=1_750_000_000_000, user_id="u1", author_id="a1",
     ...               live_id="l1", gift_value=1.0)
