@@ -211,8 +211,9 @@ def register(ctx: StreamContext) -> None:
     internal = ctx.app.topic(ctx.settings.topic(INTERNAL_TOPIC), partitions=1, internal=True,
                              key_serializer="raw", value_serializer="raw")  # fmt: skip
     options = rocksdb_options(ctx.settings) if ctx.settings.store.startswith("rocksdb") else None
+    about = "gift graph: user -> exact edges and recent gift ids"
     table = ctx.app.Table(TABLE, default=None, key_type=bytes, value_type=bytes, partitions=1,
-                          options=options, help="gift graph: user -> edges and recent gift ids")  # fmt: skip
+                          options=options, help=about)  # fmt: skip
     runtime = GraphRuntime(ctx, table, cfg)
     ctx.runtimes[AGENT_GRAPH] = runtime
     ctx.on_partitions_revoked(runtime.on_revoked)
