@@ -11,9 +11,9 @@
   half-loaded model. A checkpoint that fails to load is remembered and never retried; the model
   before it keeps serving.
 - request helpers of `mmbee.streams.components.serving`, kept here so that the component reads
-  as its request path: the features a request is scored on (`request_features`, also what a page
-  ranking streams for a viewer needs), the unknown-streamer error, the ids of an undecodable
-  request (`request_ids`), its counters and HTTP status, this worker's partitions.
+  as its request path: the features a request is scored on (`request_features`), the
+  unknown-streamer error, the ids of an undecodable request (`request_ids`), its counters and
+  HTTP status, this worker's partitions.
 
 Example:
     >>> ContentCache.__name__, ModelSlot.__name__
