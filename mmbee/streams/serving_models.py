@@ -1,4 +1,4 @@
-"""What serving keeps besides requests: the served model, and the content embeddings h_m.
+"""Serving's shared parts: the served model, the content embeddings h_m, the request helpers.
 
 - `ContentCache`: h_m per streamer, computed with the served model's content encoder, kept
   with the model (`LoadedModel.content`) under the segment keys it was computed from. A segment
@@ -10,6 +10,10 @@
   and only then is it swapped in (one reference assignment in `ModelHolder`): no request sees a
   half-loaded model. A checkpoint that fails to load is remembered and never retried; the model
   before it keeps serving.
+- request helpers of `mmbee.streams.components.serving`, kept here so that the component reads
+  as its request path: the features a request is scored on (`request_features`), the
+  unknown-streamer error, the ids of an undecodable request (`request_ids`), its counters and
+  HTTP status, this worker's partitions.
 
 Example:
     >>> ContentCache.__name__, ModelSlot.__name__
@@ -19,16 +23,19 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import faust
 import torch
 
+from mmbee.schemas.events import ScoreRequest, ScoreResponse
 from mmbee.schemas.serving import ModelVersion
-from mmbee.scorer.features import AuthorFeatures
+from mmbee.scorer.features import AuthorFeatures, UserFeatures, author_features
 from mmbee.scorer.predict import (
     ContentBuffer,
     LoadedModel,
@@ -36,13 +43,28 @@ from mmbee.scorer.predict import (
     encode_buffers,
     load_model,
 )
+from mmbee.state.users import FeatureSources, UserRow, UserState, user_side_now
+from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.observability import observability
 from mmbee.streams.views import Views
 
 if TYPE_CHECKING:
     from mmbee.streams.runtime.context import StreamContext
 
-__all__ = ["LOAD_ERRORS", "SCORING_ERRORS", "ContentCache", "ModelSlot", "Miss"]
+__all__ = [
+    "LOAD_ERRORS",
+    "SCORING_ERRORS",
+    "SCORING_FAILED",
+    "ContentCache",
+    "Miss",
+    "ModelSlot",
+    "assigned",
+    "count_scored",
+    "http_status",
+    "request_features",
+    "request_ids",
+    "unknown_streamers",
+]
 
 log = logging.getLogger("mmbee.streams.components.serving")
 
@@ -51,6 +73,9 @@ SCORING_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, TypeError)
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError)
 """What loading an announced checkpoint may raise (`ModelLoadError` is a ValueError; a
 sha256 mismatch too; RuntimeError: its content encoder does not fit the segments here)."""
+
+SCORING_FAILED = "scoring failed"
+"""Prefix of the error of a request whose scoring raised (HTTP 500)."""
 
 Miss = tuple[int, ContentBuffer, tuple[int, ...]]
 """A candidate whose h_m is not cached: (its index in the request, its buffer, segment keys)."""
@@ -270,6 +295,24 @@ class ModelSlot:
         self.ctx.metrics.count(self.agent, "content_encoded", n)
         return n
 
+    def register(self, poll_s: float) -> None:
+        """Declare on the app: the model watcher (every `poll_s`), the h_m timer (encodes the
+        streamers whose segments closed, unless a model is loading) and `/mmbee/serving/`."""
+        app = self.ctx.app
+
+        @app.timer(poll_s, name="mmbee.serving.models")
+        async def poll_models() -> None:
+            await self.poll()
+
+        @app.timer(0.05, name="mmbee.serving.content")
+        async def content_embeddings() -> None:
+            if self.cache.dirty and not self.loading:
+                await self.refresh_content()
+
+        @app.page("/mmbee/serving/")
+        async def serving_state(view: faust.web.View, request: faust.web.Request) -> Any:
+            return view.json(self.describe())
+
     def _load_failed(self, path: str, exc: BaseException) -> None:
         self.ctx.metrics.count(self.agent, "load_failures")
         self.last_failure = f"{type(exc).__name__}: {exc}"[:2000]
@@ -294,3 +337,74 @@ class ModelSlot:
             "swaps": self.holder.swaps,
             **state,
         }
+
+
+# --- requests ---------------------------------------------------------------------------------
+def request_features(
+    sources: FeatureSources, row: UserRow | None, req: ScoreRequest, loaded: LoadedModel
+) -> tuple[UserFeatures, UserState | None, list[AuthorFeatures]]:
+    """The features `req` is scored on, as of its time (read on the event loop: they read the
+    tables and views): the user side and state from the joiner's `row`, and each candidate's
+    streamer side, in order."""
+    ts, features = req.ts_ms, loaded.features
+    user, state = user_side_now(req.user_id, row, sources, ts, features)
+    sides = [
+        author_features(
+            a, None, ts, sources.author_state(a, ts), sources.author_expansions(a, ts), features
+        )
+        for a in req.candidate_author_ids
+    ]
+    return user, state, sides
+
+
+def unknown_streamers(candidates: Sequence[str], known: Callable[[str], bool]) -> str | None:
+    """The error for candidates with no state at all on this worker (None: all are known)."""
+    unknown = [a for a in candidates if not known(a)]
+    if not unknown:
+        return None
+    more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+    return f"unknown streamers: {', '.join(map(repr, unknown[:10]))}{more}"
+
+
+def request_ids(raw: bytes | None, key: bytes | None = None) -> tuple[str, str]:
+    """(request_id, user_id) of an undecodable request, as far as the JSON allows; the user id
+    falls back to the message `key`."""
+    rid = uid = ""
+    try:
+        obj = json.loads(raw or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = None
+    if isinstance(obj, dict):
+        r, u = obj.get("request_id"), obj.get("user_id")
+        rid, uid = (r[:256] if isinstance(r, str) else ""), (u[:256] if isinstance(u, str) else "")
+    if not uid and key:
+        uid = key.decode(errors="replace")
+    return rid, uid
+
+
+def count_scored(
+    metrics: StreamMetrics, agent: str, req: ScoreRequest, resp: ScoreResponse, misses: int
+) -> None:
+    """The counters of a scored request (one whose response may still carry an error)."""
+    metrics.count(agent, "scored")
+    metrics.count(agent, "candidates", len(req.candidate_author_ids))
+    metrics.count(agent, "content_misses", misses)
+    if resp.error is not None:
+        metrics.count(agent, "errors")
+
+
+def http_status(resp: ScoreResponse) -> int:
+    """200; 503 while no model or views are ready; 500 when scoring raised; 400 otherwise."""
+    if resp.error is None:
+        return 200
+    if resp.error.startswith(("no model", "worker is starting")):
+        return 503
+    return 500 if resp.error.startswith(SCORING_FAILED) else 400
+
+
+def assigned(ctx: StreamContext) -> set[Any]:
+    """This worker's assigned active partitions (empty without an assignor: a test context)."""
+    try:
+        return set(ctx.app.assignor.assigned_actives())
+    except AttributeError:
+        return set()

@@ -107,13 +107,15 @@ def test_graph_agent_equals_batch_and_publishes_expansions(tmp_path: Path) -> No
             await feed(tc, ctx, topic, b"gifts", raw, offset)
             offset += 1
         await settle(ctx, "graph", len(gifts) + 2)
-        assert await runtime.tick() == runtime.graph.num_users + runtime.graph.num_authors  # type: ignore[union-attr]
+        assert runtime.state is not None
+        graph = runtime.state.graph
+        assert await runtime.tick() == graph.num_users + graph.num_authors
 
     run(ctx, "mmbee.graph", body)
     cfg = ctx.settings.graph_configs()[0]
     batch = build(gifts, cfg)
-    assert runtime.graph is not None
-    assert runtime.graph.fingerprint() == batch.fingerprint()
+    assert runtime.state is not None
+    assert runtime.state.graph.fingerprint() == batch.fingerprint()
     assert runtime.describe()["digest"] == state_digest(batch)
     assert [(d.reason, d.agent) for d in letters(pub, ctx)] == [("decode_error", "graph")]
     assert ctx.metrics.get("graph", "duplicates") == 1  # counted, not dead-lettered
@@ -163,9 +165,9 @@ def test_late_gifts_and_precision_are_dead_lettered(tmp_path: Path) -> None:
 
     run(ctx, "mmbee.graph", body)
     assert [d.reason for d in letters(pub, ctx)] == ["late", "late"]
-    assert runtime.graph is not None and runtime.graph.num_gifts == 2
+    assert runtime.state is not None and runtime.state.graph.num_gifts == 2
     # the dedupe window forgets ids older than the horizon, in the table too
-    assert sorted(runtime.seen) == ["g1", "g3"]
+    assert sorted(runtime.state.seen) == ["g1", "g3"]
 
 
 def test_forwarder_validates_and_forwards(tmp_path: Path) -> None:
