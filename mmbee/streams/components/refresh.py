@@ -44,6 +44,7 @@ from mmbee.schemas.serving import ModelVersion
 from mmbee.scorer.refresh import FineTuneConfig, RefreshResult, refresh_model
 from mmbee.settings import Settings
 from mmbee.state.examples import ExampleBuffer
+from mmbee.streams.components.serving import ServingRuntime
 from mmbee.streams.runtime.component import Component, Step
 from mmbee.streams.runtime.context import StreamContext
 from mmbee.streams.views import views
@@ -115,7 +116,9 @@ class RefreshRuntime:
         serving: the serving runtime (the model to continue from), or None.
     """
 
-    def __init__(self, ctx: StreamContext, config: RefreshConfig, serving: Any | None) -> None:
+    def __init__(
+        self, ctx: StreamContext, config: RefreshConfig, serving: ServingRuntime | None
+    ) -> None:
         self.ctx = ctx
         self.config = config
         self.serving = serving
@@ -138,7 +141,7 @@ class RefreshRuntime:
         mv = self.views.models.get(self.config.model_name)
         if mv is not None:
             return Path(mv.path), mv.version
-        source = getattr(self.serving, "source", {}) if self.serving is not None else {}
+        source = self.serving.models.source if self.serving is not None else {}
         if "path" in source and source.get("version"):
             return Path(source["path"]), str(source["version"])
         return None
@@ -215,7 +218,8 @@ def register(ctx: StreamContext) -> None:
     """The example buffer (all partitions of `train.examples`), the fine-tune timer (off unless
     `refresh_interval_s` is set) and `/mmbee/refresh/`."""
     cfg = config(ctx.settings)
-    runtime = RefreshRuntime(ctx, cfg, ctx.runtimes.get("serving"))
+    serving = ctx.runtimes.get("serving")  # a serving component on this worker, if any
+    runtime = RefreshRuntime(ctx, cfg, serving if isinstance(serving, ServingRuntime) else None)
     ctx.runtimes[AGENT_REFRESH] = runtime
     runtime.views.reader.add_handler("train.examples", runtime.take)
 
