@@ -9,4 +9,7 @@ and rebalances (`mmbee.streams.runtime`).
 - `users`: the joiner's per-user state (history, waiting impressions, labels).
 - `authors`: a streamer's event-time timeline of watches and gifts.
 - `align`: holding items until every source has passed their event time.
+- `graph`: the gift graph component's state (graph + dedupe window, one row per user), its step
+  and the walk-cache schedule.
+- `examples`: the refresh component's buffer of the newest training examples.
 """
