@@ -18,6 +18,8 @@ Example:
     'duplicate'
     >>> tl.message().counts_before(2_000)
     (1, 0)
+    >>> Timeline.loads(tl.dumps()).dumps() == tl.dumps()
+    True
 """
 
 from __future__ import annotations
@@ -105,8 +107,9 @@ class Timeline:
         )
 
     def dumps(self) -> bytes:
-        """The table row (message plus the remembered ids)."""
+        """The table row (message plus the remembered ids and the streamer's id)."""
         row: dict[str, Any] = {
+            "u": self.author_id,
             "a": self.as_of_ms,
             "b": self.base_ms,
             "bw": self.base["watch"],
@@ -118,10 +121,14 @@ class Timeline:
         return json.dumps(row, separators=(",", ":")).encode()
 
     @classmethod
-    def loads(cls, author_id: str, raw: bytes) -> Timeline:
-        """Inverse of `dumps`."""
+    def loads(cls, raw: bytes, author_id: str | None = None) -> Timeline:
+        """Inverse of `dumps`. `author_id`: the row's key, for rows stored before they carried
+        the streamer's id (the codec of a table row sees only its value)."""
         d = json.loads(raw)
-        tl = cls(author_id)
+        author = d.get("u", author_id)
+        if author is None:
+            raise ValueError("a timeline row without its author_id, and none given")
+        tl = cls(str(author))
         tl.as_of_ms, tl.base_ms = int(d["a"]), int(d["b"])
         tl.base = {"watch": int(d["bw"]), "gift": int(d["bg"])}
         tl.ts = {"watch": [int(t) for t in d["w"]], "gift": [int(t) for t in d["g"]]}

@@ -3,6 +3,7 @@ horizon never passes what every source has delivered, so a lagging source is cou
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,3 +64,14 @@ def test_counts_do_not_depend_on_arrival_order_under_a_frontier(
     last = max(ts for _, _, ts in items)
     for t in range(max(a.base_ms, b.base_ms), last + 2, 997):
         assert a.message().counts_before(t) == b.message().counts_before(t)
+
+
+def test_rows_carry_the_streamer_and_rows_stored_before_still_load() -> None:
+    tl = Timeline("a7")
+    tl.add("gift", "g1", 1_000, horizon_ms=H)
+    assert Timeline.loads(tl.dumps()).author_id == "a7"
+    legacy = tl.dumps().replace(b'"u":"a7",', b"")  # a row written before it carried the id
+    assert b"a7" not in legacy
+    assert Timeline.loads(legacy, "a7").dumps() == tl.dumps()
+    with pytest.raises(ValueError, match="author_id"):
+        Timeline.loads(legacy)

@@ -12,6 +12,11 @@ passed an item's time. What it cannot know by itself comes from the consumer, an
   piled up have drained (`compat.pause_fetching`), so a replay's memory stays bounded;
 - revoked partitions are forgotten (their events are redelivered).
 
+`SourceAlignment` does this for an `Aligner` (the segment agent's topics, each its own time);
+`MarkedAlignment` for a `MarkAligner` (the joiner's `live.watch` + `user.activity`, the latter
+timed by progress marks; `mmbee.state.align` says why the two aligners differ). Both use the
+one idle rule (`mmbee.state.align.IdleRule`) and the one "caught up" (`runtime.progress`).
+
 Example:
     >>> from mmbee.state.align import Aligner
     >>> Aligner(wait_s=0.5, sources=3).sources
@@ -20,19 +25,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
-from mmbee.state.align import Aligner
+from mmbee.schemas.serving import UserActivity
+from mmbee.state.align import Aligner, MarkAligner, Source
 from mmbee.streams.runtime.compat import pause_fetching
 from mmbee.streams.runtime.progress import caught_up
 
 if TYPE_CHECKING:
     from mmbee.streams.runtime.context import StreamContext
 
-__all__ = ["SourceAlignment"]
+__all__ = ["MarkedAlignment", "SourceAlignment"]
 
 
 class SourceAlignment:
@@ -127,3 +133,85 @@ class SourceAlignment:
             elif tp in self.paused and held <= self.pause_at // 2:
                 self.paused.discard(tp)
                 await pause_fetching(consumer, tp, paused=False)
+
+
+class MarkedAlignment:
+    """One `MarkAligner` per partition of a `live.watch`-like topic and a marked one, with the
+    consumer's "read to its end" for their quiet rule (no backpressure: `user.activity` items
+    wait only for marks, which the forwarders send every `joiner_mark_interval_s`).
+
+    Args:
+        ctx: the stream context (consumer, metrics).
+        agent: the agent's name in metrics.
+        sources: catalogue names of the timed topic and the marked one.
+        expected: the mark keys every partition must have heard before its frontier is known.
+        wait_s: the aligner's safety valve (applies once the input stalled).
+        idle_s: as `SourceAlignment`'s.
+    """
+
+    def __init__(
+        self, ctx: StreamContext, agent: str, sources: tuple[str, str], expected: set[str],
+        wait_s: float, idle_s: float | None = None,
+    ) -> None:  # fmt: skip
+        self.ctx = ctx
+        self.agent = agent
+        self.topics = {"watch": ctx.topic_name(sources[0]), "activity": ctx.topic_name(sources[1])}
+        self.expected = expected
+        self.wait_s = wait_s
+        self.idle_s = ctx.settings.align_idle_ms / 1000 if idle_s is None else idle_s
+        self.aligners: dict[int, MarkAligner] = {}
+        self.offsets: dict[tuple[int, Source], int] = {}  # largest offset read, per source
+
+    @property
+    def held(self) -> int:
+        """Items waiting for alignment (decoded, not applied, not acked)."""
+        return sum(len(a) for a in self.aligners.values())
+
+    def aligner(self, partition: int) -> MarkAligner:
+        """The aligner of `partition` (made on first use)."""
+        got = self.aligners.get(partition)
+        if got is None:
+            got = self.aligners[partition] = MarkAligner(self.expected, self.wait_s, self.idle_s)
+        return got
+
+    def seen(self, partition: int, source: Source, offset: int) -> None:
+        """`source` of `partition` was read at `offset` (for its "read to its end")."""
+        key = (partition, source)
+        if offset > self.offsets.get(key, -1):
+            self.offsets[key] = offset
+
+    def absorb(self, partition: int, source: Source, offset: int, item: Any) -> bool:
+        """Take what a decoded item of the marked source says of its progress: its offset
+        (before the key check: a read is a read) and, for a mark, the marks (True: nothing else
+        to do with it)."""
+        if source == "watch":
+            return False
+        self.seen(partition, source, offset)
+        if isinstance(item, UserActivity) and item.kind == "mark":
+            self.aligner(partition).mark(item.marks)  # marks go to every partition, unkeyed
+            return True
+        return False
+
+    def quiet(self, partition: int) -> Callable[[Source], bool | None]:
+        """Whether a source of `partition` is read to its end, as of the last fetch."""
+        consumer, topics, offsets = self.ctx.app.consumer, self.topics, self.offsets
+        return lambda s: caught_up(consumer, TP(topics[s], partition), offsets.get((partition, s)))
+
+    def frontier(self, partition: int) -> float | None:
+        """Event time every source of `partition` has passed, quiet ones aside (None: unknown)."""
+        return self.aligner(partition).frontier(self.quiet(partition))
+
+    def release(self, partition: int, now_s: float, stalled: bool) -> list[Any]:
+        """The items `partition` can apply now, in order (`stalled`: the input has stalled, so
+        the valve may release everything held)."""
+        ready, valve = self.aligner(partition).ready(now_s, stalled, self.quiet(partition))
+        if valve:
+            self.ctx.metrics.count(self.agent, "valve_releases")
+        return ready
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop what revoked partitions held, their marks and offsets (redelivered)."""
+        parts = set(partitions)
+        for p in parts:
+            self.aligners.pop(p, None)
+        self.offsets = {k: v for k, v in self.offsets.items() if k[0] not in parts}
