@@ -6,9 +6,9 @@ watermark (the largest accepted event time) passes its end plus the allowed late
 pools each modality to a mean vector and yields a `SegmentClosed`. The buffer keeps the last
 `segments_kept` (MMBee's L) closed segments of the current live, oldest -> newest.
 
-Everything here is deterministic and side-effect free: the streams agents (`mmbee.streams.
-content`) and the scorer's offline feature pipeline call the same functions, so a replayed log
-gives the same segments as the live run.
+Everything here is deterministic and side-effect free: the segment agent
+(`mmbee.streams.components.segments`) and the scorer's offline feature pipeline call the same
+functions, so a replayed log gives the same segments as the live run.
 
 Exactness: sums are accumulated in fixed point (int64, 2**-24 resolution), so the pooled means do
 not depend on the order in which events arrive; events reordered within the allowed lateness give
@@ -31,10 +31,11 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -54,7 +55,6 @@ __all__ = [
     "IdSet",
     "OpenSegment",
     "SegmentBuffer",
-    "segment_start",
     "update",
     "LiveBuffer",
     "quantize_vectors",
@@ -64,6 +64,10 @@ __all__ = [
     "append_refs",
     "ClosedRef",
     "segment_key",
+    "store_buffer",
+    "load_buffer",
+    "load_closed",
+    "HeadCodec",
     "encode_head",
     "decode_head",
 ]
@@ -304,19 +308,10 @@ class SegmentBuffer(NamedTuple):
         """A buffer with nothing in it yet."""
         return cls(author_id)
 
-    def n_open_items(self) -> int:
-        """Items held in open segments."""
-        return sum(sum(s.counts) for s in self.open)
-
-
-def segment_start(ts_ms: int, config: SegmentConfig) -> int:
-    """Start of the segment holding `ts_ms`: the largest multiple of segment_ms <= ts_ms."""
-    return (ts_ms // config.segment_ms) * config.segment_ms
-
 
 def _check_vector(item: ContentItem, config: SegmentConfig) -> Reject | None:
     vec = item.vector
-    want = config.frame_dim if item.modality == "frame" else config.text_dim
+    want = config.dim(item.modality)
     if vec.ndim != 1 or vec.shape[0] != want:
         return Reject(
             item.event_id,
@@ -483,6 +478,27 @@ class LiveBuffer:
     def is_open(self) -> bool:
         """True while some segment is open."""
         return bool(self.opens)
+
+    def describe(self, closed: Sequence[SegmentClosed] = ()) -> dict[str, Any]:
+        """The buffer as JSON-able data, holding `closed` as its closed segments."""
+        return {
+            "author_id": self.author_id,
+            "closed": [seg.model_dump(mode="json") for seg in closed],
+            "open": [
+                {"start_ms": s, "live_id": lv, "counts": list(c)} for s, lv, c in self.open_counts
+            ],
+            "watermark_ms": self.watermark_ms,
+            "applied": dict(self.applied),
+        }
+
+    def is_replay(self, item: ContentItem) -> bool:
+        """Whether `item` was read from a source offset this buffer has applied already (a
+        redelivery after a restart or a rebalance: `apply` leaves the buffer as it is)."""
+        src, off = item.source, item.offset
+        if src is None or off is None:
+            return False
+        done = self.applied.get(src)
+        return done is not None and off <= done
 
     def apply(
         self, item: ContentItem, q: np.ndarray | Reject, config: SegmentConfig
@@ -751,3 +767,70 @@ def decode_head(data: bytes) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
 def segment_key(author_id: str, start_ms: int) -> str:
     """Key of one closed segment in a segment store: '<author_id>|<start_ms>'."""
     return f"{author_id}|{start_ms}"
+
+
+def store_buffer(
+    heads: MutableMapping[bytes, bytes],
+    rows: MutableMapping[bytes, bytes],
+    buffer: SegmentBuffer,
+    refs: Sequence[ClosedRef],
+    new: Sequence[SegmentClosed],
+    config: SegmentConfig,
+) -> tuple[tuple[ClosedRef, ...], list[bytes]]:
+    """Store a buffer that closed `new` (oldest first) where `heads` holds each stream's head
+    (`HeadCodec`) under its author and `rows` each closed segment under `segment_key`.
+
+    First the new segments' rows (`SegmentClosed` JSON: the bytes a producer puts on a topic),
+    then the head, which refers to them, then the rows the buffer no longer holds are deleted
+    (`append_refs`): a crash between the steps replays into the same rows. Returns the new refs
+    and the new rows.
+
+    Example:
+        >>> heads, rows = {}, {}
+        >>> store_buffer(heads, rows, SegmentBuffer.empty("a1"), (), [], SegmentConfig())
+        ((), [])
+        >>> HeadCodec().loads(heads[b"a1"])[0].author_id
+        'a1'
+    """
+    out = [seg.model_dump_json().encode() for seg in new]
+    evicted: list[ClosedRef] = []
+    if new:
+        for seg, row in zip(new, out, strict=True):
+            rows[segment_key(buffer.author_id, seg.start_ms).encode()] = row
+        refs, evicted = append_refs(refs, new, config)
+    heads[buffer.author_id.encode()] = encode_head(buffer, refs)
+    for start, _ in evicted:
+        # gone already only if a crash between these steps made us replay them
+        with contextlib.suppress(KeyError):
+            del rows[segment_key(buffer.author_id, start).encode()]
+    return tuple(refs), out
+
+
+def load_buffer(
+    heads: Mapping[bytes, bytes], author_id: str
+) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
+    """A stream's stored head (`store_buffer`): its buffer without closed segments and the refs
+    to them; an empty buffer when it has none."""
+    raw = heads.get(author_id.encode())
+    return decode_head(raw) if raw else (SegmentBuffer.empty(author_id), ())
+
+
+def load_closed(
+    rows: Mapping[bytes, bytes], author_id: str, refs: Sequence[ClosedRef], config: SegmentConfig
+) -> list[SegmentClosed]:
+    """The stored closed segments (`store_buffer`) that `refs` name, those still there."""
+    ctx = config.validation_context()
+    found = (rows.get(segment_key(author_id, start).encode()) for start, _ in refs)
+    return [SegmentClosed.model_validate_json(row, context=ctx) for row in found if row is not None]
+
+
+class HeadCodec:
+    """A stream's head as a table row (`encode_head`, the rows `store_buffer` writes and
+    `load_buffer` reads): the buffer without its closed segments, and refs to them. A
+    `StateCodec` (`mmbee.streams.runtime.component`) of `(buffer, refs)`."""
+
+    def dumps(self, state: tuple[SegmentBuffer, Sequence[ClosedRef]]) -> bytes:
+        return encode_head(*state)
+
+    def loads(self, raw: bytes) -> tuple[SegmentBuffer, tuple[ClosedRef, ...]]:
+        return decode_head(raw)

