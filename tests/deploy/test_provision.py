@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from streamkit import REPO, WorkerProcess, settings_env
 
 from mmbee.settings import Settings
@@ -36,11 +38,22 @@ def mmbee(
 
 
 def recreate(settings: Settings, name: str, partitions: int) -> None:
+    """Delete topic `name` and create it with `partitions`. Apache Kafka deletes a topic
+    asynchronously: until it is gone, creating it again is refused with TopicAlreadyExists
+    (seen under load, 2026-12-07), so the create is retried until the deletion completed."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_list())
     try:
         if name in admin.list_topics():
             admin.delete_topics([name])
-        admin.create_topics([NewTopic(name, partitions, 1)])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1)])
+                return
+            except TopicAlreadyExistsError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
     finally:
         admin.close()
 
