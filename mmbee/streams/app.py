@@ -1,12 +1,13 @@
 """The composition root: the Faust app configured from `Settings`, with its components registered.
 
-A *component* is a function `register(ctx: StreamContext) -> None` that declares its agents,
-tables and web pages on `ctx.app` using what the context provides (`mmbee.streams.runtime.
-context`: topic objects by catalogue name, tables with the configured store options, the codec,
-the dead-letter sink, metrics, an executor for blocking work). `COMPONENTS` lists them by name;
-a worker runs the names in `settings.components` (all of them when unset). Adding one is one
-line here plus a `register` function in its own module (docs/streams.md). Nothing below this
-module imports it.
+A *component* (`mmbee.streams.runtime.component.Component`, one module each in
+`mmbee.streams.components`) is a frozen config, a pure step, a state codec, and a `register(ctx)`
+that declares its agents, tables and web pages on `ctx.app` using what the context provides
+(`mmbee.streams.runtime.context`: topic objects by catalogue name, tables with the configured
+store options, the codec, the dead-letter sink, metrics, an executor for blocking work).
+`COMPONENTS` holds the component objects by name; a worker runs the names in
+`settings.components` (all of them when unset). Adding one is one module in `components/` and
+one line here (docs/streams.md). Nothing below this module imports it.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -33,7 +34,8 @@ from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.publish import FaustPublisher, Publisher
 from mmbee.streams.runtime import compat
-from mmbee.streams.runtime.context import Component, StreamContext, group_instance_id
+from mmbee.streams.runtime.component import Component
+from mmbee.streams.runtime.context import StreamContext, group_instance_id
 from mmbee.streams.runtime.rocksdb import apply_rocksdb_budget
 
 __all__ = [
@@ -48,14 +50,18 @@ __all__ = [
 log = logging.getLogger("mmbee.streams")
 
 COMPONENTS: dict[str, Component] = {
-    "segments": segments.register_segments,
-    "asr": asr.register_asr,
-    "graph": graph.register,
-    "joiner": joiner.register,
-    "serving": serving.register,
-    "refresh": refresh.register,
+    c.name: c
+    for c in (
+        segments.COMPONENT,
+        asr.COMPONENT,
+        graph.COMPONENT,
+        joiner.COMPONENT,
+        serving.COMPONENT,
+        refresh.COMPONENT,
+    )
 }
-"""Component name -> its register function. The order is the registration order."""
+"""Component name -> the component (`mmbee.streams.runtime.component.Component`: frozen config,
+pure step, state codec, register). The order is the registration order."""
 
 _MIB = 1024 * 1024
 PRODUCER_MAX_REQUEST_BYTES = 4 * _MIB
@@ -125,11 +131,21 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def resolve_components(names: Iterable[str | Component] | None) -> list[tuple[str, Component]]:
-    """(name, register function) for each requested component; None = every registered one."""
-    chosen: Iterable[str | Component] = list(COMPONENTS) if names is None else names
-    out: list[tuple[str, Component]] = []
+Register = Callable[[StreamContext], None]
+"""A bare register function (a benchmark's trivial agent): accepted wherever a component is."""
+
+
+def resolve_components(
+    names: Iterable[str | Component | Register] | None,
+) -> list[tuple[str, Register]]:
+    """(name, register) for each requested component (by name, a `Component`, or a bare
+    register function); None = every registered one."""
+    chosen: Iterable[str | Component | Register] = list(COMPONENTS) if names is None else names
+    out: list[tuple[str, Register]] = []
     for entry in chosen:
+        if isinstance(entry, Component):
+            out.append((entry.name, entry))
+            continue
         if callable(entry):
             out.append((getattr(entry, "__name__", repr(entry)), entry))
             continue
@@ -150,7 +166,7 @@ def _register_metrics_page(ctx: StreamContext) -> None:
 
 def build_app(
     settings: Settings,
-    components: Sequence[str | Component] | None = None,
+    components: Sequence[str | Component | Register] | None = None,
     *,
     publisher: Publisher | None = None,
     clock_ms: Callable[[], int] | None = None,
@@ -196,7 +212,7 @@ def build_app(
 
 def create_app(
     settings: Settings,
-    components: Sequence[str | Component] | None = None,
+    components: Sequence[str | Component | Register] | None = None,
     **kwargs: Any,
 ) -> faust.App:
     """The configured Faust app with `components` registered (see `build_app`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mmbee.streams.app import (
 from mmbee.streams.dlq import DeadLetterSink
 from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.publish import MemoryPublisher
+from mmbee.streams.runtime.component import Component
 from mmbee.streams.runtime.context import StreamContext
 from mmbee.streams.runtime.rocksdb import rocksdb_options
 
@@ -56,11 +58,30 @@ def test_rocksdb_options_are_explicit_and_small() -> None:
 
 
 def test_component_registry_is_explicit() -> None:
-    assert set(COMPONENTS) >= {"segments", "asr"}
+    assert list(COMPONENTS) == ["segments", "asr", "graph", "joiner", "serving", "refresh"]
     names = [n for n, _ in resolve_components(None)]
     assert names == list(COMPONENTS)
+    assert resolve_components([COMPONENTS["graph"]]) == [("graph", COMPONENTS["graph"])]
     with pytest.raises(UnknownComponentError, match="registered"):
         resolve_components(["nope"])
+
+
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_every_component_has_the_shape(name: str) -> None:
+    """Each component is an object (issue 18): its name, a frozen config built from the
+    settings, a step, a state codec (or None: no table of its own), and its module is one file
+    of at most 250 lines."""
+    import inspect
+    import sys
+
+    c = COMPONENTS[name]
+    assert isinstance(c, Component) and c.name == name
+    cfg = c.config(Settings())
+    assert dataclasses.is_dataclass(cfg) and type(cfg).__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert c.apply is not None and callable(c.apply)
+    assert c.codec is None or (callable(c.codec.dumps) and callable(c.codec.loads))
+    source = inspect.getsource(sys.modules[c.register.__module__])
+    assert len(source.splitlines()) <= 250, (name, c.register.__module__)
 
 
 def test_custom_component_gets_topics_tables_and_the_dlq(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from mmbee.schemas import SegmentClosed
 from mmbee.settings import Settings
 from mmbee.state import segments as windows
 from mmbee.state.segments import ContentItem, LiveBuffer, SegmentBuffer, SegmentConfig
+from mmbee.streams.app import COMPONENTS
 from mmbee.streams.components import asr, segments
 from mmbee.streams.components.segments import CODEC, COMPONENT, apply
 
@@ -136,7 +137,7 @@ def test_the_components_are_objects_with_frozen_configs() -> None:
     settings = Settings(segment_ms=5_000, asr_model="base.en", asr_batch_max=2)
     cfg = COMPONENT.config(settings)
     assert COMPONENT.name == "segments" and cfg.segment_ms == 5_000
-    assert segments.register_segments is COMPONENT.register and COMPONENT.codec is CODEC
+    assert COMPONENTS["segments"] is COMPONENT and COMPONENT.codec is CODEC
     acfg = asr.COMPONENT.config(settings)
     assert (acfg.model, acfg.batch_max, asr.COMPONENT.codec) == ("base.en", 2, None)
     with pytest.raises(dataclasses.FrozenInstanceError):

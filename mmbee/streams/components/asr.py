@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENT_ASR", "COMPONENT", "AsrConfig", "AsrRuntime", "apply", "asr_segment", "config",
-    "register", "register_asr",
+    "register",
 ]  # fmt: skip
 
 log = logging.getLogger("mmbee.streams.components.asr")
@@ -212,4 +212,3 @@ def register(ctx: StreamContext) -> None:
 
 
 COMPONENT = Component(name="asr", config=config, apply=apply, codec=None, register=register)
-register_asr = COMPONENT.register  # the name `mmbee.streams.app` registers

@@ -247,4 +247,3 @@ def register(ctx: StreamContext) -> None:
 
 
 COMPONENT = Component(name="segments", config=config, apply=apply, codec=CODEC, register=register)
-register_segments = COMPONENT.register  # the name `mmbee.streams.app` registers
