@@ -50,14 +50,28 @@ SourcePartition = Annotated[
     str, Field(min_length=3, max_length=160, pattern=r"^[A-Za-z0-9_.\-]+:\d+$")
 ]
 """'<catalogue topic>:<partition>', e.g. 'live.gifts:3'."""
+MAX_OFFSET = 2**63 - 1
+"""The largest Kafka offset (int64)."""
+
+
+def _check_origin(kind: str, source: str | None, offset: int | None) -> None:
+    """`source` and `source_offset` (the message a forwarded event was read from) come
+    together, and never on a mark."""
+    if kind == "mark" and (source is not None or offset is not None):
+        raise ValueError("a mark carries no source nor source_offset")
+    if (source is None) != (offset is None):
+        raise ValueError("source and source_offset come together (or neither)")
 
 
 class UserActivity(BaseModel):
     """A gift or comment on the viewer's partition, or a forwarder's progress mark.
 
     `kind` "gift" / "comment": the original event's id, time, viewer, streamer, live (and the
-    gift's value). `kind` "mark": `marks` maps source partitions to the largest event time
-    forwarded from them (None: nothing waits there now); marks are sent to every partition.
+    gift's value), and optionally its origin: `source` ("live.gifts:3") and `source_offset`,
+    the message it was forwarded from (the joiner recognises a re-forward by it,
+    `mmbee.state.received`). `kind` "mark": `marks` maps source partitions to the largest
+    event time forwarded from them (None: nothing waits there now); marks are sent to every
+    partition.
     """
 
     model_config = _STRICT
@@ -70,10 +84,13 @@ class UserActivity(BaseModel):
     live_id: Id | None = None
     gift_value: float | None = Field(default=None, gt=0, le=1e7)
     marks: dict[SourcePartition, TsMs | None] = Field(default_factory=dict, max_length=MAX_MARKS)
+    source: SourcePartition | None = None
+    source_offset: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
         event = (self.event_id, self.ts_ms, self.user_id, self.author_id, self.live_id)
+        _check_origin(self.kind, self.source, self.source_offset)
         if self.kind == "mark":
             if any(v is not None for v in event) or self.gift_value is not None:
                 raise ValueError("a mark carries only `marks`")
@@ -90,8 +107,10 @@ class UserActivity(BaseModel):
 
 
 class AuthorActivity(BaseModel):
-    """A watch "enter" re-keyed by the streamer (for the author-side watch counter), or a mark:
-    per `live.watch` partition the largest event time forwarded (None: nothing waiting)."""
+    """A watch "enter" re-keyed by the streamer (for the author-side watch counter), with
+    optionally its origin (`source` "live.watch:<p>", `source_offset`: the message it was
+    forwarded from), or a mark: per `live.watch` partition the largest event time forwarded
+    (None: nothing waiting)."""
 
     model_config = _STRICT
 
@@ -102,10 +121,13 @@ class AuthorActivity(BaseModel):
     user_id: Id | None = None
     live_id: Id | None = None
     marks: dict[SourcePartition, TsMs | None] = Field(default_factory=dict, max_length=MAX_MARKS)
+    source: SourcePartition | None = None
+    source_offset: int | None = Field(default=None, ge=0, le=MAX_OFFSET)
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
         event = (self.event_id, self.ts_ms, self.author_id, self.user_id, self.live_id)
+        _check_origin(self.kind, self.source, self.source_offset)
         if self.kind == "mark":
             if any(v is not None for v in event) or not self.marks:
                 raise ValueError("a mark carries only (non-empty) `marks`")

@@ -216,3 +216,31 @@ def test_embedding_json_schema_is_base64_text(tmp_path: Path) -> None:
     schema = json.loads((tmp_path / "live.frames.schema.json").read_text())
     field = schema["properties"]["embedding"]["anyOf"][0]
     assert field["type"] == "string" and field["contentEncoding"] == "base64"
+
+
+def test_activity_origin_comes_whole_and_never_on_a_mark() -> None:
+    from pydantic import ValidationError
+
+    from mmbee.schemas.serving import AuthorActivity, UserActivity
+
+    gift = dict(kind="gift", event_id="g1", ts_ms=1_746_000_000_000, user_id="u1",
+                author_id="a1", live_id="l1", gift_value=1.0)  # fmt: skip
+    ok = UserActivity(**gift, source="live.gifts:3", source_offset=0)  # type: ignore[arg-type]
+    assert UserActivity.model_validate_json(ok.model_dump_json()) == ok
+    assert UserActivity(**gift).source is None  # type: ignore[arg-type]
+    watch = dict(kind="watch", event_id="w1", ts_ms=1_746_000_000_000, author_id="a1",
+                 user_id="u1", live_id="l1")  # fmt: skip
+    assert AuthorActivity(**watch, source="live.watch:0", source_offset=5).source_offset == 5  # type: ignore[arg-type]
+    for model, fields in ((UserActivity, gift), (AuthorActivity, watch)):
+        for bad, why in (
+            ({"source": "live.gifts:3"}, "come together"),
+            ({"source_offset": 3}, "come together"),
+            ({"source": "live.gifts:3", "source_offset": -1}, "greater than or equal"),
+            ({"source": "live.gifts", "source_offset": 1}, "pattern"),
+            ({"source": "live.gifts:3", "source_offset": "1"}, "valid integer"),
+        ):
+            with pytest.raises(ValidationError, match=why):  # strict, as the codec reads
+                model.model_validate_json(json.dumps({**fields, **bad}), strict=True)
+        mark = {"kind": "mark", "marks": {"live.gifts:0": None}}
+        with pytest.raises(ValidationError, match="a mark carries no source"):
+            model.model_validate({**mark, "source": "live.gifts:3", "source_offset": 1})
