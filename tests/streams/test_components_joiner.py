@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from mmbee.schemas import CommentEvent, GiftEvent, WatchEvent
+from mmbee.schemas.serving import UserActivity
 from mmbee.scorer.examples import LabelConfig
 from mmbee.scorer.features import FeatureConfig
 from mmbee.settings import Settings
@@ -125,14 +126,18 @@ def test_authors_apply_is_pure() -> None:
 
 def test_forward_is_pure_and_stateless() -> None:
     config = joiner.joiner_settings(Settings())
-    for ev in events(3, n=60):
+    for i, ev in enumerate(events(3, n=60)):
         if isinstance(ev, GiftEvent | CommentEvent):
-            a, b = joiner.forward(config, None, ev), joiner.forward(config, None, ev)
+            item = joiner.Read(ev, f"live.gifts:{i % 3}", i)
+            a, b = joiner.forward(config, None, item), joiner.forward(config, None, item)
             assert a == b and a.state is None and a.rejects == ()
             (act,) = a.outputs
-            assert (act.kind, act.user_id, act.ts_ms) == (
+            assert (act.kind, act.user_id, act.ts_ms, act.source, act.source_offset) == (
                 "gift" if isinstance(ev, GiftEvent) else "comment", ev.user_id, ev.ts_ms,
+                f"live.gifts:{i % 3}", i,
             )  # fmt: skip
+            # what goes on the wire is a valid `user.activity` message, origin included
+            assert UserActivity.model_validate_json(act.model_dump_json()) == act
 
 
 def test_components_are_registered_as_objects() -> None:

@@ -3,8 +3,9 @@
 Three agents (docs/serving.md has the picture), one file each, registered together:
 
 - `joiner_forward` (here) over `live.gifts` + `live.comments` (key author): re-keys every gift
-  and comment by its viewer onto `user.activity` (the pure step `forward`), and every
-  `joiner_mark_interval_s` sends each `user.activity` partition a *mark*: per source partition
+  and comment by its viewer onto `user.activity` (the pure step `forward`, with the origin of
+  each, `source`/`source_offset`: a re-forward is told apart, `mmbee.state.received`), and
+  every `joiner_mark_interval_s` sends each `user.activity` partition a *mark*: per source partition
   it owns, the largest event time forwarded (None when the partition has nothing waiting; the
   least valid time when it has records waiting but forwarded none yet;
   `mmbee.streams.runtime.progress.Progress`). Marks carry the event-time progress of the
@@ -26,9 +27,10 @@ Example:
     >>> from mmbee.schemas import GiftEvent
     >>> g = GiftEvent(event_id="g1", ts_ms=1_700_000_000_000, user_id="u1", author_id="a1",
     ...               live_id="l1", gift_value=5.0)
-    >>> step = forward(joiner_settings(Settings()), None, g)
-    >>> step.outputs[0].kind, step.outputs[0].user_id, step.state
-    ('gift', 'u1', None)
+    >>> step = forward(joiner_settings(Settings()), None, Read(g, "live.gifts:3", 42))
+    >>> act = step.outputs[0]
+    >>> act.kind, act.user_id, act.source, act.source_offset, step.state
+    ('gift', 'u1', 'live.gifts:3', 42, None)
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
     "RANK",
     "joiner_config",
     "forward",
+    "Read",
     "frontier_of",
     "ForwardRuntime",
     "JoinerRuntime",
@@ -104,20 +107,31 @@ def joiner_settings(settings: Settings) -> JoinerSettings:
     )
 
 
-def forward(
-    config: JoinerSettings, state: None, item: GiftEvent | CommentEvent
-) -> Step[None, UserActivity]:
-    """A gift or comment as the `user.activity` message that carries it to its viewer's
-    partition (stateless: the marks are the runtime's, they follow the consumer)."""
+@dataclass(frozen=True)
+class Read:
+    """A gift or comment as read: the event, and its origin, the message it was read from
+    (`source` "live.gifts:3", `offset`): the joiner tells a re-forward by it."""
+
+    event: GiftEvent | CommentEvent
+    source: str
+    offset: int
+
+
+def forward(config: JoinerSettings, state: None, item: Read) -> Step[None, UserActivity]:
+    """A gift or comment as the `user.activity` message that carries it, with its origin, to its
+    viewer's partition (stateless: the marks are the runtime's, they follow the consumer)."""
+    ev = item.event
     act = UserActivity.model_construct(
-        kind="gift" if isinstance(item, GiftEvent) else "comment",
-        event_id=item.event_id,
-        ts_ms=item.ts_ms,
-        user_id=item.user_id,
-        author_id=item.author_id,
-        live_id=item.live_id,
-        gift_value=item.gift_value if isinstance(item, GiftEvent) else None,
+        kind="gift" if isinstance(ev, GiftEvent) else "comment",
+        event_id=ev.event_id,
+        ts_ms=ev.ts_ms,
+        user_id=ev.user_id,
+        author_id=ev.author_id,
+        live_id=ev.live_id,
+        gift_value=ev.gift_value if isinstance(ev, GiftEvent) else None,
         marks={},
+        source=item.source,
+        source_offset=item.offset,
     )
     return Step(state, outputs=(act,))
 
@@ -145,7 +159,8 @@ class ForwardRuntime:
             await self.envelope.rejected(ev, decoded)
         else:
             assert isinstance(decoded, GiftEvent | CommentEvent)
-            for act in forward(self.config, None, decoded).outputs:
+            read = Read(decoded, f"{self.envelope.name(ev)}:{msg.partition}", msg.offset)
+            for act in forward(self.config, None, read).outputs:
                 await ctx.publish("user.activity", decoded.user_id.encode(), ctx.codec.encode(act))
             self.progress.seen(msg.tp, msg.offset, decoded.ts_ms)
             metrics.count(AGENT_FORWARD, "forwarded")
