@@ -3,11 +3,12 @@
 One agent, `authors`, over `author.activity` + `live.gifts` (key author): each streamer's
 watch and gift counters as a time index (`mmbee.state.authors.Timeline`), one table row per
 streamer; the timelines a batch changed go to the compacted `author.state`. Watch "enter"s come
-re-keyed by the joiner agent (`WatchFeed`, below, which sends the `live.watch` marks too).
+re-keyed by the joiner agent (`examples.WatchFeed`, which sends the `live.watch` marks too).
 Per author partition the agent also publishes a mark on `author.state`: the event time up to
 which every author event is applied (from those marks and its `live.gifts` progress); examples
 wait for it (`components/examples.py`). An event behind a timeline's folded base is
-dead-lettered (`late`); a redelivered one is counted (`duplicates`).
+dead-lettered (`late`); a redelivery (its origin offset finished before, `~received~<q>` rows,
+`mmbee.state.received`; or its id counted) is counted (`duplicates`).
 
 Example:
     >>> from mmbee.settings import Settings
@@ -24,7 +25,7 @@ from typing import Literal, cast
 import faust
 from faust.types import TP, EventT, StreamT, TableT
 
-from mmbee.schemas.events import DeadLetterReason, GiftEvent, WatchEvent
+from mmbee.schemas.events import DeadLetterReason, GiftEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline
 from mmbee.settings import Settings
 from mmbee.state.align import frontier_of
@@ -34,8 +35,9 @@ from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.component import Component, Reject, Step
 from mmbee.streams.runtime.context import StreamContext, in_event_context
 from mmbee.streams.runtime.progress import Progress, assigned, send_partition
+from mmbee.streams.runtime.received import Redeliveries
 
-__all__ = ["AGENT_AUTHORS", "AUTHORS_TABLE", "COMPONENT", "AuthorRuntime", "WatchFeed"]
+__all__ = ["AGENT_AUTHORS", "AUTHORS_TABLE", "COMPONENT", "AuthorRuntime"]
 
 AGENT_AUTHORS = "authors"
 AUTHORS_TABLE = "author_timelines"
@@ -88,30 +90,6 @@ class TimelineCodec:
 CODEC = TimelineCodec()
 
 
-class WatchFeed:
-    """The joiner agent's side of `author.activity`: each watch "enter" re-keyed by streamer,
-    and the `live.watch` progress marks (how far it was forwarded) for the author frontier."""
-
-    def __init__(self, ctx: StreamContext) -> None:
-        self.ctx = ctx
-        self.progress = Progress(ctx, ("live.watch",))
-
-    async def watched(self, tp: TP, offset: int, ev: WatchEvent) -> None:
-        """Forward `ev` (read at `offset` of `tp`) when it is an enter; note its time."""
-        ctx = self.ctx
-        if ev.action == "enter":
-            act = AuthorActivity.model_construct(
-                kind="watch", event_id=ev.event_id, ts_ms=ev.ts_ms, author_id=ev.author_id,
-                user_id=ev.user_id, live_id=ev.live_id,
-            )  # fmt: skip
-            await ctx.publish("author.activity", ev.author_id.encode(), ctx.codec.encode(act))
-        self.progress.seen(tp, offset, ev.ts_ms)
-
-    async def send_marks(self, now_s: float) -> bool:
-        """Send the `live.watch` marks to every `author.activity` partition (when changed)."""
-        return await self.progress.broadcast("author.activity", AuthorActivity, now_s)
-
-
 class AuthorRuntime:
     """The `authors` agent's state: streamer timelines (rows of `table`, `author_timelines`),
     published per batch, and the per-partition marks."""
@@ -126,6 +104,7 @@ class AuthorRuntime:
         self.expected = {f"live.watch:{q}" for q in range(ctx.settings.partitions)}
         self._sent: dict[int, tuple[int | None, float]] = {}
         self._lock = asyncio.Lock()
+        self.received = Redeliveries(ctx, AGENT_AUTHORS, table)
 
     def timeline(self, author: str) -> Timeline:
         tl = self.timelines.get(author)
@@ -137,8 +116,10 @@ class AuthorRuntime:
 
     def on_revoked(self, revoked: set[TP]) -> None:
         self.gifts.forget(revoked)
-        if any(tp.topic == self._activity for tp in revoked):
+        qs = {tp.partition for tp in revoked if tp.topic == self._activity}
+        if qs:
             self.timelines.clear()  # reloaded from the table on next use
+            self.received.forget(qs)
 
     def frontier(self, q: int) -> float | None:
         """Event time up to which every author event of partition `q` is applied."""
@@ -184,6 +165,7 @@ class AuthorRuntime:
         ctx, envelope = self.ctx, self.envelope
         dirty: dict[str, None] = {}
         complete: dict[int, float] = {}  # partition -> its frontier when the batch began
+        stored: dict[int, EventT] = {}  # partition -> its last event that is not a duplicate
         live = envelope.live(events)
         for ev in live:
             msg = ev.message
@@ -202,20 +184,29 @@ class AuthorRuntime:
             if wrong is not None:
                 await envelope.rejected(ev, wrong)
                 continue
+            origin, q = self.received.origin(ev, decoded), msg.partition
+            if origin is None:  # finished before (mmbee.state.received): counted, acked below
+                continue
             in_event_context(ev)
             assert decoded.event_id is not None and decoded.ts_ms is not None
-            if msg.partition not in complete:
-                f = self.frontier(msg.partition)
-                complete[msg.partition] = float("-inf") if f is None else f
+            if q not in complete:
+                f = self.frontier(q)
+                complete[q] = float("-inf") if f is None else f
             kind: Literal["watch", "gift"] = "gift" if isinstance(decoded, GiftEvent) else "watch"
-            item = AuthorEvent(kind, decoded.event_id, decoded.ts_ms, complete[msg.partition])
+            self.received.take(q, origin)
+            item = AuthorEvent(kind, decoded.event_id, decoded.ts_ms, complete[q])
             step = apply(self.config, self.timeline(decoded.author_id), item)
+            self.received.finish(q, origin)
             for r in step.rejects:
                 await envelope.reject(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id)
+            if step.outputs or any(r.reason != "duplicate" for r in step.rejects):
+                stored[q] = ev  # what it received is written after the batch's rows
             for author in step.outputs:
                 self.table[author.encode()] = CODEC.dumps(step.state)
                 dirty[author] = None
                 ctx.metrics.count(AGENT_AUTHORS, "applied")
+        for last in stored.values():
+            self.received.write(last)
         for author in dirty:
             msg_out = ctx.codec.encode(self.timelines[author].message())
             await ctx.publish("author.state", author.encode(), msg_out)

@@ -3,7 +3,9 @@
 `UserRows` holds the user rows of this worker, one `PartitionJoiner` per user partition,
 backed by the `joiner_users` table: rows load on first use, rows with waiting impressions are
 adopted when a partition is first read (after a restart or a rebalance), and a row is written
-whole after the events that changed it.
+whole after the events that changed it. Row `~received~<p>` holds what partition p received
+(`mmbee.state.received`: redeliveries are recognised by their origin offsets) and its watermark,
+written after the user rows of a release and loaded with the partition.
 
 The user side of an example is copied when its impression is applied; its streamer side (the
 author timelines, segments, expansions) comes from other partitions, so a decided impression
@@ -12,6 +14,10 @@ the author agent has published every author event before it (its marks,
 `Views.authors.complete_through`). Then `mmbee.state.users.complete` reads it as of the
 impression time and the example is published, keyed by user. An example that breaks an
 invariant is dead-lettered (`processing_error`) and the agent lives on.
+
+`WatchFeed` sends the joiner agent's watch "enter"s on to the author agent (`author.activity`,
+keyed by streamer, each with its origin: the `live.watch` partition and offset), and the
+`live.watch` progress marks.
 """
 
 from __future__ import annotations
@@ -22,17 +28,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from faust.types import EventT, TableT
+from faust.types import TP, EventT, TableT
 
+from mmbee.schemas.events import WatchEvent
+from mmbee.schemas.serving import AuthorActivity
 from mmbee.scorer.examples import to_message
 from mmbee.scorer.features import FeatureConfig
 from mmbee.state.users import JoinerConfig, PartitionJoiner, UserRow, complete
 from mmbee.streams.runtime.alignment import MarkedAlignment
 from mmbee.streams.runtime.component import StateCodec
-from mmbee.streams.runtime.context import StreamContext, clear_event_context, in_event_context
+from mmbee.streams.runtime.context import StreamContext, in_event_context
+from mmbee.streams.runtime.progress import Progress
+from mmbee.streams.runtime.received import Redeliveries
 from mmbee.streams.views import Views
 
-__all__ = ["AGENT_JOINER", "ExampleEmitter", "Part", "UserRows"]
+__all__ = ["AGENT_JOINER", "ExampleEmitter", "Part", "UserRows", "WatchFeed"]
 
 log = logging.getLogger("mmbee.streams.components.joiner")
 
@@ -64,10 +74,12 @@ class UserRows:
     ) -> None:  # fmt: skip
         self.ctx, self.table, self.config, self.codec = ctx, table, config, codec
         self.parts: dict[int, Part] = {}
+        self.received = Redeliveries(ctx, AGENT_JOINER, table)
 
     def part(self, partition: int, now_s: float | None = None) -> Part:
-        """The rows of `partition` (made on first use; with `now_s`, in an event of it, its
-        stored rows with waiting impressions are adopted first)."""
+        """The rows of `partition` (made on first use; with `now_s`, in an event of it, what it
+        received, its watermark and its stored rows with waiting impressions are loaded
+        first)."""
         got = self.parts.get(partition)
         if got is None:
             got = self.parts[partition] = Part(PartitionJoiner(self.config, self._load))
@@ -80,11 +92,15 @@ class UserRows:
         return None if raw is None else self.codec.loads(raw)[0]
 
     def _scan(self, partition: int, part: Part, now_s: float) -> None:
-        """Adopt the rows of `partition` that hold waiting impressions: their deadlines and
-        decided examples must not wait for the user's next event."""
-        clear_event_context()
+        """Load what `partition` received and its watermark, and adopt its rows that hold
+        waiting impressions: their deadlines and decided examples must not wait for the user's
+        next event."""
+        extra, j = self.received.load(partition), part.joiner  # (no event context: all stores)
+        j.watermark_ms, j.max_ts = extra.get("watermark_ms"), extra.get("max_ts")
         n = 0
         for key, raw in self.table.items():
+            if key.startswith(b"~"):  # '~' is in no id: the partitions' `Received` rows
+                continue
             user = key.decode()
             if user not in part.joiner.rows:
                 row, p = self.codec.loads(raw)
@@ -103,16 +119,53 @@ class UserRows:
         if row is not None:
             self.table[user.encode()] = self.codec.dumps((row, partition))
 
+    def store(self, partition: int, users: Iterable[str], ev: EventT) -> None:
+        """Store the users' rows, then what `partition` received and its watermark (a restarted
+        partition judges lateness against the same watermark), in the event `ev` of it."""
+        in_event_context(ev)  # the changelog partition is the source partition
+        for user in users:
+            self.write(partition, user)
+        j = self.parts[partition].joiner
+        self.received.write(ev, watermark_ms=j.watermark_ms, max_ts=j.max_ts)
+
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop revoked partitions (their rows stay in the table)."""
-        for p in partitions:
+        """Drop revoked partitions (their rows and `Received` stay in the table)."""
+        parts = set(partitions)
+        for p in parts:
             self.parts.pop(p, None)
+        self.received.forget(parts)
 
     def user_row(self, partition: int, user_id: str) -> UserRow | None:
         """The user's row on `partition` (None: unknown user). Call in an event of that
         partition (the table read goes to its store)."""
         joiner = self.part(partition).joiner
         return joiner.rows[user_id] if joiner.known(user_id) else None
+
+
+class WatchFeed:
+    """The joiner agent's side of `author.activity`: each watch "enter" re-keyed by streamer,
+    and the `live.watch` progress marks (how far it was forwarded) for the author frontier."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+        self.progress = Progress(ctx, ("live.watch",))
+
+    async def watched(self, tp: TP, offset: int, ev: WatchEvent, forward: bool = True) -> None:
+        """Forward `ev` (read at `offset` of `tp`, its origin) when it is an enter (and not
+        `forward`ed before); note its time."""
+        ctx = self.ctx
+        if ev.action == "enter" and forward:
+            act = AuthorActivity.model_construct(
+                kind="watch", event_id=ev.event_id, ts_ms=ev.ts_ms, author_id=ev.author_id,
+                user_id=ev.user_id, live_id=ev.live_id,
+                source=f"{ctx.catalogue_name(tp.topic)}:{tp.partition}", source_offset=offset,
+            )  # fmt: skip
+            await ctx.publish("author.activity", ev.author_id.encode(), ctx.codec.encode(act))
+        self.progress.seen(tp, offset, ev.ts_ms)
+
+    async def send_marks(self, now_s: float) -> bool:
+        """Send the `live.watch` marks to every `author.activity` partition (when changed)."""
+        return await self.progress.broadcast("author.activity", AuthorActivity, now_s)
 
 
 class ExampleEmitter:

@@ -7,8 +7,8 @@ each event until both sources passed its event time (`runtime.alignment.MarkedAl
 (time, RANK, offset) order through the pure step `apply` to the partition's `PartitionJoiner`,
 writes each changed user's row once per release, then acks, and emits settled examples on
 `train.examples` (`components/examples.py`). Watch "enter"s go on to the author agent as they
-arrive (`authors.WatchFeed`). Late events are dead-lettered (`late`); a redelivered event whose
-id was applied changes nothing and is counted (`duplicates`).
+arrive (`authors.WatchFeed`). Late events are dead-lettered (`late`); a redelivery (its origin
+offset finished before, `mmbee.state.received`; or its id applied) is counted (`duplicates`).
 
 Choice: the step's state is the partition's `PartitionJoiner`, whose rows load lazily through
 the loader the runtime gives it (this component's own table, in the event's partition); the
@@ -37,8 +37,7 @@ from mmbee.settings import Settings
 from mmbee.state.align import Source
 from mmbee.state.users import JoinerConfig, PartitionJoiner, UserRow
 from mmbee.streams.codec import Rejected
-from mmbee.streams.components.authors import WatchFeed
-from mmbee.streams.components.examples import AGENT_JOINER, ExampleEmitter, UserRows
+from mmbee.streams.components.examples import AGENT_JOINER, ExampleEmitter, UserRows, WatchFeed
 from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.alignment import MarkedAlignment
 from mmbee.streams.runtime.component import Component, Reject, Step
@@ -160,13 +159,17 @@ class JoinerRuntime:
         if type(decoded) is Rejected:
             await self.envelope.rejected(ev, decoded)
             return await self.envelope.done(stream, (ev,))
-        if isinstance(decoded, WatchEvent):
+        origin = self.rows.received.origin(ev, decoded)  # None: a redelivery (counted)
+        if isinstance(decoded, WatchEvent):  # enters to author.activity, unless forwarded before
             self.alignment.seen(msg.partition, source, msg.offset)
-            await self.feed.watched(msg.tp, msg.offset, decoded)  # enters to author.activity
+            await self.feed.watched(msg.tp, msg.offset, decoded, forward=origin is not None)
+        if origin is None:  # finished before (mmbee.state.received): not applied again
+            return await self.envelope.done(stream, (ev,))
+        self.rows.received.take(msg.partition, origin)
         assert isinstance(decoded, WatchEvent | UserActivity) and decoded.ts_ms is not None
         rank = RANK["watch" if isinstance(decoded, WatchEvent) else decoded.kind]
         self.alignment.aligner(msg.partition).push(ts=decoded.ts_ms, rank=rank,
-            offset=msg.offset, item=(ev, decoded), now_s=now, source=source)  # fmt: skip
+            offset=msg.offset, item=(ev, decoded, origin), now_s=now, source=source)  # fmt: skip
 
     async def _release(self, stream: StreamT, partition: int, now: float) -> None:
         part, metrics = self.rows.parts[partition], self.ctx.metrics
@@ -174,30 +177,26 @@ class JoinerRuntime:
             return
         stalled = now - self._last_batch_s >= self.align_wait_s
         ready = self.alignment.release(partition, now, stalled)
-        # rows are written once per release, not once per event (a busy user's row is
-        # serialised whole), and the applied events are acked only after their rows are written
+        # rows are written once per release (a busy user's row is serialised whole), then what
+        # the partition received (not for duplicates alone), and the events acked after that
         touched: set[str] = set()
-        applied: list[EventT] = []
-        for ev, model in ready:
+        applied, stored = 0, False
+        for ev, model, origin in ready:
             in_event_context(ev)  # the rows a step loads are read from this partition's store
             part.last_event = ev
             step = apply(self.config, part.joiner, Timed(model, now))
-            if step.rejects:
-                for r in step.rejects:
-                    await self.envelope.reject(
-                        ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id
-                    )
-                await self.envelope.done(stream, (ev,))
-                continue
+            self.rows.received.finish(partition, origin)
+            stored |= any(r.reason != "duplicate" for r in step.rejects)
+            await self.envelope.reject_all(
+                [(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id) for r in step.rejects]
+            )
             touched.update(step.outputs)
-            applied.append(ev)
+            applied += not step.rejects
+        if applied or stored:
+            self.rows.store(partition, touched, ready[-1][0])
         if applied:
-            in_event_context(applied[-1])  # the changelog partition is the source partition
-            for user in touched:
-                self.rows.write(partition, user)
-            metrics.count(AGENT_JOINER, "applied", len(applied))
-            for ev in applied:
-                await self.envelope.done(stream, (ev,))
+            metrics.count(AGENT_JOINER, "applied", applied)
+        await self.envelope.done(stream, [item[0] for item in ready])
         metrics.gauge(AGENT_JOINER, "held", self.alignment.held)
         if part.joiner.watermark_ms is not None:
             metrics.gauge(AGENT_JOINER, f"watermark_ms_p{partition}", part.joiner.watermark_ms)
