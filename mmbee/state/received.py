@@ -90,16 +90,17 @@ class Received:
                 del self.open[origin]
 
     def to_json(self) -> dict[str, list[Any]]:
-        """{origin: [high, [open offsets, sorted]]}."""
-        return {o: [h, sorted(self.open.get(o, ()))] for o, h in sorted(self.high.items())}
+        """{origin: [high, [[first, last], ...]]}: the open offsets as sorted runs (the events a
+        partition holds for alignment are mostly consecutive offsets)."""
+        return {o: [h, _runs(self.open.get(o, ()))] for o, h in sorted(self.high.items())}
 
     @classmethod
     def from_json(cls, v: dict[str, list[Any]]) -> Received:
         r = cls()
-        for origin, (high, open_) in v.items():
+        for origin, (high, runs) in v.items():
             r.high[origin] = int(high)
-            if open_:
-                r.open[origin] = {int(o) for o in open_}
+            if runs:
+                r.open[origin] = {o for a, b in runs for o in range(int(a), int(b) + 1)}
         return r
 
     def dumps(self) -> bytes:
@@ -109,6 +110,17 @@ class Received:
     @classmethod
     def loads(cls, raw: bytes) -> Received:
         return cls.from_json(json.loads(raw))
+
+
+def _runs(offsets: Iterable[int]) -> list[list[int]]:
+    """Sorted offsets as [first, last] runs of consecutive ones."""
+    out: list[list[int]] = []
+    for o in sorted(offsets):
+        if out and out[-1][1] == o - 1:
+            out[-1][1] = o
+        else:
+            out.append([o, o])
+    return out
 
 
 class Store(Protocol):

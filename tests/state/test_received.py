@@ -36,10 +36,19 @@ def test_dumps_loads_keep_high_and_open() -> None:
     r.take("live.watch:0", 2)
     r.finish("live.watch:0", 2)
     raw = r.dumps()
-    assert raw == b'{"live.gifts:3":[10,[7,10]],"live.watch:0":[2,[]]}'
+    assert raw == b'{"live.gifts:3":[10,[[7,7],[10,10]]],"live.watch:0":[2,[]]}'
     again = Received.loads(raw)
     assert again.to_json() == r.to_json()
     assert [o for o in range(12) if again.redelivered(G, o)] == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+
+
+def test_open_offsets_are_stored_as_runs() -> None:
+    r = Received()
+    for o in (*range(3, 9), 11, 12, 20):
+        r.take(G, o)
+    r.finish(G, 5)
+    assert r.to_json() == {G: [20, [[3, 4], [6, 8], [11, 12], [20, 20]]]}
+    assert Received.loads(r.dumps()).open == r.open
 
 
 def test_origin_is_the_forwarded_source_else_the_message_itself() -> None:
@@ -63,7 +72,7 @@ def test_rows_store_received_with_extra_fields_under_a_tilde_key() -> None:
     rows.forget([1])
     assert 1 not in rows.parts
     got, extra = rows.load(1)
-    assert extra == {"watermark_ms": 123, "max_ts": 456} and got.to_json() == {G: [5, [5]]}
+    assert extra == {"watermark_ms": 123, "max_ts": 456} and got.to_json() == {G: [5, [[5, 5]]]}
     assert rows.of(1) is got
     empty, none = rows.load(2)
     assert empty.to_json() == {} and none == {}

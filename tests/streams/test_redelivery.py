@@ -145,7 +145,7 @@ def test_a_redelivery_after_a_takeover_is_a_duplicate_and_the_received_row_survi
     assert (part.joiner.watermark_ms, part.joiner.max_ts) == (seen["wm"], seen["max_ts"])
     stored = json.loads(seen["stored"])
     assert stored["watermark_ms"] == seen["wm"] and stored["max_ts"] == seen["max_ts"]
-    assert stored["received"] == {"live.gifts:0": [0, []], "live.watch:0": [70, [70]]}
+    assert stored["received"] == {"live.gifts:0": [0, []], "live.watch:0": [70, [[70, 70]]]}
     # every event but the mark and the held last watch was finished before: duplicates
     assert seen["after_refeed"] == ctx.metrics.get("joiner", "duplicates") == len(joiner_log()) - 2
     # the redelivered enters were not forwarded to the author agent again
