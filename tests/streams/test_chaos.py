@@ -12,9 +12,9 @@ Compared exactly: every segment buffer (closed and open segments, watermark, app
 not the offsets after disturbed delivery, which shifts them), the gift graph (digest and gift
 count: no gift counted twice or lost), the user side of every joined example on
 `train.examples` (a re-emitted example must equal the first), and the dead letters of every
-agent but `authors` (none). Not compared, only printed: the streamer side of the examples
-(`STREAMER_SIDE`: two uninterrupted runs already differ there) and the `authors` agent's `late`
-dead letters after a kill (deploy/RUNBOOK.md section 11).
+agent (none: a redelivery is counted as a duplicate, never dead-lettered). Not compared, only
+printed: the streamer side of the examples (`STREAMER_SIDE`: two uninterrupted runs already
+differ there).
 
 The kill points, the victim's volume (kept or lost) and the perturbations are drawn from one seed,
 printed by every test; `MMBEE_CHAOS_SEED=<seed> pytest -m chaos ...` replays them. A kill point
@@ -168,13 +168,6 @@ def user_side(ex: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ex.items() if k not in STREAMER_SIDE}
 
 
-def not_authors(letters: list[tuple[str, str, str | None]]) -> list[tuple[str, str, str | None]]:
-    """Dead letters of every agent but `authors` (the streamer timelines, which feed only the
-    streamer side; after a takeover it dead-letters re-forwarded watch events as late: the
-    report of issue 21)."""
-    return [d for d in letters if d[0] != "authors"]
-
-
 def closed_diff(want: list[dict[str, Any]], got: list[dict[str, Any]] | None) -> str:
     """The first closed segment that differs, field by field (values cut short)."""
     got = got or []
@@ -187,8 +180,7 @@ def closed_diff(want: list[dict[str, Any]], got: list[dict[str, Any]] | None) ->
 
 def diff(expected: State, got: State, offsets: bool = True) -> str:
     """Where `got` differs from `expected` ('' when equal): buffers (with the applied offsets
-    unless not `offsets`), graph, the user side of every example, the dead letters of every
-    agent but `authors`."""
+    unless not `offsets`), graph, the user side of every example, the dead letters."""
 
     def buf(b: dict[str, Any]) -> dict[str, Any]:
         return b if offsets else without_offsets(b)
@@ -225,22 +217,22 @@ def diff(expected: State, got: State, offsets: bool = True) -> str:
             f"examples: {len(e.keys() - g.keys())} missing, {len(g.keys() - e.keys())} extra, "
             f"{len(differ)} differ in their user side (fields {fields}) of {len(e)}{first}"
         )
-    if not_authors(got.dead_letters) != not_authors(expected.dead_letters):
-        got_dl, want_dl = not_authors(got.dead_letters), not_authors(expected.dead_letters)
+    if got.dead_letters != expected.dead_letters:
+        got_dl, want_dl = got.dead_letters, expected.dead_letters
         out.append(f"dead letters ({len(got_dl)}) {got_dl[:5]} != ({len(want_dl)}) {want_dl[:5]}")
     return "; ".join(out)
 
 
 def report(expected: State, got: State) -> str:
-    """What is not compared: examples whose streamer side differs, `authors` dead letters."""
+    """What is not compared: examples whose streamer side differs."""
     e, g = expected.examples, got.examples
     n = sum(e[i] != g[i] for i in e.keys() & g.keys())
-    late = len(got.dead_letters) - len(not_authors(got.dead_letters))
-    return f"streamer side differs in {n}/{len(e)} examples; {late} authors dead letters"
+    return f"streamer side differs in {n}/{len(e)} examples"
 
 
 def start(settings: Settings, started: list[WorkerProcess], tmp: Path) -> WorkerProcess:
-    w = WorkerProcess(settings, tmp / f"worker{len(started)}.log")
+    """A worker whose log is named after its run (the app id) and its place in `started`."""
+    w = WorkerProcess(settings, tmp / f"{settings.app_id}-worker{len(started)}.log")
     started.append(w)
     return w
 
