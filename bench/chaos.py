@@ -71,7 +71,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -80,8 +79,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "streams"))  # streamkit: one AckedProducer and buffers
 
 from scale import Worker, make_log  # noqa: E402
+from streamkit import AckedProducer, Message, buffers  # noqa: E402
 
 from mmbee.graph import build  # noqa: E402
 from mmbee.schemas import GiftEvent  # noqa: E402
@@ -94,7 +95,6 @@ from mmbee.streams.deployment import provision  # noqa: E402
 
 CONTENT = ("live.frames", "live.comments", "live.asr")
 KINDS = ("restart", "takeover", "broker")
-Message = tuple[str, bytes, bytes, int]
 
 
 def log(obj: dict[str, Any]) -> None:
@@ -127,14 +127,6 @@ def graph(w: Worker) -> dict[str, Any]:
         return w.get("/mmbee/graph/")
     except OSError:
         return {}
-
-
-def buffers(w: Worker, authors: list[str]) -> dict[str, Any]:
-    out = {}
-    for a in authors:
-        view = w.get(f"/mmbee/segments/{a}/")
-        out[a] = {k: view[k] for k in ("closed", "open", "watermark_ms", "applied")}
-    return out
 
 
 def cells(bufs: dict[str, Any]) -> Counter[tuple[str, str, int, str]]:
@@ -392,65 +384,6 @@ def worker_round(
 
 
 # --- broker kills -----------------------------------------------------------------------------
-
-
-class AckedProducer:
-    """Sends records one by one with acks=all, remembering which were acknowledged; failed sends
-    are sent again by `resend_failed`."""
-
-    def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaProducer
-
-        self.settings = settings
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_list(), acks="all", linger_ms=2, retries=5,
-            request_timeout_ms=15_000, max_block_ms=30_000,
-        )  # fmt: skip
-        self.acked: set[str] = set()
-        self.killed_at: float | None = None
-        self.moved: set[int] = set()  # partitions whose leader was killed
-        self.first_moved_ack: float | None = None
-        self.failed: list[Message] = []
-        self.failures = 0
-        self._lock = threading.Lock()
-
-    def send(self, msg: Message) -> None:
-        topic, key, value, _ = msg
-        eid = json.loads(value)["event_id"]
-
-        def ok(meta: Any) -> None:
-            now = time.monotonic()
-            with self._lock:
-                self.acked.add(eid)
-                if (
-                    self.first_moved_ack is None
-                    and self.killed_at is not None
-                    and meta.partition in self.moved
-                ):
-                    self.first_moved_ack = now
-
-        def bad(_: Exception) -> None:
-            with self._lock:
-                self.failed.append(msg)
-                self.failures += 1
-
-        future = self.producer.send(self.settings.topic(topic), key=key, value=value)
-        future.add_callback(ok)
-        future.add_errback(bad)
-
-    def resend_failed(self, rounds: int = 5) -> None:
-        for _ in range(rounds):
-            self.producer.flush(60)
-            with self._lock:
-                again, self.failed = self.failed, []
-            if not again:
-                return
-            for m in again:
-                self.send(m)
-        self.producer.flush(60)
-
-    def close(self) -> None:
-        self.producer.close(10)
 
 
 def topic_ids(settings: Settings, name: str) -> set[str]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 import zlib
 from collections import Counter
@@ -45,8 +44,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from streamkit import WorkerProcess
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from streamkit import AckedProducer, Message, WorkerProcess, buffers
 
 from mmbee.graph import build
 from mmbee.schemas import DeadLetter, GiftEvent
@@ -63,7 +62,6 @@ from mmbee.streams.deployment import provision
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.chaos]
 
 CONTENT = ("live.frames", "live.comments", "live.asr")
-Message = tuple[str, bytes, bytes, int]
 
 
 def hashed_text_embeddings(texts: list[str]) -> np.ndarray:
@@ -141,14 +139,6 @@ def wait(cond: Any, what: str, w: WorkerProcess, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def buffers(w: WorkerProcess, authors: list[str]) -> dict[str, Any]:
-    out = {}
-    for a in authors:
-        view = w.get(f"/mmbee/segments/{a}/")
-        out[a] = {k: view[k] for k in ("closed", "open", "watermark_ms", "applied")}
-    return out
-
-
 def read_ids(settings: Settings, name: str) -> Counter[str]:
     """event_id -> copies on topic `name`, read from the beginning (the live brokers only)."""
     topic = settings.topic(name)
@@ -193,55 +183,6 @@ def leader_counts(settings: Settings, name: str) -> Counter[int]:
     finally:
         admin.close()
     return Counter(p["leader_id"] for p in described["partitions"])
-
-
-class AckedProducer:
-    """Sends records one by one with acks=all; remembers which the cluster acknowledged.
-
-    A send that fails (the leader died with it in flight and the client's retries ran out) is
-    sent again by `resend_failed`: a replayer that gave up would lose the event on purpose."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_list(), acks="all", linger_ms=2, retries=5,
-            request_timeout_ms=15_000, max_block_ms=30_000,
-        )  # fmt: skip
-        self.acked: set[str] = set()
-        self.failed: list[Message] = []
-        self.failures = 0
-        self._lock = threading.Lock()
-
-    def send(self, msg: Message) -> None:
-        topic, key, value, _ = msg
-        eid = json.loads(value)["event_id"]
-
-        def ok(_: Any) -> None:
-            with self._lock:
-                self.acked.add(eid)
-
-        def bad(_: Exception) -> None:
-            with self._lock:
-                self.failed.append(msg)
-                self.failures += 1
-
-        future = self.producer.send(self.settings.topic(topic), key=key, value=value)
-        future.add_callback(ok)
-        future.add_errback(bad)
-
-    def resend_failed(self, rounds: int = 5) -> None:
-        for _ in range(rounds):
-            self.producer.flush(60)
-            with self._lock:
-                again, self.failed = self.failed, []
-            if not again:
-                return
-            for m in again:
-                self.send(m)
-        self.producer.flush(60)
-
-    def close(self) -> None:
-        self.producer.close(10)
 
 
 def test_broker_killed_mid_replay_loses_no_acknowledged_event(

@@ -1,4 +1,5 @@
-"""Helpers of the streams tests: small content events, settings -> worker env, worker processes."""
+"""Helpers of the streams tests (and of bench/chaos.py): small content events, settings -> worker
+env, worker processes, segment buffers as a worker shows them, a producer that records acks."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from mmbee.schemas import AsrSegment, CommentEvent, FrameEvent, encode_embedding
 from mmbee.settings import Settings
@@ -182,3 +184,87 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(30)
         self._log.close()
+
+
+class Gets(Protocol):
+    """A worker with a web API (`WorkerProcess` here, bench/scale.py's `Worker`)."""
+
+    def get(self, path: str) -> Any: ...
+
+
+def buffers(w: Gets, authors: list[str]) -> dict[str, Any]:
+    """Each author's segment buffer as worker `w` shows it: closed and open segments, watermark,
+    applied offsets."""
+    out = {}
+    for a in authors:
+        view = w.get(f"/mmbee/segments/{a}/")
+        out[a] = {k: view[k] for k in ("closed", "open", "watermark_ms", "applied")}
+    return out
+
+
+Message = tuple[str, bytes, bytes, int]
+"""(catalogue topic, key, value, ts_ms): what the simulator's encoded log yields."""
+
+
+class AckedProducer:
+    """Sends records one by one with acks=all; remembers which the cluster acknowledged (by
+    event id).
+
+    A send that fails (the leader died with it in flight and the client's retries ran out) is
+    sent again by `resend_failed`: a replayer that gave up would lose the event on purpose.
+    For a broker kill, set `moved` (the partitions whose leader was killed) and `killed_at`
+    (monotonic seconds): `first_moved_ack` is then when the first of them was acknowledged
+    again (bench/chaos.py's stall figure)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_list(), acks="all", linger_ms=2, retries=5,
+            request_timeout_ms=15_000, max_block_ms=30_000,
+        )  # fmt: skip
+        self.acked: set[str] = set()
+        self.killed_at: float | None = None
+        self.moved: set[int] = set()
+        self.first_moved_ack: float | None = None
+        self.failed: list[Message] = []
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def send(self, msg: Message) -> None:
+        topic, key, value, _ = msg
+        eid = json.loads(value)["event_id"]
+
+        def ok(meta: Any) -> None:
+            now = time.monotonic()
+            with self._lock:
+                self.acked.add(eid)
+                if (
+                    self.first_moved_ack is None
+                    and self.killed_at is not None
+                    and meta.partition in self.moved
+                ):
+                    self.first_moved_ack = now
+
+        def bad(_: Exception) -> None:
+            with self._lock:
+                self.failed.append(msg)
+                self.failures += 1
+
+        future = self.producer.send(self.settings.topic(topic), key=key, value=value)
+        future.add_callback(ok)
+        future.add_errback(bad)
+
+    def resend_failed(self, rounds: int = 5) -> None:
+        """Flush, and send the failed records again, up to `rounds` times."""
+        for _ in range(rounds):
+            self.producer.flush(60)
+            with self._lock:
+                again, self.failed = self.failed, []
+            if not again:
+                return
+            for m in again:
+                self.send(m)
+        self.producer.flush(60)
+
+    def close(self) -> None:
+        self.producer.close(10)

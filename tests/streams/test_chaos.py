@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from streamkit import WorkerProcess, read_topic
+from streamkit import WorkerProcess, buffers, read_topic
 from test_scaleout import (
-    buffers,
     dead_letters,
     log_facts,
     other_worker,

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from streamkit import WorkerProcess, read_topic
+from streamkit import WorkerProcess, buffers, read_topic
 
 from mmbee.graph import build
 from mmbee.schemas import DeadLetter, GiftEvent
@@ -139,14 +139,6 @@ def wait(
             tails = "\n---\n".join(w.tail(2000) for w in workers)
             raise AssertionError(f"timed out waiting for {what}\n{tails}")
         time.sleep(0.2)
-
-
-def buffers(w: WorkerProcess, authors: list[str]) -> dict[str, Any]:
-    out = {}
-    for a in authors:
-        view = w.get(f"/mmbee/segments/{a}/")
-        out[a] = {k: view[k] for k in ("closed", "open", "watermark_ms", "applied")}
-    return out
 
 
 def dead_letters(settings: Settings) -> list[tuple[str, str, str | None]]:
