@@ -223,10 +223,12 @@ def diff(expected: State, got: State, offsets: bool = True) -> str:
 
 
 def report(expected: State, got: State) -> str:
-    """What is not compared: examples whose streamer side differs."""
+    """What is not compared: examples whose streamer side differs (and in which fields)."""
     e, g = expected.examples, got.examples
-    n = sum(e[i] != g[i] for i in e.keys() & g.keys())
-    return f"streamer side differs in {n}/{len(e)} examples"
+    both = e.keys() & g.keys()
+    n = sum(e[i] != g[i] for i in both)
+    fields = {k: sum(e[i].get(k) != g[i].get(k) for i in both) for k in STREAMER_SIDE}
+    return f"streamer side differs in {n}/{len(e)} examples ({fields})"
 
 
 def start(settings: Settings, started: list[WorkerProcess], tmp: Path) -> WorkerProcess:
