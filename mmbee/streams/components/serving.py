@@ -44,7 +44,7 @@ from mmbee.settings import Settings
 from mmbee.state.users import UserState
 from mmbee.streams import serving_models as shared
 from mmbee.streams.codec import Rejected
-from mmbee.streams.components.joiner import AGENT_JOINER, JoinerRuntime
+from mmbee.streams.components.users import AGENT_JOINER, JoinerRuntime
 from mmbee.streams.observability import observability
 from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.component import Component, Step
