@@ -35,7 +35,7 @@ from mmbee.streams.metrics import StreamMetrics
 from mmbee.streams.publish import FaustPublisher, Publisher
 from mmbee.streams.runtime import compat
 from mmbee.streams.runtime.component import Component
-from mmbee.streams.runtime.context import StreamContext, group_instance_id
+from mmbee.streams.runtime.context import Register, StreamContext, group_instance_id
 from mmbee.streams.runtime.rocksdb import apply_rocksdb_budget
 
 __all__ = [
@@ -129,10 +129,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port,
         "autodiscover": False,
     }
-
-
-Register = Callable[[StreamContext], None]
-"""A bare register function (a benchmark's trivial agent): accepted wherever a component is."""
 
 
 def resolve_components(

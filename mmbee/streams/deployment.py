@@ -29,7 +29,8 @@ from typing import Any
 
 from mmbee.settings import Settings
 from mmbee.streams.app import build_app
-from mmbee.streams.runtime.context import Component, StreamContext
+from mmbee.streams.runtime.component import Component
+from mmbee.streams.runtime.context import Register, StreamContext
 from mmbee.streams.topics import (
     CoPartitioningError,
     TopicPlan,
@@ -64,7 +65,9 @@ class MissingTopicsError(RuntimeError):
     """A production worker found planned topics missing on the cluster."""
 
 
-def _internal_topics(settings: Settings, components: Sequence[str | Component] | None) -> Any:
+def _internal_topics(
+    settings: Settings, components: Sequence[str | Component | Register] | None
+) -> Any:
     """(changelog topics of tables, internal agent topics) of the app these settings build."""
     ctx = build_app(settings.model_copy(update={"store": "memory://"}), components)
     try:
@@ -80,7 +83,7 @@ def _internal_topics(settings: Settings, components: Sequence[str | Component] |
 
 
 def internal_topic_plans(
-    settings: Settings, components: Sequence[str | Component] | None = None
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
 ) -> list[TopicPlan]:
     """Plans of the changelog topics (compacted) and internal agent topics (delete policy) of
     the app built for `settings` with `components` (None: `settings.components`, else all)."""
@@ -120,13 +123,15 @@ def internal_topic_plans(
 
 
 def plan_all_topics(
-    settings: Settings, components: Sequence[str | Component] | None = None
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
 ) -> list[TopicPlan]:
     """Every topic a deployment of `settings` needs: the catalogue, then the internal ones."""
     return plan_topics(settings) + internal_topic_plans(settings, components)
 
 
-def provision(settings: Settings, components: Sequence[str | Component] | None = None) -> list[str]:
+def provision(
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
+) -> list[str]:
     """Create every planned topic that is missing (`mmbee topics create`); returns the names
     created. Idempotent: existing topics are left as they are (`check_deployment` reports
     their drift)."""
@@ -134,7 +139,7 @@ def provision(settings: Settings, components: Sequence[str | Component] | None =
 
 
 def check_deployment(
-    settings: Settings, components: Sequence[str | Component] | None = None
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
 ) -> list[str]:
     """Drift between the plan and the cluster for every topic (`mmbee topics check`)."""
     plans = plan_all_topics(settings, components)

@@ -21,7 +21,8 @@ from mmbee.streams.app import build_app
 from mmbee.streams.deployment import provision, verify_worker_topics
 from mmbee.streams.observability import logging_config, observability
 from mmbee.streams.runtime.compat import install_fetch_wait
-from mmbee.streams.runtime.context import Component
+from mmbee.streams.runtime.component import Component
+from mmbee.streams.runtime.context import Register
 from mmbee.streams.topics import verify_copartitioning
 
 __all__ = ["prepare_topics", "run_worker"]
@@ -30,7 +31,7 @@ log = logging.getLogger("mmbee.streams.worker")
 
 
 def prepare_topics(
-    settings: Settings, components: Sequence[str | Component] | None = None
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
 ) -> list[str]:
     """Create missing topics (dev profile only; production topics are provisioned with
     `mmbee topics create`), then refuse to run if co-partitioned topics disagree.
@@ -44,7 +45,9 @@ def prepare_topics(
     return created
 
 
-def run_worker(settings: Settings, components: Sequence[str | Component] | None = None) -> None:
+def run_worker(
+    settings: Settings, components: Sequence[str | Component | Register] | None = None
+) -> None:
     """Run one Faust worker with `components` (None: `settings.components`, else all) until it
     is stopped by a signal. Raises SystemExit when the worker ends, like any Faust worker."""
     if settings.profile == "dev":

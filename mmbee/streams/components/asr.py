@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-import faust
 import numpy as np
 from faust.types import TP, EventT, StreamT
 
@@ -202,13 +201,8 @@ def register(ctx: StreamContext) -> None:
     """The ASR agent: AudioChunk -> Whisper -> AsrSegment."""
     runtime = ctx.runtimes[AGENT_ASR] = AsrRuntime(ctx)
     ctx.on_partitions_revoked(runtime.on_revoked)
-    batch, within = runtime.config.batch_max, runtime.config.batch_wait_s
-
-    async def asr(stream: StreamT) -> None:
-        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
-            await runtime.process(stream, events)
-
-    ctx.app.agent(ctx.topic("live.audio"), name="mmbee.asr")(asr)
+    cfg = runtime.config
+    ctx.batch_agent("asr", ("live.audio",), runtime.process, cfg.batch_max, cfg.batch_wait_s)
 
 
 COMPONENT = Component(name="asr", config=config, apply=apply, codec=None, register=register)

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
-import faust
 from faust.types import TP, EventT, StreamT, TableT
 
-from mmbee.schemas.events import DeadLetterReason, GiftEvent
+from mmbee.schemas.events import GiftEvent
 from mmbee.schemas.serving import AuthorActivity, AuthorTimeline
 from mmbee.settings import Settings
 from mmbee.state.align import frontier_of
@@ -197,8 +196,7 @@ class AuthorRuntime:
             item = AuthorEvent(kind, decoded.event_id, decoded.ts_ms, complete[q])
             step = apply(self.config, self.timeline(decoded.author_id), item)
             self.received.finish(q, origin)
-            for r in step.rejects:
-                await envelope.reject(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id)
+            await envelope.reject_step(ev, step.rejects)
             if step.outputs or any(r.reason != "duplicate" for r in step.rejects):
                 stored[q] = ev  # what it received is written after the batch's rows
             for author in step.outputs:
@@ -223,13 +221,7 @@ def register(ctx: StreamContext) -> None:
     runtime = AuthorRuntime(ctx, table, author_config(settings))
     ctx.runtimes[AGENT_AUTHORS] = runtime
     ctx.on_partitions_revoked(runtime.on_revoked)
-    batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
-
-    async def authors_agent(stream: StreamT) -> None:
-        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
-            await runtime.process(stream, list(events))
-
-    ctx.app.agent(ctx.topic("author.activity", "live.gifts"), name="mmbee.authors")(authors_agent)
+    ctx.batch_agent("authors", ("author.activity", "live.gifts"), runtime.process)
 
     @ctx.app.timer(settings.joiner_mark_interval_s, name="mmbee.authors.marks")
     async def author_marks() -> None:

@@ -28,14 +28,14 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.types import TP, EventT, StreamT
 
 from mmbee.graph import CacheConfig, ExpansionConfig, GraphConfig, WalkCache
 from mmbee.graph.walk_cache import MemoryCacheStore
-from mmbee.schemas.events import DeadLetterReason, GiftEvent
+from mmbee.schemas.events import GiftEvent
 from mmbee.settings import Settings
 from mmbee.state import graph as core
 from mmbee.state.graph import Applied, GraphState, state_digest
@@ -153,8 +153,7 @@ class GraphRuntime:
                 metrics.count(AGENT_GRAPH, "applied")
                 self.schedule.last_gift_s = self.ctx.monotonic()
                 metrics.gauge(AGENT_GRAPH, "watermark_ms", self.state.graph.watermark_ms or 0)
-        for r in step.rejects:  # a duplicate is counted, the others dead-lettered
-            await self.envelope.reject(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id)
+        await self.envelope.reject_step(ev, step.rejects)  # a duplicate counted, others DLQ
         metrics.count(AGENT_GRAPH, "processed")
 
     async def on_recovered(self) -> None:

@@ -20,9 +20,6 @@ Bad input (undecodable, invalid, a key that is not the partitioning field) goes 
 and so do events too late to apply (`late`), each counted. A redelivered event whose id was
 applied already changes nothing and is acked and counted (`duplicates`), not dead-lettered.
 
-The names other modules import from here (`JoinerRuntime`, `AGENT_JOINER`, ...) are re-exported
-from the modules they live in now.
-
 Example:
     >>> from mmbee.schemas import GiftEvent
     >>> g = GiftEvent(event_id="g1", ts_ms=1_700_000_000_000, user_id="u1", author_id="a1",
@@ -42,25 +39,11 @@ from faust.types import EventT, StreamT
 from mmbee.schemas.events import CommentEvent, GiftEvent
 from mmbee.schemas.serving import UserActivity
 from mmbee.settings import Settings
-from mmbee.state.align import frontier_of
 from mmbee.state.users import JoinerConfig
 from mmbee.streams.codec import Rejected
 from mmbee.streams.components import authors, users
-from mmbee.streams.components.authors import (
-    AGENT_AUTHORS,
-    AUTHORS_TABLE,
-    AuthorConfig,
-    AuthorRuntime,
-    author_config,
-)
-from mmbee.streams.components.users import (
-    AGENT_JOINER,
-    MARK_SOURCES,
-    RANK,
-    USERS_TABLE,
-    JoinerRuntime,
-    joiner_config,
-)
+from mmbee.streams.components.authors import AuthorConfig, author_config
+from mmbee.streams.components.users import MARK_SOURCES, joiner_config
 from mmbee.streams.runtime.agent import Envelope
 from mmbee.streams.runtime.component import Component, Step
 from mmbee.streams.runtime.context import StreamContext
@@ -68,21 +51,13 @@ from mmbee.streams.runtime.progress import Progress
 
 __all__ = [
     "AGENT_FORWARD",
-    "AGENT_JOINER",
-    "AGENT_AUTHORS",
-    "USERS_TABLE",
-    "AUTHORS_TABLE",
     "COMPONENT",
-    "MARK_SOURCES",
-    "RANK",
-    "joiner_config",
-    "forward",
-    "Read",
-    "frontier_of",
+    "PARTS",
     "ForwardRuntime",
-    "JoinerRuntime",
-    "AuthorRuntime",
-    "Progress",
+    "JoinerSettings",
+    "Read",
+    "forward",
+    "joiner_settings",
     "register",
 ]
 

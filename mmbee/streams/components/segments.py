@@ -227,13 +227,7 @@ def register(ctx: StreamContext) -> None:
     runtime = ctx.runtimes[AGENT_SEGMENTS] = SegmentRuntime(ctx)
     ctx.on_partitions_revoked(runtime.on_revoked)
     settings = ctx.settings
-    batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
-
-    async def segments(stream: StreamT) -> None:
-        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
-            await runtime.process(stream, events)
-
-    ctx.app.agent(ctx.topic(*SOURCES), name="mmbee.segments")(segments)
+    ctx.batch_agent("segments", SOURCES, runtime.process)
 
     @ctx.app.timer(max(settings.segment_align_wait_ms / 4000, 0.02), name="mmbee.segments.align")
     async def release_aligned() -> None:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.types import TP, EventT, StreamT, TableT
 from pydantic import BaseModel
 
-from mmbee.schemas.events import DeadLetterReason, WatchEvent
+from mmbee.schemas.events import WatchEvent
 from mmbee.schemas.serving import UserActivity
 from mmbee.scorer.examples import LabelConfig
 from mmbee.settings import Settings
@@ -187,9 +187,7 @@ class JoinerRuntime:
             step = apply(self.config, part.joiner, Timed(model, now))
             self.rows.received.finish(partition, origin)
             stored |= any(r.reason != "duplicate" for r in step.rejects)
-            await self.envelope.reject_all(
-                [(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id) for r in step.rejects]
-            )
+            await self.envelope.reject_step(ev, step.rejects)
             touched.update(step.outputs)
             applied += not step.rejects
         if applied or stored:
@@ -223,13 +221,7 @@ def register(ctx: StreamContext) -> None:
     runtime = JoinerRuntime(ctx, table, joiner_config(settings), views(ctx))
     ctx.runtimes[AGENT_JOINER] = runtime
     ctx.on_partitions_revoked(runtime.on_revoked)
-    batch, within = settings.stream_batch_max, settings.stream_batch_wait_ms / 1000
-
-    async def joiner_agent(stream: StreamT) -> None:
-        async for events in cast(faust.Stream, stream).noack_take(batch, within=within):
-            await runtime.process(stream, list(events))
-
-    ctx.app.agent(ctx.topic(*SOURCES), name="mmbee.joiner")(joiner_agent)
+    ctx.batch_agent("joiner", SOURCES, runtime.process)
 
     @ctx.app.timer(0.1, name="mmbee.joiner.tick")
     async def joiner_tick() -> None:

@@ -17,6 +17,7 @@ Kafka message is the same for all of them, and lives here once:
 
 Example:
     >>> from mmbee.streams.codec import Rejected
+from mmbee.streams.runtime.component import Reject
     >>> Rejected("decode_error", "not JSON").reason
     'decode_error'
 """
@@ -34,6 +35,7 @@ from mmbee.streams.acks import AckSequencer
 from mmbee.streams.codec import Rejected
 
 if TYPE_CHECKING:
+    from mmbee.streams.runtime.component import Reject
     from mmbee.streams.runtime.context import StreamContext
 
 __all__ = ["Bad", "Envelope", "Taken"]
@@ -165,6 +167,12 @@ class Envelope:
     async def rejected(self, ev: EventT, why: Rejected) -> None:
         """Dead-letter `ev` for what the codec (or the key check) found."""
         await self.reject(ev, why.reason, why.detail, why.event_id)
+
+    async def reject_step(self, ev: EventT, rejects: Iterable[Reject]) -> None:
+        """Dead-letter (or, a `duplicate`, count) each reject a component's step returned for
+        `ev` (`mmbee.streams.runtime.component.Step.rejects`)."""
+        for r in rejects:
+            await self.reject(ev, cast(DeadLetterReason, r.reason), r.detail, r.event_id)
 
     async def reject_all(self, bad: Sequence[Bad]) -> None:
         """Dead-letter each of `bad`, in order."""

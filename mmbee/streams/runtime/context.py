@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import faust
-from faust.types import TP, EventT, TableT
+from faust.types import TP, EventT, StreamT, TableT
 
 from mmbee.schemas.topics import TOPICS
 from mmbee.settings import Settings
@@ -30,7 +30,7 @@ from mmbee.streams.runtime import compat
 from mmbee.streams.runtime.rocksdb import rocksdb_options
 
 __all__ = [
-    "Component",
+    "Register",
     "Inspectable",
     "Sample",
     "StreamContext",
@@ -44,8 +44,9 @@ T = TypeVar("T")
 Sample = tuple[str, dict[str, str], float]
 """One Prometheus sample: (metric name, labels, value)."""
 
-Component = Callable[["StreamContext"], None]
-"""Registers a component's agents/tables/pages on the context's app."""
+Register = Callable[["StreamContext"], None]
+"""A bare register function (declares agents/tables/pages on the context's app): accepted
+wherever a component is (`mmbee.streams.runtime.component.Component` is one too)."""
 
 
 @runtime_checkable
@@ -162,6 +163,26 @@ class StreamContext:
             help=help,
         )
 
+    def batch_agent(
+        self,
+        name: str,
+        topics: tuple[str, ...],
+        process: Callable[[StreamT, list[EventT]], Awaitable[None]],
+        batch: int | None = None,
+        within_s: float | None = None,
+    ) -> None:
+        """Agent `mmbee.<name>` over catalogue `topics` that hands `process(stream, events)`
+        batches of up to `batch` events (default `stream_batch_max`) taken within `within_s`
+        (default `stream_batch_wait_ms`), unacked: `process` acks through its envelope."""
+        size = batch or self.settings.stream_batch_max
+        within = within_s if within_s is not None else self.settings.stream_batch_wait_ms / 1000
+
+        async def agent(stream: StreamT) -> None:
+            async for events in cast(faust.Stream, stream).noack_take(size, within=within):
+                await process(stream, list(events))
+
+        self.app.agent(self.topic(*topics), name=f"mmbee.{name}")(agent)
+
     async def publish(self, name: str, key: bytes | None, value: bytes) -> None:
         """Send raw bytes to catalogue topic `name`."""
         await self.publisher.send(self.topic_name(name), key, value)
@@ -194,5 +215,3 @@ class StreamContext:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-
