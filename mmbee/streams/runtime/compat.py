@@ -1,6 +1,6 @@
 """Every patch of a faust/mode/aiokafka internal, and every private read, in one place.
 
-mmbee runs on faust-streaming, mode-streaming and aiokafka, and it needs six changes to their
+mmbee runs on faust-streaming, mode-streaming and aiokafka, and it needs seven changes to their
 internals for at-least-once delivery, for throughput, and for the embedded broker. It also reads
 four private attributes that have no public accessor. All of them were written against the
 versions in `PINS`, which pyproject.toml pins exactly. `install()` checks the installed versions
