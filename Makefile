@@ -52,7 +52,8 @@ demo: $(STAMP) $(if $(filter kafka,$(MMBEE_BROKER_KIND)),$(KAFKA_STAMP))
 test: $(STAMP) $(KAFKA_STAMP) lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# failover tests that are known to fail intermittently on the embedded broker (RUNBOOK section 11)
+# only the chaos suite (SIGKILLed workers and brokers, disturbed delivery; also in `make test`;
+# RUNBOOK section 11)
 test-chaos: $(STAMP) $(KAFKA_STAMP)
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 

@@ -123,15 +123,21 @@ def wait_consumed(
     return time.monotonic() - t0
 
 
-def joiner_drained(worker: WorkerProcess) -> bool:
+def joiner_drained(worker: WorkerProcess, partitions: int | None = None) -> bool:
     """Every joiner partition holds nothing back, its sources are all read to the end (its
     frontier is infinite) and every decided example was emitted: every decidable example is
     out. (Emission waits for the streamer side, which the `authors` agent writes. With a CPU
     burner beside the demo, 5,958 decided examples still waited when the other conditions had
-    held for 2 s, 2026-12-05; the demo test then counted too few.)"""
+    held for 2 s, 2026-12-05; the demo test then counted too few.)
+
+    With `partitions`, the worker must also list every user partition 0..partitions-1: it lists
+    a partition only once it read an event of it, so a worker that had read 3 of 8 looked
+    drained with 653 of 1,806 examples emitted (the chaos reference, 2026-12-07)."""
     try:
         parts = worker.get("/mmbee/joiner/")["partitions"]
     except (OSError, ValueError, KeyError):
+        return False
+    if partitions is not None and set(parts) != {str(p) for p in range(partitions)}:
         return False
     return bool(parts) and all(
         p["held"] == 0
