@@ -125,13 +125,17 @@ class ForwardRuntime:
         self.envelope = Envelope(ctx, AGENT_FORWARD, MARK_SOURCES)
 
     async def forward(self, ev: EventT) -> None:
-        """Re-key one gift or comment by its viewer."""
+        """Re-key one gift or comment by its viewer. Its offset counts as seen (for the marks)
+        only once it is sent: the marks timer runs while the send awaits the producer, and a
+        mark that called the partition idle (read to its end) before its last forward was sent
+        could reach `user.activity` ahead of it, letting the joiner decide impressions before
+        that gift or comment arrived (tests/streams/test_marks.py)."""
         ctx, metrics = self.ctx, self.ctx.metrics
         msg = ev.message
-        self.progress.seen(msg.tp, msg.offset, None)
         decoded = self.envelope.decode(ev)
         if type(decoded) is Rejected:
             await self.envelope.rejected(ev, decoded)
+            self.progress.seen(msg.tp, msg.offset, None)
         else:
             assert isinstance(decoded, GiftEvent | CommentEvent)
             read = Read(decoded, f"{self.envelope.name(ev)}:{msg.partition}", msg.offset)
