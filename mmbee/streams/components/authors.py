@@ -167,6 +167,8 @@ class AuthorRuntime:
         stored: dict[int, EventT] = {}  # partition -> its last event that is not a duplicate
         live = envelope.live(events)
         for ev in live:
+            if envelope.stale(ev):  # a rebalance during an await forgot it all: redelivered
+                return
             msg = ev.message
             decoded = envelope.decode(ev, check_key=False)
             if type(decoded) is Rejected:
@@ -196,13 +198,15 @@ class AuthorRuntime:
             item = AuthorEvent(kind, decoded.event_id, decoded.ts_ms, complete[q])
             step = apply(self.config, self.timeline(decoded.author_id), item)
             self.received.finish(q, origin)
-            await envelope.reject_step(ev, step.rejects)
             if step.outputs or any(r.reason != "duplicate" for r in step.rejects):
                 stored[q] = ev  # what it received is written after the batch's rows
             for author in step.outputs:
                 self.table[author.encode()] = CODEC.dumps(step.state)
                 dirty[author] = None
                 ctx.metrics.count(AGENT_AUTHORS, "applied")
+            await envelope.reject_step(ev, step.rejects)
+        if live and envelope.stale(live[-1]):
+            return
         for last in stored.values():
             self.received.write(last)
         for author in dirty:

@@ -181,15 +181,13 @@ class ExampleEmitter:
     def __init__(
         self, ctx: StreamContext, views: Views, features: FeatureConfig, source_topic: str
     ) -> None:
-        self.ctx = ctx
-        self.views = views
-        self.features = features
-        self.source_topic = source_topic
+        self.ctx, self.views, self.features, self.source_topic = ctx, views, features, source_topic
         self.emitted = 0
 
-    async def emit(self, rows: UserRows, now: float) -> int:
-        """Emit what is due in every partition, and store the rows the emission changed.
-        Returns the number of examples published."""
+    async def emit(self, rows: UserRows, now: float, generation: int | None = None) -> int:
+        """Emit what is due in every partition, and store the rows the emission changed; stop
+        if a rebalance (past consumer `generation`) forgot the rows meanwhile (the next owner
+        emits them again). Returns the number of examples published."""
         if not self.views.reader.caught_up.is_set():
             return 0
         complete_through = self.views.authors.complete_through(self.ctx.settings.partitions)
@@ -217,6 +215,8 @@ class ExampleEmitter:
                     continue
                 await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
                 n += 1
+            if generation is not None and self.ctx.app.consumer_generation_id != generation:
+                break
             if part.last_event is not None:
                 in_event_context(part.last_event)
                 for user in touched:

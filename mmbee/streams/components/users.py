@@ -10,9 +10,8 @@ writes each changed user's row once per release, then acks, and emits settled ex
 arrive (`authors.WatchFeed`). Late events are dead-lettered (`late`); a redelivery (its origin
 offset finished before, `mmbee.state.received`; or its id applied) is counted (`duplicates`).
 
-Choice: the step's state is the partition's `PartitionJoiner`, whose rows load lazily through
-the loader the runtime gives it (this component's own table, in the event's partition); the
-wall time it needs (decided examples settle `settle_s` later) comes with the item (`Timed`).
+Choice: the step's state is the partition's `PartitionJoiner`, whose rows load lazily (this
+component's table, in the event's partition); the wall time it needs comes with the item.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -110,8 +109,7 @@ class JoinerRuntime:
         self.ctx, self.config, self.views = ctx, config, views
         self.rows = UserRows(ctx, table, config, CODEC)
         self.envelope = Envelope(ctx, AGENT_JOINER, SOURCES)
-        self._lock = asyncio.Lock()
-        self._last_batch_s = float("-inf")
+        self._lock, self._last_batch_s = asyncio.Lock(), float("-inf")
         self.align_wait_s = ctx.settings.joiner_align_wait_ms / 1000
         self.watch_topic = ctx.topic_name("live.watch")
         marks = {f"{n}:{q}" for n in MARK_SOURCES for q in range(ctx.settings.partitions)}
@@ -130,11 +128,14 @@ class JoinerRuntime:
             self.ctx.metrics.count(AGENT_JOINER, "revocations")
 
     async def process(self, stream: StreamT, events: list[EventT]) -> None:
-        """Decode a batch, hold it for alignment, apply and emit what is ready."""
+        """Decode a batch, hold it for alignment, apply and emit what is ready; each step stops
+        where a rebalance during an await forgot the partitions (the rest is redelivered)."""
         self.stream = stream
         now = self.ctx.monotonic()
         async with self._lock:
             for ev in self.envelope.live(events):  # older generations: will be redelivered
+                if self.envelope.stale(ev):
+                    break
                 self.envelope.track(ev)
                 await self._take(stream, ev, now)
             await self._release_all(stream, now)
@@ -142,9 +143,12 @@ class JoinerRuntime:
             self.ctx.metrics.count(AGENT_JOINER, "processed", len(events))
 
     async def _release_all(self, stream: StreamT, now: float) -> None:
+        generation = self.ctx.app.consumer_generation_id
         for partition in list(self.rows.parts):
+            if self.envelope.moved(generation):
+                return
             await self._release(stream, partition, now)
-        await self.emitter.emit(self.rows, now)
+        await self.emitter.emit(self.rows, now, generation)
 
     async def _take(self, stream: StreamT, ev: EventT, now: float) -> None:
         msg = ev.message
@@ -163,6 +167,8 @@ class JoinerRuntime:
         if isinstance(decoded, WatchEvent):  # enters to author.activity, unless forwarded before
             self.alignment.seen(msg.partition, source, msg.offset)
             await self.feed.watched(msg.tp, msg.offset, decoded, forward=origin is not None)
+            if self.envelope.stale(ev):  # the partition was revoked meanwhile: forgotten
+                return
         if origin is None:  # finished before (mmbee.state.received): not applied again
             return await self.envelope.done(stream, (ev,))
         self.rows.received.take(msg.partition, origin)
@@ -188,6 +194,8 @@ class JoinerRuntime:
             self.rows.received.finish(partition, origin)
             stored |= any(r.reason != "duplicate" for r in step.rejects)
             await self.envelope.reject_step(ev, step.rejects)
+            if self.envelope.stale(ev):  # revoked meanwhile: `part` and `ready` are forgotten
+                return
             touched.update(step.outputs)
             applied += not step.rejects
         if applied or stored:
