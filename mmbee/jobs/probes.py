@@ -131,8 +131,9 @@ def joiner_drained(worker: WorkerProcess, partitions: int | None = None) -> bool
     held for 2 s, 2026-12-05; the demo test then counted too few.)
 
     With `partitions`, the worker must also list every user partition 0..partitions-1: it lists
-    a partition only once it read an event of it, so a worker that had read 3 of 8 looked
-    drained with 653 of 1,806 examples emitted (the chaos reference, 2026-12-07)."""
+    a partition only once it read an event of it. (`unemitted` counts the examples being
+    published too: before, the chaos reference saw every partition drained with 0, 653 and
+    1,558 of 1,806 examples counted as emitted, 2026-12-07.)"""
     try:
         parts = worker.get("/mmbee/joiner/")["partitions"]
     except (OSError, ValueError, KeyError):

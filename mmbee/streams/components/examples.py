@@ -15,9 +15,8 @@ the author agent has published every author event before it (its marks,
 impression time and the example is published, keyed by user. An example that breaks an
 invariant is dead-lettered (`processing_error`) and the agent lives on.
 
-`WatchFeed` sends the joiner agent's watch "enter"s on to the author agent (`author.activity`,
-keyed by streamer, each with its origin: the `live.watch` partition and offset), and the
-`live.watch` progress marks.
+`WatchFeed` sends the joiner agent's watch "enter"s (with their origin) and the `live.watch`
+progress marks on to the author agent (`author.activity`, keyed by streamer).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from mmbee.schemas.events import WatchEvent
 from mmbee.schemas.serving import AuthorActivity
 from mmbee.scorer.examples import to_message
 from mmbee.scorer.features import FeatureConfig
-from mmbee.state.users import JoinerConfig, PartitionJoiner, UserRow, complete
+from mmbee.state.users import JoinerConfig, PartitionJoiner, Pending, UserRow, complete
 from mmbee.streams.runtime.alignment import MarkedAlignment
 from mmbee.streams.runtime.component import StateCodec
 from mmbee.streams.runtime.context import StreamContext, in_event_context
@@ -169,20 +168,16 @@ class WatchFeed:
 
 
 class ExampleEmitter:
-    """Completes settled decisions into training examples and publishes them.
-
-    Args:
-        ctx: the stream context.
-        views: the global views the streamer side is read from.
-        features: the point-in-time feature config (the offline build's).
-        source_topic: where a broken example is said to come from in its dead letter.
-    """
+    """Completes settled decisions into training examples and publishes them (`views`: where
+    the streamer side is read; `features`: the offline build's point-in-time config;
+    `source_topic`: where a broken example's dead letter says it comes from)."""
 
     def __init__(
         self, ctx: StreamContext, views: Views, features: FeatureConfig, source_topic: str
     ) -> None:
         self.ctx, self.views, self.features, self.source_topic = ctx, views, features, source_topic
-        self.emitted = 0
+        self.emitted = 0  # examples published
+        self.emitting: dict[int, int] = {}  # partition -> taken from its rows, not yet published
 
     async def emit(self, rows: UserRows, now: float, generation: int | None = None) -> int:
         """Emit what is due in every partition, and store the rows the emission changed; stop
@@ -198,33 +193,37 @@ class ExampleEmitter:
             due = part.joiner.due(now, complete_through)
             if not due:
                 continue
-            touched = set()
+            self.emitting[partition] = len(due)  # out of the rows, not all published yet
             for user, pending in due:
-                ex = complete(user, pending, self.views.sources, self.features)
-                touched.add(user)
-                try:
-                    msg = to_message(ex)
-                except ValueError as exc:  # an invariant broke: keep the agent alive, say so
-                    log.error("example_invalid event_id=%s error=%s", pending.event_id, exc)
-                    await self.ctx.dlq.send(
-                        json.dumps({"event_id": pending.event_id, "user_id": user}).encode(),
-                        source_topic=self.source_topic, agent=AGENT_JOINER,
-                        reason="processing_error", detail=f"training example: {exc}"[:1000],
-                        event_id=pending.event_id,
-                    )  # fmt: skip
-                    continue
-                await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
-                n += 1
+                n += await self._publish(user, pending)
+                self.emitting[partition] -= 1
             if generation is not None and self.ctx.app.consumer_generation_id != generation:
                 break
             if part.last_event is not None:
                 in_event_context(part.last_event)
-                for user in touched:
+                for user in {user for user, _ in due}:
                     rows.write(partition, user)
         if n:
-            self.emitted += n
             self.ctx.metrics.count(AGENT_JOINER, "examples", n)
         return n
+
+    async def _publish(self, user: str, pending: Pending) -> int:
+        """Complete one decided impression and publish its example (1), or dead-letter it (0)."""
+        ex = complete(user, pending, self.views.sources, self.features)
+        try:
+            msg = to_message(ex)
+        except ValueError as exc:  # an invariant broke: keep the agent alive, say so
+            log.error("example_invalid event_id=%s error=%s", pending.event_id, exc)
+            await self.ctx.dlq.send(
+                json.dumps({"event_id": pending.event_id, "user_id": user}).encode(),
+                source_topic=self.source_topic, agent=AGENT_JOINER,
+                reason="processing_error", detail=f"training example: {exc}"[:1000],
+                event_id=pending.event_id,
+            )  # fmt: skip
+            return 0
+        await self.ctx.publish("train.examples", user.encode(), self.ctx.codec.encode(msg))
+        self.emitted += 1
+        return 1
 
     def describe(self, rows: UserRows, alignment: MarkedAlignment) -> dict[str, Any]:
         """Per partition: watermark, held events, waiting impressions; totals."""
@@ -236,7 +235,7 @@ class ExampleEmitter:
                     "watermark_ms": part.joiner.watermark_ms,
                     "held": len(alignment.aligner(p)),
                     "waiting": part.joiner.waiting,
-                    "unemitted": part.joiner.unemitted,
+                    "unemitted": part.joiner.unemitted + self.emitting.get(p, 0),
                     "users": len(part.joiner.rows),
                     "frontier": alignment.frontier(p),
                     "counts": dict(part.joiner.counts),
