@@ -160,7 +160,8 @@ class JoinerRuntime:
             if self.alignment.absorb(msg.partition, source, msg.offset, decoded):
                 return await self.envelope.done(stream, (ev,))  # a mark: nothing to apply
             decoded = self.envelope.key_problem(ev, self.envelope.name(ev), decoded) or decoded
-        if type(decoded) is Rejected:
+        if type(decoded) is Rejected:  # read, so counted for the source's "read to its end"
+            self.alignment.seen(msg.partition, source, msg.offset)
             await self.envelope.rejected(ev, decoded)
             return await self.envelope.done(stream, (ev,))
         origin = self.rows.received.origin(ev, decoded)  # None: a redelivery (counted)
