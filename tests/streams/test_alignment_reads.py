@@ -4,8 +4,9 @@ The joiner's aligner holds an event until every source of its partition has pass
 time or is quiet: read to its end, as of the last fetch (`MarkAligner`, `caught_up`). Before,
 only a message that decoded and passed the key check moved the offset read. When the last
 message of a `live.watch` or `user.activity` partition was dead-lettered (undecodable, invalid,
-keyed by another user), that source never looked quiet, and the partition's events waited
-`align_idle_ms` of wall time instead of being applied at once.
+keyed by another user), that source never looked quiet: the partition's held events waited for
+the next message of that source or, if none came, for the safety valve (`joiner_align_wait_ms`,
+60 s after the input stalled).
 """
 
 from __future__ import annotations
