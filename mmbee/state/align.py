@@ -125,7 +125,7 @@ class Aligner:
         self._heap: list[tuple[int, int, int, int, Any]] = []
         self._pushed = 0  # tie-break: the same offset can be delivered twice (seek after fetch)
         self._seen: dict[int, int] = {}  # source -> largest ts delivered
-        self._offsets: dict[int, int] = {}  # source -> largest offset delivered
+        self._offsets: dict[int, int] = {}  # source -> largest offset read
         self._held: dict[int, int] = {}  # source -> items held
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, ts) in push order
         self._idle = IdleRule(idle_s)
@@ -147,8 +147,7 @@ class Aligner:
         self._held[source] = self._held.get(source, 0) + 1
         if prev is None or ts > prev:
             self._seen[source] = ts
-        if offset > self._offsets.get(source, -1):
-            self._offsets[source] = offset
+        self.read(source, offset)
         # the valve and the idle rule release by the key the item is held under, not its own
         # time: an item keyed up to its source's newest time would otherwise never be reached
         self._arrivals.append((now_s, key))
@@ -168,8 +167,15 @@ class Aligner:
         """Items of `source` waiting (a caller pauses a source that runs far ahead)."""
         return self._held.get(source, 0)
 
+    def read(self, source: int, offset: int) -> None:
+        """`source` was read at `offset`: an item pushed, or a message with nothing to hold (one
+        dead-lettered, or without speech), which counts for the source's "read to its end" all
+        the same."""
+        if offset > self._offsets.get(source, -1):
+            self._offsets[source] = offset
+
     def last_offset(self, source: int) -> int | None:
-        """The largest offset pushed from `source` (None: nothing yet)."""
+        """The largest offset read from `source` (None: nothing yet)."""
         return self._offsets.get(source)
 
     def ready(self, now_s: float, quiet: Collection[int] = (), valve: bool = True) -> list[Any]:

@@ -172,6 +172,8 @@ class AuthorRuntime:
             msg = ev.message
             decoded = envelope.decode(ev, check_key=False)
             if type(decoded) is Rejected:
+                if msg.topic != self._activity:  # a gift read all the same (for the marks)
+                    self.gifts.seen(msg.tp, msg.offset, None)
                 await envelope.rejected(ev, decoded)
                 continue
             assert isinstance(decoded, AuthorActivity | GiftEvent)

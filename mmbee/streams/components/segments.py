@@ -132,6 +132,7 @@ class SegmentRuntime:
             now = self.ctx.monotonic()
             for ev, item in items:
                 work.hold(ev, item.source, item.ts_ms, item, now)  # type: ignore[arg-type]
+            work.read([b[0] for b in bad + unreadable] + empty)  # a read is a read
             if empty:
                 metrics.count(AGENT_SEGMENTS, "asr_empty", len(empty))
             if bad or empty or unreadable:

@@ -6,12 +6,11 @@ each event until both sources passed its event time (`runtime.alignment.MarkedAl
 `align_idle_ms` and the `joiner_align_wait_ms` valve as docs/streams.md says), applies them in
 (time, RANK, offset) order through the pure step `apply` to the partition's `PartitionJoiner`,
 writes each changed user's row once per release, then acks, and emits settled examples on
-`train.examples` (`components/examples.py`). Watch "enter"s go on to the author agent as they
-arrive (`authors.WatchFeed`). Late events are dead-lettered (`late`); a redelivery (its origin
+`train.examples` (`components/examples.py`). Watch "enter"s go on to `author.activity` as they
+arrive (`examples.WatchFeed`). Late events are dead-lettered (`late`); a redelivery (its origin
 offset finished before, `mmbee.state.received`; or its id applied) is counted (`duplicates`).
-
 Choice: the step's state is the partition's `PartitionJoiner`, whose rows load lazily (this
-component's table, in the event's partition); the wall time it needs comes with the item.
+component's table, the event's partition); the wall time it needs comes with the item.
 
 Example:
     >>> from mmbee.settings import Settings
@@ -100,8 +99,7 @@ CODEC = RowCodec()
 
 
 class JoinerRuntime:
-    """The joiner agent's worker state over its `joiner_users` table: rows, alignment, acks,
-    emission; `views`: the global views examples are completed from."""
+    """The joiner agent's rows (`joiner_users`), alignment, acks and emission (`views`)."""
 
     def __init__(
         self, ctx: StreamContext, table: TableT, config: JoinerConfig, views: Views
@@ -160,8 +158,10 @@ class JoinerRuntime:
             if self.alignment.absorb(msg.partition, source, msg.offset, decoded):
                 return await self.envelope.done(stream, (ev,))  # a mark: nothing to apply
             decoded = self.envelope.key_problem(ev, self.envelope.name(ev), decoded) or decoded
-        if type(decoded) is Rejected:  # read, so counted for the source's "read to its end"
+        if type(decoded) is Rejected:  # a read all the same, for "read to its end" and marks
             self.alignment.seen(msg.partition, source, msg.offset)
+            if source == "watch":  # before the await: a revocation meanwhile forgets it
+                self.feed.progress.seen(msg.tp, msg.offset, None)
             await self.envelope.rejected(ev, decoded)
             return await self.envelope.done(stream, (ev,))
         origin = self.rows.received.origin(ev, decoded)  # None: a redelivery (counted)

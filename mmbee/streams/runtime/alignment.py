@@ -78,12 +78,22 @@ class SourceAlignment:
         self, partition: int, source: str, *, ts: int, offset: int, item: Any, now_s: float
     ) -> None:
         """Hold `item` of `source` (at `offset` of `partition`) until its time is aligned."""
+        self._aligner(partition).push(
+            ts=ts, source=self._index[source], offset=offset, item=item, now_s=now_s
+        )
+
+    def read(self, partition: int, source: str, offset: int) -> None:
+        """`source` of `partition` was read at `offset` with nothing to hold (dead-lettered, no
+        speech): it counts for the source's "read to its end" all the same."""
+        self._aligner(partition).read(self._index[source], offset)
+
+    def _aligner(self, partition: int) -> Aligner:
         aligner = self.aligners.get(partition)
         if aligner is None:
             aligner = self.aligners[partition] = Aligner(
                 self.wait_s, len(self.sources), self.idle_s
             )
-        aligner.push(ts=ts, source=self._index[source], offset=offset, item=item, now_s=now_s)
+        return aligner
 
     async def release(self, now_s: float, valve: bool) -> list[Any]:
         """The items every partition can apply now, in event-time order per partition

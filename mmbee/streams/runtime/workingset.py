@@ -228,6 +228,14 @@ class AlignedWorkingSet(StoredWorkingSet[E]):
             msg.partition, source, ts=ts, offset=msg.offset, item=(event, item), now_s=now_s
         )
 
+    def read(self, events: Iterable[EventT]) -> None:
+        """Events read with nothing to hold (dead-lettered, no speech): each still counts for
+        its source's "read to its end", or a partition whose last message was one of them would
+        hold its items until the valve (tests/streams/test_alignment_reads.py)."""
+        for ev in events:
+            msg = ev.message
+            self.alignment.read(msg.partition, self.envelope.name(ev), msg.offset)
+
     async def batch_done(self, stream: StreamT, now_s: float) -> None:
         """A batch's items are held: apply what is aligned now (everything when `wait_s` is 0)."""
         await self.release(stream, now_s, valve=self.wait_s == 0)
